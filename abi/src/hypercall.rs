@@ -1,0 +1,295 @@
+//! Hypercalls: numbers, argument structs and error codes.
+//!
+//! # Calling convention
+//! The guest executes one `out dx, eax` with `dx = PORT_BASE + number` and
+//! `eax` = the 32-bit guest-physical address of the call's argument struct
+//! (or the immediate value the call documents). The monitor reads `eax` from
+//! the `kvm_run` I/O data, so a hypercall costs exactly one exit and no extra
+//! ioctl. Results come back in the struct's `ret` field: `>= 0` is success,
+//! `< 0` is `-(Error as i64)`.
+//!
+//! Argument structs must therefore live below 4 GiB (the stack and image
+//! always do); buffers they point to may live anywhere in guest memory.
+//! Never use `vmcall`/`vmmcall`: they livelock KVM on nested PVM hosts.
+//!
+//! Number ranges: 1..16 core, 16..24 block, 24..32 network, 32..40
+//! snapshot/identity. Number 0 is reserved and always invalid.
+
+use crate::{plain, Gpa};
+
+/// First hypercall port; hypercall `n` is port `PORT_BASE + n`.
+pub const PORT_BASE: u16 = 0x500;
+/// Number of hypercall ports (the TSS I/O bitmap opens exactly these).
+pub const PORT_COUNT: u16 = 64;
+
+/// Hypercall numbers.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hypercall {
+    /// Ends the guest. `eax` = exit status (0..=255). Does not return.
+    Exit = 1,
+    /// Writes bytes to the console. Args: [`ConsoleWriteArgs`].
+    ConsoleWrite = 2,
+    /// Reports a fatal error (panic) and ends the guest. Args: [`AbortArgs`].
+    /// Does not return.
+    Abort = 3,
+    /// Reports a CPU exception from a ring-0 entry stub and ends the guest.
+    /// `eax` = address of a [`FaultFrame`]. Does not return.
+    Fault = 4,
+    /// Does nothing and returns at once (`eax` ignored): measures the cost
+    /// of a hypercall.
+    Nop = 5,
+    /// Reports guest-side boot timestamps when [`crate::boot::BOOT_FLAG_TRACE`]
+    /// is set. Args: [`BootTraceArgs`].
+    BootTrace = 6,
+}
+
+impl Hypercall {
+    /// Every hypercall, for tables and tests.
+    pub const ALL: &'static [Hypercall] = &[
+        Self::Exit,
+        Self::ConsoleWrite,
+        Self::Abort,
+        Self::Fault,
+        Self::Nop,
+        Self::BootTrace,
+    ];
+
+    /// The I/O port the guest writes to for this call.
+    pub const fn port(self) -> u16 {
+        PORT_BASE + self as u16
+    }
+
+    /// Decodes a hypercall number.
+    pub fn from_number(nr: u16) -> Option<Self> {
+        Self::ALL.iter().copied().find(|h| *h as u16 == nr)
+    }
+}
+
+impl TryFrom<u16> for Hypercall {
+    type Error = Error;
+    fn try_from(nr: u16) -> Result<Self, Error> {
+        Self::from_number(nr).ok_or(Error::Unsupported)
+    }
+}
+
+/// Error codes returned (negated) in an argument struct's `ret` field.
+#[repr(i64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// An argument is invalid (bad flag, misaligned, zero where not allowed).
+    Inval = 1,
+    /// An address or length lies outside guest memory, or overflows.
+    Fault = 2,
+    /// No such device.
+    NoDev = 3,
+    /// Nothing to do now; try again later (non-blocking calls).
+    Again = 4,
+    /// The host reported an I/O error.
+    Io = 5,
+    /// The host is out of space.
+    NoSpace = 6,
+    /// The device or region is read-only.
+    ReadOnly = 7,
+    /// Out of guest memory (the `--mem` limit).
+    NoMem = 8,
+    /// Not allowed (e.g. touching monitor-owned pages).
+    Perm = 9,
+    /// Unknown hypercall or operation.
+    Unsupported = 10,
+    /// A length exceeds the call's bound.
+    TooBig = 11,
+    /// An offset is outside the device.
+    Range = 12,
+}
+
+impl Error {
+    /// Every error code.
+    pub const ALL: &'static [Error] = &[
+        Self::Inval,
+        Self::Fault,
+        Self::NoDev,
+        Self::Again,
+        Self::Io,
+        Self::NoSpace,
+        Self::ReadOnly,
+        Self::NoMem,
+        Self::Perm,
+        Self::Unsupported,
+        Self::TooBig,
+        Self::Range,
+    ];
+
+    /// The value stored in `ret` for this error.
+    pub const fn to_ret(self) -> i64 {
+        -(self as i64)
+    }
+
+    /// Decodes a `ret` value: `Ok(v)` for `v >= 0`, the error otherwise
+    /// (an unknown negative code decodes as [`Error::Inval`]).
+    pub fn from_ret(ret: i64) -> Result<u64, Error> {
+        if ret >= 0 {
+            return Ok(ret as u64);
+        }
+        let code = ret.unsigned_abs() as i64;
+        Err(Self::ALL
+            .iter()
+            .copied()
+            .find(|e| *e as i64 == code)
+            .unwrap_or(Error::Inval))
+    }
+
+    /// A short description.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Inval => "invalid argument",
+            Self::Fault => "address outside guest memory",
+            Self::NoDev => "no such device",
+            Self::Again => "try again",
+            Self::Io => "host I/O error",
+            Self::NoSpace => "no space left on host",
+            Self::ReadOnly => "read-only",
+            Self::NoMem => "out of guest memory",
+            Self::Perm => "not permitted",
+            Self::Unsupported => "unsupported",
+            Self::TooBig => "too big",
+            Self::Range => "out of range",
+        }
+    }
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Largest console write the monitor accepts in one call.
+pub const CONSOLE_WRITE_MAX: u64 = 64 * 1024;
+/// Largest abort message the monitor prints.
+pub const ABORT_MSG_MAX: u64 = 4096;
+
+/// Args of [`Hypercall::ConsoleWrite`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConsoleWriteArgs {
+    /// IN: bytes to write.
+    pub buf: Gpa,
+    /// IN: number of bytes (at most [`CONSOLE_WRITE_MAX`]).
+    pub len: u64,
+    /// OUT: bytes written, or a negated [`Error`].
+    pub ret: i64,
+}
+
+/// Args of [`Hypercall::Abort`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AbortArgs {
+    /// IN: UTF-8 message.
+    pub msg: Gpa,
+    /// IN: message length (longer than [`ABORT_MSG_MAX`] is cut).
+    pub len: u64,
+}
+
+/// Args of [`Hypercall::BootTrace`]: guest TSC readings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BootTraceArgs {
+    /// IN: TSC at the guest's first instruction.
+    pub entry_tsc: u64,
+    /// IN: TSC just before the application's `main`.
+    pub main_tsc: u64,
+}
+
+/// Register state an exception entry stub pushes and reports with
+/// [`Hypercall::Fault`]. Field order is push order reversed (lowest address
+/// first).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FaultFrame {
+    /// CR2 (the faulting address for a page fault).
+    pub cr2: u64,
+    /// General-purpose registers.
+    pub r15: u64,
+    /// General-purpose registers.
+    pub r14: u64,
+    /// General-purpose registers.
+    pub r13: u64,
+    /// General-purpose registers.
+    pub r12: u64,
+    /// General-purpose registers.
+    pub r11: u64,
+    /// General-purpose registers.
+    pub r10: u64,
+    /// General-purpose registers.
+    pub r9: u64,
+    /// General-purpose registers.
+    pub r8: u64,
+    /// General-purpose registers.
+    pub rbp: u64,
+    /// General-purpose registers.
+    pub rdi: u64,
+    /// General-purpose registers.
+    pub rsi: u64,
+    /// General-purpose registers.
+    pub rdx: u64,
+    /// General-purpose registers.
+    pub rcx: u64,
+    /// General-purpose registers.
+    pub rbx: u64,
+    /// General-purpose registers.
+    pub rax: u64,
+    /// Exception vector.
+    pub vector: u64,
+    /// Error code (0 for vectors without one).
+    pub error_code: u64,
+    /// Interrupted instruction pointer (pushed by the CPU).
+    pub rip: u64,
+    /// Interrupted code segment.
+    pub cs: u64,
+    /// Interrupted flags.
+    pub rflags: u64,
+    /// Interrupted stack pointer.
+    pub rsp: u64,
+    /// Interrupted stack segment.
+    pub ss: u64,
+}
+
+/// Vectors for which the CPU pushes an error code.
+pub const fn vector_has_error_code(vector: usize) -> bool {
+    matches!(vector, 8 | 10 | 11 | 12 | 13 | 14 | 17 | 21 | 29 | 30)
+}
+
+/// Conventional name of an exception vector.
+pub const fn vector_name(vector: u64) -> &'static str {
+    match vector {
+        0 => "#DE divide error",
+        1 => "#DB debug",
+        2 => "NMI",
+        3 => "#BP breakpoint",
+        4 => "#OF overflow",
+        5 => "#BR bound range exceeded",
+        6 => "#UD invalid opcode",
+        7 => "#NM device not available",
+        8 => "#DF double fault",
+        10 => "#TS invalid TSS",
+        11 => "#NP segment not present",
+        12 => "#SS stack-segment fault",
+        13 => "#GP general protection",
+        14 => "#PF page fault",
+        16 => "#MF x87 floating-point",
+        17 => "#AC alignment check",
+        18 => "#MC machine check",
+        19 => "#XM SIMD floating-point",
+        20 => "#VE virtualization",
+        21 => "#CP control protection",
+        _ => "reserved vector",
+    }
+}
+
+plain!(
+    ConsoleWriteArgs = 24,
+    AbortArgs = 16,
+    BootTraceArgs = 16,
+    FaultFrame = 23 * 8,
+);

@@ -1,0 +1,129 @@
+//! Writes the boot info, argv/env and the clock page into guest memory.
+
+use crate::layout;
+use crate::memory::{GuestMem, MemError};
+use duet_abi::boot::{
+    BootInfo, DeviceInfo, MemRegion, RegionKind, Str, BOOT_MAGIC, MAX_DEVICES, MAX_REGIONS,
+};
+use duet_abi::clock::ClockPage;
+use duet_abi::{Gpa, ABI_VERSION};
+use std::mem::size_of;
+use thiserror::Error;
+
+/// Why the boot info could not be written.
+#[derive(Debug, Error)]
+pub enum BootInfoError {
+    /// argv + env do not fit.
+    #[error("arguments and environment need {need} bytes, more than the {limit} bytes the boot area holds; pass less")]
+    TooLarge {
+        /// Bytes needed.
+        need: u64,
+        /// Bytes available.
+        limit: u64,
+    },
+    /// Too many regions or devices (a monitor bug).
+    #[error("too many memory regions or devices for the boot info")]
+    TooMany,
+    /// Memory write failed (a monitor bug).
+    #[error(transparent)]
+    Mem(#[from] MemError),
+}
+
+/// Everything that goes into the boot info besides argv and env.
+pub struct BootParams<'a> {
+    /// `BOOT_FLAG_*` bits.
+    pub flags: u32,
+    /// Guest memory size.
+    pub mem_size: u64,
+    /// TSC frequency in kHz.
+    pub tsc_khz: u64,
+    /// The memory map.
+    pub regions: &'a [(u64, u64, RegionKind)],
+    /// The device table.
+    pub devices: &'a [DeviceInfo],
+    /// Heap start, mapped size, and limit.
+    pub heap: (u64, u64, u64),
+    /// Arguments.
+    pub args: &'a [String],
+    /// `KEY=VALUE` environment entries.
+    pub env: &'a [String],
+}
+
+/// Writes the boot info at [`layout::BOOT_INFO`], followed by the argv and
+/// env arrays and their strings. Returns the boot info's address.
+pub fn write(mem: &GuestMem, p: &BootParams<'_>) -> Result<u64, BootInfoError> {
+    if p.regions.len() > MAX_REGIONS || p.devices.len() > MAX_DEVICES {
+        return Err(BootInfoError::TooMany);
+    }
+    let area = layout::BOOT_INFO_END - layout::BOOT_INFO;
+    let str_size = size_of::<Str>() as u64;
+    let arrays = (p.args.len() + p.env.len()) as u64 * str_size;
+    let strings: u64 = p.args.iter().chain(p.env).map(|s| s.len() as u64).sum();
+    let header = (size_of::<BootInfo>() as u64).next_multiple_of(16);
+    let need = header + arrays + strings;
+    if need > area {
+        return Err(BootInfoError::TooLarge { need, limit: area });
+    }
+
+    let argv = layout::BOOT_INFO + header;
+    let envp = argv + p.args.len() as u64 * str_size;
+    let mut text = envp + p.env.len() as u64 * str_size;
+    for (i, s) in p.args.iter().chain(p.env).enumerate() {
+        mem.write_bytes(Gpa(text), s.as_bytes())?;
+        let entry = Str {
+            ptr: Gpa(text),
+            len: s.len() as u64,
+        };
+        mem.write_plain_unchecked_policy(Gpa(argv + i as u64 * str_size), &entry)?;
+        text += s.len() as u64;
+    }
+
+    let mut regions = [MemRegion::default(); MAX_REGIONS];
+    for (r, &(start, len, kind)) in regions.iter_mut().zip(p.regions) {
+        *r = MemRegion {
+            start: Gpa(start),
+            len,
+            kind: kind as u32,
+            flags: 0,
+        };
+    }
+    let mut devices = [DeviceInfo::default(); MAX_DEVICES];
+    devices[..p.devices.len()].copy_from_slice(p.devices);
+    let bi = BootInfo {
+        magic: BOOT_MAGIC,
+        abi_version: ABI_VERSION,
+        flags: p.flags,
+        mem_size: p.mem_size,
+        tsc_khz: p.tsc_khz,
+        clock: Gpa(layout::CLOCK_PAGE),
+        region_count: p.regions.len() as u32,
+        device_count: p.devices.len() as u32,
+        regions,
+        devices,
+        argc: p.args.len() as u32,
+        envc: p.env.len() as u32,
+        argv: Gpa(argv),
+        envp: Gpa(envp),
+        heap_start: Gpa(p.heap.0),
+        heap_size: p.heap.1,
+        heap_limit: p.heap.2,
+    };
+    mem.write_plain_unchecked_policy(Gpa(layout::BOOT_INFO), &bi)?;
+    Ok(layout::BOOT_INFO)
+}
+
+/// Writes the clock page as a seqlock writer: odd sequence, fields, even
+/// sequence. Safe to call while the guest runs.
+pub fn write_clock(mem: &GuestMem, page: &ClockPage) -> Result<(), MemError> {
+    let at = Gpa(layout::CLOCK_PAGE);
+    let cur: ClockPage = mem.read_plain(at)?;
+    let seq = cur.seq.wrapping_add(1) | 1;
+    mem.write_plain_unchecked_policy(at, &seq)?;
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    let mut p = *page;
+    p.seq = seq;
+    mem.write_plain_unchecked_policy(at, &p)?;
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    mem.write_plain_unchecked_policy(at, &seq.wrapping_add(1))?;
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! The privileged CPU state the monitor owns: GDT, TSS (with the I/O
+//! permission bitmap that opens only the hypercall ports), IDT, and the
+//! initial registers that start the vCPU directly in 64-bit ring 3.
+
+use crate::layout::{self, selector};
+use crate::memory::{GuestMem, MemError};
+use crate::paging::PageTables;
+use duet_abi::boot::EXCEPTION_VECTORS;
+use duet_abi::hypercall::{PORT_BASE, PORT_COUNT};
+use duet_abi::Gpa;
+use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
+
+const CR0_PE: u64 = 1 << 0;
+const CR0_MP: u64 = 1 << 1;
+const CR0_ET: u64 = 1 << 4;
+const CR0_NE: u64 = 1 << 5;
+const CR0_WP: u64 = 1 << 16;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const CR4_OSFXSR: u64 = 1 << 9;
+const CR4_OSXMMEXCPT: u64 = 1 << 10;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const EFER_NXE: u64 = 1 << 11;
+
+/// TSS size without the I/O bitmap.
+const TSS_SIZE: u64 = 104;
+/// I/O bitmap: one bit per port plus the mandatory trailing 0xff byte.
+const IOMAP_SIZE: u64 = 65536 / 8 + 1;
+/// Offset of `ist1` in the 64-bit TSS.
+const TSS_IST1: u64 = 36;
+/// Offset of the I/O map base field.
+const TSS_IOMAP_BASE: u64 = 102;
+/// TSS limit (last valid byte offset).
+pub const TSS_LIMIT: u64 = TSS_SIZE + IOMAP_SIZE - 1;
+
+/// Builds a flat code/data descriptor.
+fn seg_desc(dpl: u64, code: bool) -> u64 {
+    let ty = if code { 0xb } else { 0x3 }; // accessed exec/read, accessed read/write
+    let access = (1 << 7) | (dpl << 5) | (1 << 4) | ty; // P, DPL, S
+    let flags = if code { 0b1010 } else { 0b1100 }; // G + L for code, G + DB for data
+    0xffff | (access << 40) | (0xf << 48) | (flags << 52)
+}
+
+/// Writes the GDT, the TSS with its I/O bitmap, and the IDT.
+pub fn write_tables(mem: &GuestMem, vectors: &[u64; EXCEPTION_VECTORS]) -> Result<(), MemError> {
+    // GDT: null, null, kernel code, kernel data, user code32 (unused), user
+    // data, user code64, TSS (two slots).
+    let mut gdt = [0u64; 10];
+    gdt[(selector::KERNEL_CODE / 8) as usize] = seg_desc(0, true);
+    gdt[(selector::KERNEL_DATA / 8) as usize] = seg_desc(0, false);
+    gdt[(selector::USER_DATA / 8) as usize] = seg_desc(3, false);
+    gdt[(selector::USER_CODE / 8) as usize] = seg_desc(3, true);
+    let base = layout::TSS;
+    let tss_lo = (TSS_LIMIT & 0xffff)
+        | ((base & 0xff_ffff) << 16)
+        | (0x8b << 40) // present, busy 64-bit TSS
+        | (((TSS_LIMIT >> 16) & 0xf) << 48)
+        | (((base >> 24) & 0xff) << 56);
+    gdt[(selector::TSS / 8) as usize] = tss_lo;
+    gdt[(selector::TSS / 8) as usize + 1] = base >> 32;
+    for (i, d) in gdt.iter().enumerate() {
+        mem.write_plain_unchecked_policy(Gpa(layout::GDT + 8 * i as u64), d)?;
+    }
+
+    // TSS: IST1 for every exception; I/O bitmap denies all ports but ours.
+    mem.write_plain_unchecked_policy(Gpa(layout::TSS + TSS_IST1), &layout::IST_STACK_TOP)?;
+    mem.write_plain_unchecked_policy(Gpa(layout::TSS + TSS_IOMAP_BASE), &(TSS_SIZE as u16))?;
+    let mut bitmap = vec![0xffu8; IOMAP_SIZE as usize];
+    for port in PORT_BASE..PORT_BASE + PORT_COUNT {
+        bitmap[(port / 8) as usize] &= !(1 << (port % 8));
+    }
+    mem.write_bytes(Gpa(layout::TSS + TSS_SIZE), &bitmap)?;
+
+    // IDT: interrupt gates on IST1. #BP and #OF are reachable from ring 3
+    // (int3/into), everything else only by the CPU.
+    for (v, &handler) in vectors.iter().enumerate() {
+        if handler == 0 {
+            continue;
+        }
+        let dpl: u64 = if v == 3 || v == 4 { 3 } else { 0 };
+        let lo = (handler & 0xffff)
+            | ((selector::KERNEL_CODE as u64) << 16)
+            | (1 << 32) // IST1
+            | ((0x8e | (dpl << 5)) << 40)
+            | (((handler >> 16) & 0xffff) << 48);
+        let hi = handler >> 32;
+        let at = layout::IDT + 16 * v as u64;
+        mem.write_plain_unchecked_policy(Gpa(at), &lo)?;
+        mem.write_plain_unchecked_policy(Gpa(at + 8), &hi)?;
+    }
+    Ok(())
+}
+
+fn segment(selector: u16, code: bool) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_: if code { 0xb } else { 0x3 },
+        present: 1,
+        dpl: (selector & 3) as u8,
+        db: u8::from(!code),
+        s: 1,
+        l: u8::from(code),
+        g: 1,
+        ..Default::default()
+    }
+}
+
+/// Fills the special registers for 64-bit ring 3 with our tables.
+pub fn setup_sregs(sregs: &mut kvm_sregs) {
+    let cs = segment(selector::USER_CODE, true);
+    let ds = segment(selector::USER_DATA, false);
+    sregs.cs = cs;
+    sregs.ds = ds;
+    sregs.es = ds;
+    sregs.fs = ds;
+    sregs.gs = ds;
+    sregs.ss = ds;
+    sregs.tr = kvm_segment {
+        base: layout::TSS,
+        limit: TSS_LIMIT as u32,
+        selector: selector::TSS,
+        type_: 0xb,
+        present: 1,
+        ..Default::default()
+    };
+    sregs.ldt = kvm_segment {
+        unusable: 1,
+        ..Default::default()
+    };
+    sregs.gdt.base = layout::GDT;
+    sregs.gdt.limit = 10 * 8 - 1;
+    sregs.idt.base = layout::IDT;
+    sregs.idt.limit = (EXCEPTION_VECTORS * 16 - 1) as u16;
+    sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
+    sregs.cr3 = PageTables::ROOT;
+    sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
+    sregs.efer = EFER_LME | EFER_LMA | EFER_NXE;
+}
+
+/// Initial general registers: entry point, stack, boot info in `rdi`,
+/// interrupts off and IOPL 0 (the TSS bitmap grants the hypercall ports).
+pub fn initial_regs(entry: u64, boot_info: u64) -> kvm_regs {
+    kvm_regs {
+        rip: entry,
+        // As if `call` had pushed a return address: rsp % 16 == 8 at entry.
+        rsp: layout::STACK_TOP - 8,
+        rdi: boot_info,
+        rflags: 0x2,
+        ..Default::default()
+    }
+}

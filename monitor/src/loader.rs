@@ -1,0 +1,412 @@
+//! The image loader: validates a static ELF64 x86_64 Duet image and copies
+//! its segments into guest memory.
+//!
+//! Why not linux-loader: it loads kernels but does not tell per-segment
+//! permissions, RELRO or the Duet image header, and the monitor needs all of
+//! them to build the guest's page tables; the parsing itself is goblin's.
+//! Every check runs before KVM is touched, so a bad image costs nothing.
+
+use crate::memory::GuestMem;
+use duet_abi::boot::{
+    EXCEPTION_VECTORS, IMAGE_BASE, IMAGE_HEADER_SECTION, IMAGE_HEADER_SIZE,
+    IMAGE_HEADER_VECTORS_OFFSET, IMAGE_MAGIC,
+};
+use duet_abi::{Gpa, ABI_VERSION, PAGE_SIZE};
+use goblin::elf::{header, program_header, Elf};
+use thiserror::Error;
+
+/// Why an image was refused.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    /// The file is empty.
+    #[error("the image file is empty; pass a Duet image built with `cargo xtask build`")]
+    Empty,
+    /// The file does not start with the ELF magic.
+    #[error("not an ELF file (bad magic); pass a Duet image built with `cargo xtask build`")]
+    NotElf,
+    /// ELF32.
+    #[error("32-bit ELF image; Duet images are ELF64 x86_64 executables")]
+    Not64Bit,
+    /// Wrong `e_machine`.
+    #[error(
+        "image is for machine {0} ({1}), not x86_64; build for the x86_64-unknown-none target"
+    )]
+    WrongMachine(u16, &'static str),
+    /// Not `ET_EXEC`.
+    #[error("image is not a static executable (ELF type {0}); link with `-C relocation-model=static` as `cargo xtask build` does")]
+    NotExecutable(&'static str),
+    /// goblin could not parse it.
+    #[error("malformed ELF image: {0}")]
+    Malformed(String),
+    /// No `PT_LOAD` segments.
+    #[error("image has no loadable segments")]
+    NoSegments,
+    /// A segment's file range lies outside the file.
+    #[error("segment {index} claims file bytes {offset:#x}+{size:#x} beyond the end of the {file_len}-byte file (truncated image?)")]
+    SegmentPastFile {
+        /// Segment index.
+        index: usize,
+        /// File offset.
+        offset: u64,
+        /// File size.
+        size: u64,
+        /// File length.
+        file_len: usize,
+    },
+    /// `p_filesz > p_memsz`.
+    #[error("segment {0} has more file bytes than memory bytes")]
+    FileLargerThanMem(usize),
+    /// A segment does not fit in guest memory or below the image base.
+    #[error("segment {index} at {start:#x}..{end:#x} lies outside guest memory {lo:#x}..{hi:#x}; link at {lo:#x} or raise --mem")]
+    SegmentOutside {
+        /// Segment index.
+        index: usize,
+        /// Start.
+        start: u64,
+        /// End.
+        end: u64,
+        /// Lowest allowed.
+        lo: u64,
+        /// Highest allowed.
+        hi: u64,
+    },
+    /// `p_memsz` is absurd (overflows or larger than guest memory).
+    #[error("segment {index} has an impossible size of {memsz:#x} bytes (guest memory is {mem:#x}); raise --mem or fix the image")]
+    HugeSegment {
+        /// Segment index.
+        index: usize,
+        /// Its memsz.
+        memsz: u64,
+        /// Guest memory size.
+        mem: u64,
+    },
+    /// Two segments share a page.
+    #[error("segments {0} and {1} overlap (at page granularity); link with page-aligned segments as `cargo xtask build` does")]
+    Overlap(usize, usize),
+    /// The entry point is not in an executable segment.
+    #[error("entry point {0:#x} is not inside an executable segment")]
+    EntryOutsideText(u64),
+    /// A segment is writable and executable.
+    #[error("segment {0} is both writable and executable; Duet maps text read-only")]
+    WritableText(usize),
+    /// No Duet image header.
+    #[error("not a Duet image: no `{IMAGE_HEADER_SECTION}` section (link the application against the `duet` crate)")]
+    NoHeader,
+    /// Bad header magic.
+    #[error("the `{IMAGE_HEADER_SECTION}` section has a bad magic; the image is corrupt")]
+    BadHeader,
+    /// ABI mismatch.
+    #[error("image was built against Duet ABI version {image}, this monitor speaks version {monitor}; rebuild the image against this monitor's duet-abi")]
+    AbiMismatch {
+        /// Image's version.
+        image: u32,
+        /// Monitor's version.
+        monitor: u32,
+    },
+}
+
+/// Page permissions of a loaded range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Perms {
+    /// Writable.
+    pub write: bool,
+    /// Executable.
+    pub exec: bool,
+}
+
+/// One loadable segment, page-rounded.
+#[derive(Clone, Debug)]
+pub struct Segment {
+    /// First page.
+    pub start: u64,
+    /// End of last page (exclusive).
+    pub end: u64,
+    /// Permissions.
+    pub perms: Perms,
+    file_offset: u64,
+    file_size: u64,
+    vaddr: u64,
+}
+
+/// A function symbol, for symbolizing addresses in fault reports.
+#[derive(Clone, Debug)]
+pub struct Symbol {
+    /// Start address.
+    pub addr: u64,
+    /// Size in bytes (0 when unknown).
+    pub size: u64,
+    /// Demangled name.
+    pub name: String,
+}
+
+/// A validated image, ready to copy into guest memory.
+pub struct Image {
+    bytes: Vec<u8>,
+    /// Entry point.
+    pub entry: u64,
+    /// Loadable segments, sorted by address, page-rounded, non-overlapping.
+    pub segments: Vec<Segment>,
+    /// Exception entry points from the image header (0 = absent).
+    pub vectors: [u64; EXCEPTION_VECTORS],
+    /// Function symbols sorted by address.
+    pub symbols: Vec<Symbol>,
+}
+
+fn machine_name(m: u16) -> &'static str {
+    match m {
+        header::EM_386 => "i386",
+        header::EM_ARM => "arm",
+        header::EM_AARCH64 => "aarch64",
+        header::EM_RISCV => "riscv",
+        header::EM_PPC64 => "ppc64",
+        _ => "unknown",
+    }
+}
+
+fn round_up(v: u64) -> Option<u64> {
+    v.checked_add(PAGE_SIZE - 1).map(|v| v & !(PAGE_SIZE - 1))
+}
+
+impl Image {
+    /// Parses and validates `bytes` as an image for a guest of `mem_size` bytes.
+    pub fn parse(bytes: Vec<u8>, mem_size: u64) -> Result<Image, LoadError> {
+        if bytes.is_empty() {
+            return Err(LoadError::Empty);
+        }
+        if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
+            return Err(LoadError::NotElf);
+        }
+        if bytes.get(4) != Some(&header::ELFCLASS64) {
+            return Err(LoadError::Not64Bit);
+        }
+        let elf = Elf::parse(&bytes).map_err(|e| LoadError::Malformed(e.to_string()))?;
+        if elf.header.e_machine != header::EM_X86_64 {
+            return Err(LoadError::WrongMachine(
+                elf.header.e_machine,
+                machine_name(elf.header.e_machine),
+            ));
+        }
+        if elf.header.e_type != header::ET_EXEC {
+            let kind = match elf.header.e_type {
+                header::ET_DYN => "DYN: shared object or position-independent executable",
+                header::ET_REL => "REL: relocatable object",
+                header::ET_CORE => "CORE: core dump",
+                _ => "unknown",
+            };
+            return Err(LoadError::NotExecutable(kind));
+        }
+
+        let mut segments = Vec::new();
+        for (index, ph) in elf.program_headers.iter().enumerate() {
+            if ph.p_type != program_header::PT_LOAD || ph.p_memsz == 0 {
+                continue;
+            }
+            let file_end = ph.p_offset.checked_add(ph.p_filesz);
+            if file_end.is_none_or(|e| e > bytes.len() as u64) {
+                return Err(LoadError::SegmentPastFile {
+                    index,
+                    offset: ph.p_offset,
+                    size: ph.p_filesz,
+                    file_len: bytes.len(),
+                });
+            }
+            if ph.p_filesz > ph.p_memsz {
+                return Err(LoadError::FileLargerThanMem(index));
+            }
+            let vend = ph.p_vaddr.checked_add(ph.p_memsz).and_then(round_up);
+            let Some(vend) = vend.filter(|_| ph.p_memsz <= mem_size) else {
+                return Err(LoadError::HugeSegment {
+                    index,
+                    memsz: ph.p_memsz,
+                    mem: mem_size,
+                });
+            };
+            let start = ph.p_vaddr & !(PAGE_SIZE - 1);
+            if start < IMAGE_BASE || vend > mem_size {
+                return Err(LoadError::SegmentOutside {
+                    index,
+                    start: ph.p_vaddr,
+                    end: ph.p_vaddr + ph.p_memsz,
+                    lo: IMAGE_BASE,
+                    hi: mem_size,
+                });
+            }
+            let perms = Perms {
+                write: ph.is_write(),
+                exec: ph.is_executable(),
+            };
+            if perms.write && perms.exec {
+                return Err(LoadError::WritableText(index));
+            }
+            segments.push((
+                index,
+                Segment {
+                    start,
+                    end: vend,
+                    perms,
+                    file_offset: ph.p_offset,
+                    file_size: ph.p_filesz,
+                    vaddr: ph.p_vaddr,
+                },
+            ));
+        }
+        if segments.is_empty() {
+            return Err(LoadError::NoSegments);
+        }
+        segments.sort_by_key(|(_, s)| s.start);
+        for w in segments.windows(2) {
+            if w[1].1.start < w[0].1.end {
+                return Err(LoadError::Overlap(w[0].0, w[1].0));
+            }
+        }
+        let segments: Vec<Segment> = segments.into_iter().map(|(_, s)| s).collect();
+
+        let entry = elf.entry;
+        if !segments
+            .iter()
+            .any(|s| s.perms.exec && entry >= s.vaddr && entry < s.vaddr + (s.end - s.start))
+        {
+            return Err(LoadError::EntryOutsideText(entry));
+        }
+
+        let vectors = read_header(&elf, &bytes)?;
+        let symbols = read_symbols(&elf);
+        Ok(Image {
+            bytes,
+            entry,
+            segments,
+            vectors,
+            symbols,
+        })
+    }
+
+    /// Lowest image address.
+    pub fn start(&self) -> u64 {
+        self.segments[0].start
+    }
+
+    /// End of the last image page.
+    pub fn end(&self) -> u64 {
+        self.segments.last().map_or(IMAGE_BASE, |s| s.end)
+    }
+
+    /// Copies the segments' file bytes into guest memory (the rest of each
+    /// segment, its BSS, is already zero: guest memory starts zeroed).
+    pub fn load(&self, mem: &GuestMem) -> Result<(), crate::memory::MemError> {
+        for s in &self.segments {
+            let data = &self.bytes[s.file_offset as usize..(s.file_offset + s.file_size) as usize];
+            mem.write_bytes(Gpa(s.vaddr), data)?;
+        }
+        Ok(())
+    }
+
+    /// Describes `addr` as `function+offset`, if a symbol covers it.
+    pub fn symbolize(&self, addr: u64) -> Option<String> {
+        symbolize(&self.symbols, addr)
+    }
+}
+
+/// Describes `addr` as `function+offset` using a sorted symbol list.
+pub fn symbolize(symbols: &[Symbol], addr: u64) -> Option<String> {
+    let i = symbols.partition_point(|s| s.addr <= addr).checked_sub(1)?;
+    let s = &symbols[i];
+    let off = addr - s.addr;
+    (s.size == 0 || off < s.size).then(|| format!("{}+{:#x}", s.name, off))
+}
+
+fn read_header(elf: &Elf<'_>, bytes: &[u8]) -> Result<[u64; EXCEPTION_VECTORS], LoadError> {
+    let sh = elf
+        .section_headers
+        .iter()
+        .find(|sh| elf.shdr_strtab.get_at(sh.sh_name) == Some(IMAGE_HEADER_SECTION))
+        .ok_or(LoadError::NoHeader)?;
+    let off = sh.sh_offset as usize;
+    let data = off
+        .checked_add(IMAGE_HEADER_SIZE)
+        .and_then(|end| bytes.get(off..end))
+        .filter(|_| sh.sh_size as usize >= IMAGE_HEADER_SIZE)
+        .ok_or(LoadError::BadHeader)?;
+    let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().expect("8 bytes"));
+    if u64_at(0) != IMAGE_MAGIC {
+        return Err(LoadError::BadHeader);
+    }
+    let version = u32::from_le_bytes(data[8..12].try_into().expect("4 bytes"));
+    if version != ABI_VERSION {
+        return Err(LoadError::AbiMismatch {
+            image: version,
+            monitor: ABI_VERSION,
+        });
+    }
+    let mut vectors = [0u64; EXCEPTION_VECTORS];
+    for (i, v) in vectors.iter_mut().enumerate() {
+        *v = u64_at(IMAGE_HEADER_VECTORS_OFFSET + 8 * i);
+    }
+    Ok(vectors)
+}
+
+fn read_symbols(elf: &Elf<'_>) -> Vec<Symbol> {
+    let mut out: Vec<Symbol> = elf
+        .syms
+        .iter()
+        .filter(|s| s.is_function() && s.st_value != 0)
+        .filter_map(|s| {
+            let name = elf.strtab.get_at(s.st_name)?;
+            Some(Symbol {
+                addr: s.st_value,
+                size: s.st_size,
+                name: format!("{:#}", rustc_demangle::demangle(name)),
+            })
+        })
+        .collect();
+    out.sort_by_key(|s| s.addr);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(matches!(
+            Image::parse(vec![], 1 << 26),
+            Err(LoadError::Empty)
+        ));
+        assert!(matches!(
+            Image::parse(b"hello world".to_vec(), 1 << 26),
+            Err(LoadError::NotElf)
+        ));
+        let mut elf32 = b"\x7fELF".to_vec();
+        elf32.extend_from_slice(&[1; 60]);
+        assert!(matches!(
+            Image::parse(elf32, 1 << 26),
+            Err(LoadError::Not64Bit)
+        ));
+        let mut trunc = b"\x7fELF\x02\x01\x01".to_vec();
+        trunc.extend_from_slice(&[0; 9]);
+        assert!(matches!(
+            Image::parse(trunc, 1 << 26),
+            Err(LoadError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn symbolizes() {
+        let syms = vec![
+            Symbol {
+                addr: 0x1000,
+                size: 0x10,
+                name: "a".into(),
+            },
+            Symbol {
+                addr: 0x2000,
+                size: 0,
+                name: "b".into(),
+            },
+        ];
+        assert_eq!(symbolize(&syms, 0x1004).as_deref(), Some("a+0x4"));
+        assert_eq!(symbolize(&syms, 0x1010), None);
+        assert_eq!(symbolize(&syms, 0x2100).as_deref(), Some("b+0x100"));
+        assert_eq!(symbolize(&syms, 0x10), None);
+    }
+}

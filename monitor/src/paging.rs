@@ -1,0 +1,199 @@
+//! The guest's page tables, owned and edited only by the monitor.
+//!
+//! Identity mapping; upper levels are permissive and each leaf carries the
+//! real permissions. Bulk memory (the heap) uses 2 MiB pages; the image and
+//! the low monitor area use 4 KiB pages so text, rodata and data each get
+//! their own protections. Tables live in guest memory between
+//! [`layout::PAGE_TABLES`] and [`layout::PAGE_TABLES_END`], supervisor-only.
+
+use crate::layout;
+use crate::memory::{GuestMem, MemError};
+use duet_abi::{Gpa, LARGE_PAGE_SIZE, PAGE_SIZE};
+use thiserror::Error;
+
+const P: u64 = 1 << 0;
+const RW: u64 = 1 << 1;
+const US: u64 = 1 << 2;
+const PS: u64 = 1 << 7;
+const NX: u64 = 1 << 63;
+const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+/// What a page may be used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Ring 0 only, read/write, no execute (monitor structures).
+    Supervisor,
+    /// Ring 3 read-only, no execute.
+    UserRead,
+    /// Ring 3 read/write, no execute.
+    UserWrite,
+    /// Ring 3 read + execute.
+    UserExec,
+}
+
+impl Access {
+    fn bits(self) -> u64 {
+        match self {
+            Access::Supervisor => P | RW | NX,
+            Access::UserRead => P | US | NX,
+            Access::UserWrite => P | RW | US | NX,
+            Access::UserExec => P | US,
+        }
+    }
+}
+
+/// Page-table errors (all are monitor bugs or resource limits, not guest input).
+#[derive(Debug, Error)]
+pub enum PagingError {
+    /// The page-table area is full.
+    #[error("out of page-table space (the image needs too many 4 KiB mappings)")]
+    OutOfTables,
+    /// A guest-memory access failed.
+    #[error(transparent)]
+    Mem(#[from] MemError),
+    /// A range was not aligned.
+    #[error("misaligned mapping {0:#x}")]
+    Misaligned(u64),
+}
+
+/// The page tables and their allocator state.
+pub struct PageTables {
+    next_table: u64,
+}
+
+impl PageTables {
+    /// Address of the PML4 (CR3).
+    pub const ROOT: u64 = layout::PAGE_TABLES;
+
+    /// Starts empty tables (guest memory is zero, so all entries are absent).
+    pub fn new() -> Self {
+        PageTables {
+            next_table: layout::PAGE_TABLES + PAGE_SIZE,
+        }
+    }
+
+    fn alloc_table(&mut self) -> Result<u64, PagingError> {
+        if self.next_table >= layout::PAGE_TABLES_END {
+            return Err(PagingError::OutOfTables);
+        }
+        let t = self.next_table;
+        self.next_table += PAGE_SIZE;
+        Ok(t)
+    }
+
+    /// Returns the table that entry `idx` of `table` points to, creating it.
+    fn child(&mut self, mem: &GuestMem, table: u64, idx: u64) -> Result<u64, PagingError> {
+        let slot = Gpa(table + idx * 8);
+        let e: u64 = mem.read_plain(slot)?;
+        if e & P != 0 {
+            return Ok(e & ADDR_MASK);
+        }
+        let t = self.alloc_table()?;
+        mem.write_plain_unchecked_policy(slot, &(t | P | RW | US))?;
+        Ok(t)
+    }
+
+    fn pd(&mut self, mem: &GuestMem, gpa: u64) -> Result<u64, PagingError> {
+        let pdpt = self.child(mem, Self::ROOT, (gpa >> 39) & 511)?;
+        self.child(mem, pdpt, (gpa >> 30) & 511)
+    }
+
+    /// Maps `[start, end)` with 4 KiB pages.
+    pub fn map_4k(
+        &mut self,
+        mem: &GuestMem,
+        start: u64,
+        end: u64,
+        access: Access,
+    ) -> Result<(), PagingError> {
+        if start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
+            return Err(PagingError::Misaligned(start));
+        }
+        let mut a = start;
+        while a < end {
+            let pd = self.pd(mem, a)?;
+            let pt = self.child(mem, pd, (a >> 21) & 511)?;
+            mem.write_plain_unchecked_policy(
+                Gpa(pt + ((a >> 12) & 511) * 8),
+                &(a | access.bits()),
+            )?;
+            a += PAGE_SIZE;
+        }
+        Ok(())
+    }
+
+    /// Maps `[start, end)` with 2 MiB pages.
+    pub fn map_2m(
+        &mut self,
+        mem: &GuestMem,
+        start: u64,
+        end: u64,
+        access: Access,
+    ) -> Result<(), PagingError> {
+        if start % LARGE_PAGE_SIZE != 0 || end % LARGE_PAGE_SIZE != 0 {
+            return Err(PagingError::Misaligned(start));
+        }
+        let mut a = start;
+        while a < end {
+            let pd = self.pd(mem, a)?;
+            mem.write_plain_unchecked_policy(
+                Gpa(pd + ((a >> 21) & 511) * 8),
+                &(a | access.bits() | PS),
+            )?;
+            a += LARGE_PAGE_SIZE;
+        }
+        Ok(())
+    }
+
+    /// Translates `gpa` through the tables (for tests and diagnostics):
+    /// returns the leaf entry, or `None` if unmapped.
+    pub fn leaf(&self, mem: &GuestMem, gpa: u64) -> Option<u64> {
+        let mut table = Self::ROOT;
+        for (shift, last) in [(39, false), (30, false), (21, false), (12, true)] {
+            let e: u64 = mem
+                .read_plain(Gpa(table + ((gpa >> shift) & 511) * 8))
+                .ok()?;
+            if e & P == 0 {
+                return None;
+            }
+            if last || (shift == 21 && e & PS != 0) {
+                return Some(e);
+            }
+            table = e & ADDR_MASK;
+        }
+        None
+    }
+}
+
+impl Default for PageTables {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_and_translates() {
+        let mem = GuestMem::new(8 << 20).unwrap();
+        let mut pt = PageTables::new();
+        pt.map_4k(&mem, 0x1000, 0x3000, Access::Supervisor).unwrap();
+        pt.map_4k(&mem, 0x20_0000, 0x20_1000, Access::UserExec)
+            .unwrap();
+        pt.map_2m(&mem, 0x40_0000, 0x80_0000, Access::UserWrite)
+            .unwrap();
+        assert_eq!(pt.leaf(&mem, 0), None);
+        assert_eq!(pt.leaf(&mem, 0x1000), Some(0x1000 | P | RW | NX));
+        assert_eq!(pt.leaf(&mem, 0x20_0000), Some(0x20_0000 | P | US));
+        assert_eq!(pt.leaf(&mem, 0x20_1000), None);
+        assert_eq!(
+            pt.leaf(&mem, 0x60_0000),
+            Some(0x60_0000 | P | RW | US | NX | PS)
+        );
+        assert!(pt
+            .map_2m(&mem, 0x1000, 0x20_0000, Access::UserWrite)
+            .is_err());
+    }
+}

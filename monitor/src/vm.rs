@@ -1,0 +1,338 @@
+//! Building a VM: the boot path, top to bottom.
+//!
+//! `Vm::create` runs in this order: validate the image (before KVM is
+//! touched) → open KVM and create the VM → guest memory → vCPU and CPUID →
+//! load the image, write page tables, descriptor tables, boot info and clock
+//! page → registers. `Vm::run` (in `vcpu.rs`) then runs the guest.
+
+use crate::bootinfo::{self, BootInfoError, BootParams};
+use crate::config::VmConfig;
+use crate::cpu;
+use crate::kvm::{self, KvmError};
+use crate::layout;
+use crate::loader::{Image, LoadError};
+use crate::memory::{GuestMem, MemError};
+use crate::paging::{Access, PageTables, PagingError};
+use crate::trace::BootTrace;
+use duet_abi::boot::{RegionKind, BOOT_FLAG_TRACE};
+use duet_abi::clock::ClockPage;
+use duet_abi::{LARGE_PAGE_SIZE, PAGE_SIZE};
+use kvm_bindings::{kvm_msr_entry, kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+
+/// Smallest heap a guest gets.
+pub const MIN_HEAP: u64 = 1 << 20;
+const MSR_IA32_TSC: u32 = 0x10;
+
+/// Why a VM could not be created.
+#[derive(Debug, Error)]
+pub enum VmError {
+    /// Reading the image file failed.
+    #[error("cannot read image {path}: {source}")]
+    ReadImage {
+        /// The path.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The image is invalid.
+    #[error("bad image {path}: {source}")]
+    Image {
+        /// The path.
+        path: String,
+        /// Why.
+        source: LoadError,
+    },
+    /// Memory too small for this image.
+    #[error("--mem {mem} MiB is too small for this image: it needs at least {need} MiB (image ends at {end:#x}, plus 1 MiB of heap)")]
+    MemTooSmall {
+        /// Requested MiB.
+        mem: u64,
+        /// Needed MiB.
+        need: u64,
+        /// Image end.
+        end: u64,
+    },
+    /// KVM could not be opened.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// A KVM ioctl failed.
+    #[error("KVM {what} failed: {source}")]
+    Ioctl {
+        /// Which call.
+        what: &'static str,
+        /// The error.
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory could not be mapped.
+    #[error("cannot allocate guest memory: {0}")]
+    Alloc(std::io::Error),
+    /// A monitor-side write to guest memory failed.
+    #[error("building the guest: {0}")]
+    Mem(#[from] MemError),
+    /// Page tables.
+    #[error("building page tables: {0}")]
+    Paging(#[from] PagingError),
+    /// Boot info.
+    #[error(transparent)]
+    BootInfo(#[from] BootInfoError),
+}
+
+fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Ioctl { what, source }
+}
+
+/// A created VM, ready to run.
+pub struct Vm {
+    /// Kept open for the VM's life.
+    pub(crate) _kvm: Kvm,
+    /// Kept open for the VM's life.
+    pub(crate) _vm: VmFd,
+    pub(crate) vcpu: VcpuFd,
+    pub(crate) mem: GuestMem,
+    pub(crate) image: Image,
+    pub(crate) trace: Option<BootTrace>,
+    pub(crate) exits: u64,
+}
+
+/// The heap's place: start, bytes mapped at boot, limit.
+fn heap_range(image_end: u64, mem: u64) -> (u64, u64, u64) {
+    let start = image_end;
+    (start, mem - start, mem - start)
+}
+
+impl Vm {
+    /// Creates the VM described by `cfg`, ready for [`Vm::run`].
+    pub fn create(cfg: &VmConfig, mut trace: Option<BootTrace>) -> Result<Vm, VmError> {
+        let mark = |t: &mut Option<BootTrace>, p| {
+            if let Some(t) = t {
+                t.mark(p)
+            }
+        };
+        // 1. The image, fully validated before KVM is touched.
+        let path = cfg.image.display().to_string();
+        let bytes = std::fs::read(&cfg.image).map_err(|source| VmError::ReadImage {
+            path: path.clone(),
+            source,
+        })?;
+        let image =
+            Image::parse(bytes, cfg.mem).map_err(|source| VmError::Image { path, source })?;
+        let need = image.end() + MIN_HEAP;
+        if cfg.mem < need {
+            return Err(VmError::MemTooSmall {
+                mem: cfg.mem >> 20,
+                need: need.div_ceil(1 << 20),
+                end: image.end(),
+            });
+        }
+        mark(&mut trace, "read + validate image");
+
+        // 2. KVM and the VM. No in-kernel irqchip: nothing needs interrupts
+        // and creating one costs milliseconds here.
+        let kvm = kvm::open(&cfg.kvm_device)?;
+        let vm = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+        mark(&mut trace, "open KVM + create VM");
+
+        // 3. Memory.
+        let mem = GuestMem::new(cfg.mem).map_err(VmError::Alloc)?;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: cfg.mem,
+            userspace_addr: mem.host_base(),
+        };
+        // SAFETY: the region is our own mapping of `cfg.mem` bytes. Both live
+        // in `Vm`, whose fields drop in declaration order: the VM fd closes
+        // before `mem` is unmapped.
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+        mark(&mut trace, "guest memory");
+
+        // 4. vCPU.
+        let vcpu = vm.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
+        vcpu.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
+        let tsc_khz = u64::from(vcpu.get_tsc_khz().map_err(ioctl("KVM_GET_TSC_KHZ"))?);
+        mark(&mut trace, "vCPU + CPUID");
+
+        // 5. Image, page tables, descriptor tables, boot info.
+        let mut vm_ = Vm {
+            _kvm: kvm,
+            _vm: vm,
+            vcpu,
+            mem,
+            image,
+            trace,
+            exits: 0,
+        };
+        let boot_info = vm_.build_guest(cfg, tsc_khz)?;
+        mark(&mut vm_.trace, "load image + tables");
+
+        // 6. Registers: straight into 64-bit ring 3 at the entry point.
+        let mut sregs = vm_.vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+        cpu::setup_sregs(&mut sregs);
+        vm_.vcpu.set_sregs(&sregs).map_err(ioctl("KVM_SET_SREGS"))?;
+        vm_.vcpu
+            .set_regs(&cpu::initial_regs(vm_.image.entry, boot_info))
+            .map_err(ioctl("KVM_SET_REGS"))?;
+        vm_.start_clock(tsc_khz)?;
+        mark(&mut vm_.trace, "registers + clock");
+        Ok(vm_)
+    }
+
+    fn build_guest(&mut self, cfg: &VmConfig, tsc_khz: u64) -> Result<u64, VmError> {
+        let mem = &mut self.mem;
+        let image = &self.image;
+        image.load(mem)?;
+
+        let mut pt = PageTables::new();
+        pt.map_4k(mem, layout::GDT, layout::IST_STACK_TOP, Access::Supervisor)?;
+        pt.map_4k(
+            mem,
+            layout::CLOCK_PAGE,
+            layout::CLOCK_PAGE + PAGE_SIZE,
+            Access::UserRead,
+        )?;
+        pt.map_4k(
+            mem,
+            layout::BOOT_INFO,
+            layout::BOOT_INFO_END,
+            Access::UserRead,
+        )?;
+        pt.map_4k(
+            mem,
+            layout::STACK_BOTTOM,
+            layout::STACK_TOP,
+            Access::UserWrite,
+        )?;
+        for s in &image.segments {
+            let access = match (s.perms.write, s.perms.exec) {
+                (_, true) => Access::UserExec,
+                (true, false) => Access::UserWrite,
+                (false, false) => Access::UserRead,
+            };
+            pt.map_4k(mem, s.start, s.end, access)?;
+        }
+        let (heap_start, heap_size, heap_limit) = heap_range(image.end(), cfg.mem);
+        let heap_end = heap_start + heap_size;
+        // 4 KiB pages up to the first 2 MiB boundary, then 2 MiB pages.
+        let big = heap_start.next_multiple_of(LARGE_PAGE_SIZE).min(heap_end);
+        pt.map_4k(mem, heap_start, big, Access::UserWrite)?;
+        let big_end = heap_end & !(LARGE_PAGE_SIZE - 1);
+        if big_end > big {
+            pt.map_2m(mem, big, big_end, Access::UserWrite)?;
+            pt.map_4k(mem, big_end, heap_end, Access::UserWrite)?;
+        } else if heap_end > big {
+            pt.map_4k(mem, big, heap_end, Access::UserWrite)?;
+        }
+        cpu::write_tables(mem, &image.vectors)?;
+
+        // What the guest may have the monitor write into on its behalf.
+        let mut writable = vec![
+            (layout::STACK_BOTTOM, layout::STACK_TOP),
+            (heap_start, heap_end),
+        ];
+        writable.extend(
+            image
+                .segments
+                .iter()
+                .filter(|s| s.perms.write)
+                .map(|s| (s.start, s.end)),
+        );
+        mem.set_writable(writable);
+
+        let regions = [
+            (
+                layout::GDT,
+                layout::IST_STACK_TOP - layout::GDT,
+                RegionKind::Monitor,
+            ),
+            (layout::CLOCK_PAGE, PAGE_SIZE, RegionKind::Clock),
+            (
+                layout::BOOT_INFO,
+                layout::BOOT_INFO_END - layout::BOOT_INFO,
+                RegionKind::BootInfo,
+            ),
+            (
+                layout::PAGE_TABLES,
+                layout::PAGE_TABLES_END - layout::PAGE_TABLES,
+                RegionKind::Monitor,
+            ),
+            (
+                layout::STACK_BOTTOM,
+                layout::STACK_TOP - layout::STACK_BOTTOM,
+                RegionKind::Stack,
+            ),
+            (
+                image.start(),
+                image.end() - image.start(),
+                RegionKind::Image,
+            ),
+            (heap_start, heap_size, RegionKind::Heap),
+        ];
+        let params = BootParams {
+            flags: if self.trace.is_some() {
+                BOOT_FLAG_TRACE
+            } else {
+                0
+            },
+            mem_size: cfg.mem,
+            tsc_khz,
+            regions: &regions,
+            devices: &[],
+            heap: (heap_start, heap_size, heap_limit),
+            args: &cfg.args,
+            env: &cfg.env,
+        };
+        Ok(bootinfo::write(mem, &params)?)
+    }
+
+    /// Reads the guest's TSC together with the host clocks and publishes the
+    /// clock page: monotonic time 0 at this instant, wall time from the host.
+    fn start_clock(&mut self, tsc_khz: u64) -> Result<(), VmError> {
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index: MSR_IA32_TSC,
+            ..Default::default()
+        }])
+        .expect("one MSR fits");
+        let now = Instant::now();
+        self.vcpu
+            .get_msrs(&mut msrs)
+            .map_err(ioctl("KVM_GET_MSRS"))?;
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let tsc = msrs.as_slice()[0].data;
+        if let Some(t) = &mut self.trace {
+            t.anchor(now, tsc, tsc_khz);
+        }
+        let page = ClockPage {
+            seq: 0,
+            generation: 0,
+            tsc_khz,
+            mult: ClockPage::mult_for(tsc_khz),
+            base_tsc: tsc,
+            base_mono_ns: 0,
+            base_wall_ns: wall,
+        };
+        bootinfo::write_clock(&self.mem, &page)?;
+        Ok(())
+    }
+}
+
+impl Vm {
+    /// Takes the boot trace, if tracing.
+    pub fn take_trace(&mut self) -> Option<BootTrace> {
+        self.trace.take()
+    }
+
+    /// Number of exits handled so far.
+    pub fn exits(&self) -> u64 {
+        self.exits
+    }
+}

@@ -1,0 +1,50 @@
+//! Duet: the unikernel library Duet applications link against.
+//!
+//! A Duet guest runs in ring 3 of an identity-mapped address space that the
+//! monitor built; it never executes a privileged instruction. Everything a
+//! kernel would do (I/O, time, memory mapping) it asks of the monitor through
+//! hypercalls defined in [`duet_abi`].
+//!
+//! Boot order (see [`rt`]): the monitor enters `_start` with the boot info's
+//! address → the ABI version is checked → the heap is set up → the
+//! application's `main` (declared with [`main!`]) runs → its status goes to
+//! the monitor through the exit hypercall.
+//!
+//! ```ignore
+//! #![no_std]
+//! #![no_main]
+//! duet::main!(main);
+//! fn main() {
+//!     duet::println!("hello");
+//! }
+//! ```
+#![no_std]
+#![deny(missing_docs)]
+
+extern crate alloc;
+
+pub mod allocator;
+pub mod console;
+pub mod env;
+pub mod exceptions;
+pub mod hypercall;
+mod panic;
+pub mod rt;
+
+pub use duet_abi as abi;
+pub use rt::{exit, Termination};
+
+/// Declares the application's entry point.
+///
+/// The function may return `()`, an `i32` exit status, or a `Result` whose
+/// error is printed before exiting with status 1.
+#[macro_export]
+macro_rules! main {
+    ($main:path) => {
+        #[doc(hidden)]
+        #[unsafe(no_mangle)]
+        pub extern "Rust" fn __duet_main() -> i32 {
+            $crate::Termination::report($main())
+        }
+    };
+}
