@@ -67,7 +67,9 @@ pub fn write_tables(mem: &GuestMem, vectors: &[u64; EXCEPTION_VECTORS]) -> Resul
     mem.write_plain_unchecked_policy(Gpa(layout::TSS + TSS_IST1), &layout::IST_STACK_TOP)?;
     mem.write_plain_unchecked_policy(Gpa(layout::TSS + TSS_IOMAP_BASE), &(TSS_SIZE as u16))?;
     let mut bitmap = vec![0xffu8; IOMAP_SIZE as usize];
-    for port in PORT_BASE..PORT_BASE + PORT_COUNT {
+    // A 4-byte `out` checks the bits of all four ports it covers, so open
+    // three more past the last hypercall port.
+    for port in PORT_BASE..PORT_BASE + PORT_COUNT + 3 {
         bitmap[(port / 8) as usize] &= !(1 << (port % 8));
     }
     mem.write_bytes(Gpa(layout::TSS + TSS_SIZE), &bitmap)?;

@@ -11,6 +11,7 @@
 pub mod bootinfo;
 pub mod config;
 pub mod cpu;
+pub mod devices;
 pub mod hypercall;
 pub mod kvm;
 pub mod layout;

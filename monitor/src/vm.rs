@@ -8,6 +8,7 @@
 use crate::bootinfo::{self, BootInfoError, BootParams};
 use crate::config::VmConfig;
 use crate::cpu;
+use crate::devices::Devices;
 use crate::kvm::{self, KvmError};
 use crate::layout;
 use crate::loader::{Image, LoadError};
@@ -93,6 +94,7 @@ pub struct Vm {
     pub(crate) vcpu: VcpuFd,
     pub(crate) mem: GuestMem,
     pub(crate) image: Image,
+    pub(crate) devices: Devices,
     pub(crate) trace: Option<BootTrace>,
     pub(crate) exits: u64,
 }
@@ -167,6 +169,7 @@ impl Vm {
             vcpu,
             mem,
             image,
+            devices: Devices::default(),
             trace,
             exits: 0,
         };
@@ -284,7 +287,7 @@ impl Vm {
             mem_size: cfg.mem,
             tsc_khz,
             regions: &regions,
-            devices: &[],
+            devices: &self.devices.infos(),
             heap: (heap_start, heap_size, heap_limit),
             args: &cfg.args,
             env: &cfg.env,

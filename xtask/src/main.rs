@@ -1,1 +1,89 @@
-fn main() {}
+//! `cargo xtask`: build unikernel images, run them, test and benchmark Duet.
+//!
+//! Guest images build for `x86_64-unknown-none` in their own workspace
+//! (`unikernel/`), with link flags taken from `duet-abi` so the image base
+//! is written once.
+
+mod build;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Duet's build tool.
+#[derive(Parser)]
+#[command(name = "cargo xtask", about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build unikernel images (all example apps when none are named) and the monitor.
+    Build {
+        /// Example apps of the `duet` crate to build (e.g. hello args).
+        apps: Vec<String>,
+        /// Build the application crate at this Cargo.toml instead (an app outside this repo).
+        #[arg(long)]
+        manifest_path: Option<PathBuf>,
+    },
+    /// Build APP and boot it with the monitor: `cargo xtask run hello [--mem 128M] [-- ARGS]`.
+    Run {
+        /// The example app.
+        app: String,
+        /// Options for `duet run` (before `--`) and arguments for the guest (after `--`).
+        #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
+        rest: Vec<String>,
+    },
+    /// Print the RUSTFLAGS a guest image is built with.
+    Rustflags,
+    /// Build every image, then run every test (unit and end-to-end).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
+        rest: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Build {
+            apps,
+            manifest_path,
+        } => {
+            match manifest_path {
+                Some(m) => {
+                    let img = build::external_app(&m)?;
+                    println!("image: {}", img.display());
+                }
+                None => {
+                    build::images(&apps)?;
+                    println!("images in {}", build::images_dir().display());
+                }
+            }
+            build::monitor()?;
+            Ok(())
+        }
+        Cmd::Run { app, rest } => {
+            build::images(std::slice::from_ref(&app))?;
+            let duet = build::monitor()?;
+            let (opts, args) = match rest.iter().position(|a| a == "--") {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (&rest[..], &[][..]),
+            };
+            let status = std::process::Command::new(duet)
+                .arg("run")
+                .arg(build::images_dir().join(&app))
+                .args(opts)
+                .args(args)
+                .status()?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Rustflags => {
+            println!("{}", build::guest_rustflags());
+            Ok(())
+        }
+        Cmd::Test { rest } => build::test(&rest),
+    }
+}

@@ -1,0 +1,135 @@
+//! Building images and the monitor, and running the test suite.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The guest target.
+pub const TARGET: &str = "x86_64-unknown-none";
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Where example-app images land.
+pub fn images_dir() -> PathBuf {
+    root()
+        .join("unikernel/target")
+        .join(TARGET)
+        .join("release/examples")
+}
+
+/// Installs the guest target with rustup if it is missing.
+pub fn ensure_target() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    match out {
+        Ok(o)
+            if String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == TARGET) =>
+        {
+            Ok(())
+        }
+        Ok(_) => run(Command::new("rustup").args(["target", "add", TARGET])),
+        // No rustup: trust that the toolchain has the target; cargo says so if not.
+        Err(_) => Ok(()),
+    }
+}
+
+/// Link flags every Duet image needs: a static (non-PIE) executable at the
+/// ABI's image base, one page per segment so each gets its own protection.
+pub fn guest_rustflags() -> String {
+    format!(
+        "-C relocation-model=static -C link-arg=--image-base={:#x} -C link-arg=-zmax-page-size=4096 -C link-arg=-zseparate-loadable-segments",
+        duet_abi::boot::IMAGE_BASE
+    )
+}
+
+fn guest_cargo(dir: &Path) -> Command {
+    let mut c = cargo();
+    c.current_dir(dir)
+        .env(
+            "CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS",
+            guest_rustflags(),
+        )
+        // The host workspace's flags must not leak into the guest build.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .args(["build", "--release", "--target", TARGET]);
+    c
+}
+
+/// Builds the named example apps (all when empty).
+pub fn images(apps: &[String]) -> Result<()> {
+    ensure_target()?;
+    let mut c = guest_cargo(&root().join("unikernel"));
+    if apps.is_empty() {
+        c.arg("--examples");
+    }
+    for a in apps {
+        c.args(["--example", a]);
+    }
+    run(&mut c).context("building unikernel images")
+}
+
+/// Builds an application crate outside this repository; returns its image.
+pub fn external_app(manifest: &Path) -> Result<PathBuf> {
+    ensure_target()?;
+    let dir = manifest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut c = guest_cargo(dir);
+    c.arg("--manifest-path").arg(manifest);
+    run(&mut c).context("building the application")?;
+    let text = std::fs::read_to_string(manifest)?;
+    let name = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("name")
+                .map(|r| r.trim_start_matches([' ', '=']).trim_matches('"'))
+        })
+        .context("no package name in Cargo.toml")?;
+    Ok(dir.join("target").join(TARGET).join("release").join(name))
+}
+
+/// Builds the release monitor; returns its path.
+pub fn monitor() -> Result<PathBuf> {
+    run(cargo()
+        .current_dir(root())
+        .args(["build", "--release", "--quiet", "-p", "duet-monitor"]))?;
+    Ok(root().join("target/release/duet"))
+}
+
+/// Builds everything, then runs every host test with the images in place.
+pub fn test(extra: &[String]) -> Result<()> {
+    images(&[])?;
+    let duet = monitor()?;
+    run(cargo()
+        .current_dir(root())
+        .env("DUET_IMAGES", images_dir())
+        .env("DUET_BIN", duet)
+        .args(["test", "--workspace"])
+        .args(extra))
+}
