@@ -31,7 +31,7 @@ const MSR_IA32_TSC: u32 = 0x10;
 #[derive(Debug, Error)]
 pub enum VmError {
     /// Reading the image file failed.
-    #[error("cannot read image {path}: {source}")]
+    #[error("cannot read image {path}")]
     ReadImage {
         /// The path.
         path: String,
@@ -39,7 +39,7 @@ pub enum VmError {
         source: std::io::Error,
     },
     /// The image is invalid.
-    #[error("bad image {path}: {source}")]
+    #[error("bad image {path}")]
     Image {
         /// The path.
         path: String,
@@ -60,7 +60,7 @@ pub enum VmError {
     #[error(transparent)]
     Kvm(#[from] KvmError),
     /// A KVM ioctl failed.
-    #[error("KVM {what} failed: {source}")]
+    #[error("KVM {what} failed")]
     Ioctl {
         /// Which call.
         what: &'static str,
@@ -71,10 +71,10 @@ pub enum VmError {
     #[error("cannot allocate guest memory: {0}")]
     Alloc(std::io::Error),
     /// A monitor-side write to guest memory failed.
-    #[error("building the guest: {0}")]
+    #[error("building the guest")]
     Mem(#[from] MemError),
     /// Page tables.
-    #[error("building page tables: {0}")]
+    #[error("building page tables")]
     Paging(#[from] PagingError),
     /// Boot info.
     #[error(transparent)]

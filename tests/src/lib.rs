@@ -180,3 +180,45 @@ pub fn boot(app: &str, opts: &[&str], args: &[&str]) -> Output {
 
 /// The monitor's documented exit statuses.
 pub use duet_monitor::status;
+
+/// Little-endian field access into an ELF64 file, for crafting bad images.
+pub mod elf {
+    /// Reads a `u16` at `off`.
+    pub fn u16_at(b: &[u8], off: usize) -> u16 {
+        u16::from_le_bytes(b[off..off + 2].try_into().unwrap())
+    }
+    /// Reads a `u64` at `off`.
+    pub fn u64_at(b: &[u8], off: usize) -> u64 {
+        u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+    }
+    /// Writes a `u16` at `off`.
+    pub fn set_u16(b: &mut [u8], off: usize, v: u16) {
+        b[off..off + 2].copy_from_slice(&v.to_le_bytes());
+    }
+    /// Writes a `u32` at `off`.
+    pub fn set_u32(b: &mut [u8], off: usize, v: u32) {
+        b[off..off + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    /// Writes a `u64` at `off`.
+    pub fn set_u64(b: &mut [u8], off: usize, v: u64) {
+        b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    /// File offsets of the program headers of type PT_LOAD.
+    pub fn load_headers(b: &[u8]) -> Vec<usize> {
+        let phoff = u64_at(b, 0x20) as usize;
+        let entsize = u16_at(b, 0x36) as usize;
+        let n = u16_at(b, 0x38) as usize;
+        (0..n)
+            .map(|i| phoff + i * entsize)
+            .filter(|&o| u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) == 1)
+            .collect()
+    }
+    /// Offset of `p_vaddr` in a program header.
+    pub const P_VADDR: usize = 16;
+    /// Offset of `p_filesz` in a program header.
+    pub const P_FILESZ: usize = 32;
+    /// Offset of `p_memsz` in a program header.
+    pub const P_MEMSZ: usize = 40;
+    /// Offset of `p_flags` in a program header.
+    pub const P_FLAGS: usize = 4;
+}
