@@ -9,48 +9,30 @@ use duet_abi::boot::EXCEPTION_VECTORS;
 use duet_abi::hypercall::{PORT_BASE, PORT_COUNT};
 use duet_abi::Gpa;
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
-
-const CR0_PE: u64 = 1 << 0;
-const CR0_MP: u64 = 1 << 1;
-const CR0_ET: u64 = 1 << 4;
-const CR0_NE: u64 = 1 << 5;
-const CR0_WP: u64 = 1 << 16;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_OSFXSR: u64 = 1 << 9;
-const CR4_OSXMMEXCPT: u64 = 1 << 10;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-const EFER_NXE: u64 = 1 << 11;
+use std::mem::size_of;
+use x86_64::registers::control::{Cr0Flags, Cr4Flags};
+use x86_64::registers::model_specific::EferFlags;
+use x86_64::structures::gdt::DescriptorFlags;
+use x86_64::structures::tss::TaskStateSegment;
+use x86_64::VirtAddr;
 
 /// TSS size without the I/O bitmap.
-const TSS_SIZE: u64 = 104;
+const TSS_SIZE: u64 = size_of::<TaskStateSegment>() as u64;
+const _: () = assert!(TSS_SIZE == 104);
 /// I/O bitmap: one bit per port plus the mandatory trailing 0xff byte.
 const IOMAP_SIZE: u64 = 65536 / 8 + 1;
-/// Offset of `ist1` in the 64-bit TSS.
-const TSS_IST1: u64 = 36;
-/// Offset of the I/O map base field.
-const TSS_IOMAP_BASE: u64 = 102;
 /// TSS limit (last valid byte offset).
 pub const TSS_LIMIT: u64 = TSS_SIZE + IOMAP_SIZE - 1;
-
-/// Builds a flat code/data descriptor.
-fn seg_desc(dpl: u64, code: bool) -> u64 {
-    let ty = if code { 0xb } else { 0x3 }; // accessed exec/read, accessed read/write
-    let access = (1 << 7) | (dpl << 5) | (1 << 4) | ty; // P, DPL, S
-    let flags = if code { 0b1010 } else { 0b1100 }; // G + L for code, G + DB for data
-    0xffff | (access << 40) | (0xf << 48) | (flags << 52)
-}
 
 /// Writes the GDT, the TSS with its I/O bitmap, and the IDT.
 pub fn write_tables(mem: &GuestMem, vectors: &[u64; EXCEPTION_VECTORS]) -> Result<(), MemError> {
     // GDT: null, null, kernel code, kernel data, user code32 (unused), user
     // data, user code64, TSS (two slots).
     let mut gdt = [0u64; 10];
-    gdt[(selector::KERNEL_CODE / 8) as usize] = seg_desc(0, true);
-    gdt[(selector::KERNEL_DATA / 8) as usize] = seg_desc(0, false);
-    gdt[(selector::USER_DATA / 8) as usize] = seg_desc(3, false);
-    gdt[(selector::USER_CODE / 8) as usize] = seg_desc(3, true);
+    gdt[(selector::KERNEL_CODE / 8) as usize] = DescriptorFlags::KERNEL_CODE64.bits();
+    gdt[(selector::KERNEL_DATA / 8) as usize] = DescriptorFlags::KERNEL_DATA.bits();
+    gdt[(selector::USER_DATA / 8) as usize] = DescriptorFlags::USER_DATA.bits();
+    gdt[(selector::USER_CODE / 8) as usize] = DescriptorFlags::USER_CODE64.bits();
     let base = layout::TSS;
     let tss_lo = (TSS_LIMIT & 0xffff)
         | ((base & 0xff_ffff) << 16)
@@ -64,8 +46,18 @@ pub fn write_tables(mem: &GuestMem, vectors: &[u64; EXCEPTION_VECTORS]) -> Resul
     }
 
     // TSS: IST1 for every exception; I/O bitmap denies all ports but ours.
-    mem.write_plain_unchecked_policy(Gpa(layout::TSS + TSS_IST1), &layout::IST_STACK_TOP)?;
-    mem.write_plain_unchecked_policy(Gpa(layout::TSS + TSS_IOMAP_BASE), &(TSS_SIZE as u16))?;
+    let mut tss = TaskStateSegment::new();
+    tss.interrupt_stack_table[0] = VirtAddr::new(layout::IST_STACK_TOP);
+    tss.iomap_base = TSS_SIZE as u16;
+    // SAFETY: `TaskStateSegment` is `repr(C, packed(4))` plain data of
+    // exactly TSS_SIZE bytes (asserted above), so viewing it as bytes is sound.
+    let tss_bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&tss as *const TaskStateSegment).cast::<u8>(),
+            TSS_SIZE as usize,
+        )
+    };
+    mem.write_bytes(Gpa(layout::TSS), tss_bytes)?;
     let mut bitmap = vec![0xffu8; IOMAP_SIZE as usize];
     // A 4-byte `out` checks the bits of all four ports it covers, so open
     // three more past the last hypercall port.
@@ -136,10 +128,20 @@ pub fn setup_sregs(sregs: &mut kvm_sregs) {
     sregs.gdt.limit = 10 * 8 - 1;
     sregs.idt.base = layout::IDT;
     sregs.idt.limit = (EXCEPTION_VECTORS * 16 - 1) as u16;
-    sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
+    sregs.cr0 = (Cr0Flags::PROTECTED_MODE_ENABLE
+        | Cr0Flags::MONITOR_COPROCESSOR
+        | Cr0Flags::EXTENSION_TYPE
+        | Cr0Flags::NUMERIC_ERROR
+        | Cr0Flags::WRITE_PROTECT
+        | Cr0Flags::PAGING)
+        .bits();
     sregs.cr3 = PageTables::ROOT;
-    sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
-    sregs.efer = EFER_LME | EFER_LMA | EFER_NXE;
+    sregs.cr4 =
+        (Cr4Flags::PHYSICAL_ADDRESS_EXTENSION | Cr4Flags::OSFXSR | Cr4Flags::OSXMMEXCPT_ENABLE)
+            .bits();
+    sregs.efer =
+        (EferFlags::LONG_MODE_ENABLE | EferFlags::LONG_MODE_ACTIVE | EferFlags::NO_EXECUTE_ENABLE)
+            .bits();
 }
 
 /// Initial general registers: entry point, stack, boot info in `rdi`,
