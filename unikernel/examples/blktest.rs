@@ -195,7 +195,6 @@ fn batch() -> i32 {
     for i in 0..b.len() {
         duet::println!("entry {i} -> {:?}", b.status(i));
     }
-    drop(b);
 
     // Contiguous reads are merged into one host call; a bad buffer in the
     // middle must fail alone.
@@ -272,6 +271,18 @@ fn fill() -> i32 {
     0
 }
 
+/// Requests aligned to 512 but not to the disk's sector size.
+fn align() -> i32 {
+    let d = disk0();
+    let mut buf = vec![0u8; 8192];
+    let b = buf.as_mut_ptr() as u64;
+    let r = Hypercall::BlkRead;
+    duet::println!("len-512 -> {:?}", raw(r, d.id(), 0, b, 512));
+    duet::println!("offset-512 -> {:?}", raw(r, d.id(), 512, b, 4096));
+    duet::println!("aligned -> {:?}", raw(r, d.id(), 4096, b, 4096));
+    0
+}
+
 fn main() -> i32 {
     let args: Vec<&str> = duet::env::args().collect();
     match args.as_slice() {
@@ -283,6 +294,7 @@ fn main() -> i32 {
         ["batch"] => batch(),
         ["readonly"] => readonly(),
         ["fill"] => fill(),
+        ["align"] => align(),
         _ => 2,
     }
 }

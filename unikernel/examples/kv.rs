@@ -112,10 +112,7 @@ impl<'d, B: BlockIo> Store<'d, B> {
             base: 0,
             buf: Vec::new(),
         };
-        loop {
-            let Some(h) = r.get(s.end, HEADER)? else {
-                break;
-            };
+        while let Some(h) = r.get(s.end, HEADER)? {
             if h.iter().all(|&b| b == 0) {
                 break; // the clean end of the log
             }
