@@ -8,8 +8,8 @@
 //! read's buffer must be guest-writable).
 //!
 //! Errors ([`crate::hypercall::Error`], negated in `ret`):
-//! `NoDev` (no such block device), `Inval` (misaligned offset or length, bad
-//! op), `TooBig` (length over [`BLK_IO_MAX`], batch over [`BLK_BATCH_MAX`]),
+//! `NoDev` (no such block device), `Inval` (misaligned offset or length,
+//! non-zero reserved flags), `Unsupported` (unknown batch op), `TooBig` (length over [`BLK_IO_MAX`], batch over [`BLK_BATCH_MAX`]),
 //! `Range` (outside the device, or `offset + len` overflows), `Fault` (the
 //! buffer is not in guest memory, or a read's buffer is not writable),
 //! `ReadOnly` (write to a read-only device), `Io` and `NoSpace` (the host

@@ -278,3 +278,62 @@ fn transfer(
     }
     Ok(done)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, Write};
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn file_io_scatters_and_gathers_and_checks_ranges() {
+        let mut mem = GuestMem::new(4 << 20).unwrap();
+        mem.set_writable(vec![(0x10000, 0x20000)]);
+        let path = std::env::temp_dir().join(format!("duet-fileio-{}", std::process::id()));
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        mem.write_bytes(Gpa(0x1000), &[1; 100]).unwrap();
+        mem.write_bytes(Gpa(0x3000), &[2; 50]).unwrap();
+        let segs = [(Gpa(0x1000), 100), (Gpa(0x3000), 50)];
+        let n = mem
+            .file_io(FileIo::Write, f.as_fd(), 10, &segs)
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 150);
+        f.seek(std::io::SeekFrom::End(0)).unwrap();
+        f.write_all(&[0; 10]).unwrap();
+        // Read back split differently, into guest-writable memory.
+        let back = [(Gpa(0x10000), 60), (Gpa(0x18000), 100)];
+        let n = mem
+            .file_io(FileIo::Read, f.as_fd(), 0, &back)
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 160);
+        let mut a = [0u8; 60];
+        let mut b = [0u8; 100];
+        mem.read_bytes(Gpa(0x10000), &mut a).unwrap();
+        mem.read_bytes(Gpa(0x18000), &mut b).unwrap();
+        assert_eq!(&a[..10], &[0; 10]);
+        assert_eq!(&a[10..], &[1; 50]);
+        assert_eq!(&b[..50], &[1; 50]);
+        assert_eq!(&b[50..], &[2; 50]);
+        // Reads into non-writable memory and ranges past the end are refused.
+        let bad = mem.file_io(FileIo::Read, f.as_fd(), 0, &[(Gpa(0x1000), 10)]);
+        assert!(matches!(bad, Err(MemError::NotWritable { .. })));
+        let bad = mem.file_io(FileIo::Write, f.as_fd(), 0, &[(Gpa(u64::MAX), 2)]);
+        assert!(matches!(bad, Err(MemError::OutOfRange { .. })));
+        // A read past the end of the file (170 bytes) comes up short.
+        let n = mem
+            .file_io(FileIo::Read, f.as_fd(), 150, &back)
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 20);
+        drop(f);
+        let _ = std::fs::remove_file(path);
+    }
+}

@@ -152,6 +152,7 @@ fn a_bad_batch_entry_fails_alone() {
         .expect_stdout("read-batch -> Ok(3)")
         .expect_stdout("read 1 -> Err(Fault)")
         .expect_stdout("read 3 -> Ok(512)")
+        .expect_stdout("read 4 -> Err(Unsupported)")
         .expect_stdout("contents -> ok");
     let data = fs::read(&img).unwrap();
     assert!(data[..512].iter().all(|&b| b == 1));

@@ -207,7 +207,7 @@ fn batch() -> i32 {
         s1.as_mut_ptr() as u64,
         s2.as_mut_ptr() as u64,
     ];
-    let mut reqs = [BlkReq::default(); 4];
+    let mut reqs = [BlkReq::default(); 5];
     for (i, (r, buf)) in reqs.iter_mut().zip(bufs).enumerate() {
         *r = BlkReq {
             op: BLK_OP_READ,
@@ -218,9 +218,14 @@ fn batch() -> i32 {
             ret: 0,
         };
     }
+    reqs[4] = BlkReq {
+        op: 99, // no such op
+        dev: d.id(),
+        ..reqs[0]
+    };
     let mut a = BlkBatchArgs {
         reqs: Gpa(reqs.as_mut_ptr() as u64),
-        count: 4,
+        count: 5,
         flags: 0,
         ret: 0,
     };

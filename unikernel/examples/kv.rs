@@ -159,9 +159,11 @@ impl<'d, B: BlockIo> Store<'d, B> {
         if start + buf.len() as u64 > self.dev.capacity() {
             return Err(Error::NoSpace);
         }
-        // Keep the earlier records that share the first sector.
-        self.dev.read_at(start, &mut buf[..ss as usize])?;
-        buf[head..].fill(0);
+        if head > 0 {
+            // Keep the earlier records that share the first sector.
+            self.dev.read_at(start, &mut buf[..ss as usize])?;
+            buf[head..].fill(0);
+        }
         let mut meta = [0u8; 12];
         meta[0..4].copy_from_slice(&self.seq.to_le_bytes());
         meta[4..8].copy_from_slice(&(key.len() as u32).to_le_bytes());
