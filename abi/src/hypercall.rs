@@ -42,6 +42,14 @@ pub enum Hypercall {
     /// Reports guest-side boot timestamps when [`crate::boot::BOOT_FLAG_TRACE`]
     /// is set. Args: [`BootTraceArgs`].
     BootTrace = 6,
+    /// Reads from a block device. Args: [`crate::block::BlkIoArgs`].
+    BlkRead = 16,
+    /// Writes to a block device. Args: [`crate::block::BlkIoArgs`].
+    BlkWrite = 17,
+    /// Makes a block device's writes durable. Args: [`crate::block::BlkFlushArgs`].
+    BlkFlush = 18,
+    /// Runs a list of block requests in one exit. Args: [`crate::block::BlkBatchArgs`].
+    BlkBatch = 19,
 }
 
 impl Hypercall {
@@ -53,6 +61,10 @@ impl Hypercall {
         Self::Fault,
         Self::Nop,
         Self::BootTrace,
+        Self::BlkRead,
+        Self::BlkWrite,
+        Self::BlkFlush,
+        Self::BlkBatch,
     ];
 
     /// The I/O port the guest writes to for this call.

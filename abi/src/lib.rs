@@ -9,6 +9,7 @@
 //! * [`hypercall`]: hypercall numbers, their argument structs and error codes.
 //!   A hypercall is one `out` to port [`hypercall::PORT_BASE`] + number, with
 //!   the 32-bit guest-physical address of its argument struct in `eax`.
+//! * [`block`]: block-device request structs (read, write, flush, batch).
 //! * [`clock`]: the clock page the monitor writes and the guest only reads.
 //!
 //! The interface version ([`ABI_VERSION`]) is independent of the crate's
@@ -16,6 +17,7 @@
 #![no_std]
 #![deny(missing_docs)]
 
+pub mod block;
 pub mod boot;
 pub mod clock;
 pub mod hypercall;

@@ -16,6 +16,8 @@ pub struct VmConfig {
     pub env: Vec<String>,
     /// The KVM device node.
     pub kvm_device: PathBuf,
+    /// Disks (`--disk`), in device-table order.
+    pub disks: Vec<crate::devices::block::DiskSpec>,
 }
 
 /// A malformed `--mem` or `--env` value.

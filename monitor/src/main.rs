@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use duet_monitor::config::{self, VmConfig};
+use duet_monitor::devices::block;
 use duet_monitor::status;
 use duet_monitor::trace::BootTrace;
 use duet_monitor::vcpu::Outcome;
@@ -43,6 +44,9 @@ struct RunArgs {
     /// Print a phase breakdown of the boot to stderr.
     #[arg(long)]
     trace_boot: bool,
+    /// Attach a raw image file as a block device (repeatable; devices are numbered in order).
+    #[arg(long = "disk", value_name = "PATH[,ro][,name=NAME][,sector=512|4096]", value_parser = block::parse_spec)]
+    disks: Vec<block::DiskSpec>,
     /// The KVM device node.
     #[arg(long, env = "DUET_KVM_DEVICE", default_value = "/dev/kvm")]
     kvm_device: PathBuf,
@@ -59,6 +63,7 @@ fn run(a: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
         args: a.args,
         env: a.env,
         kvm_device: a.kvm_device,
+        disks: a.disks,
     };
     let mut vm = Vm::create(&cfg, trace).context("cannot start the guest")?;
     let outcome = vm.run();

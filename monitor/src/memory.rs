@@ -6,6 +6,7 @@
 
 use duet_abi::{Gpa, Plain};
 use std::mem::{size_of, MaybeUninit};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
@@ -176,5 +177,163 @@ impl GuestMem {
         // changes what is written.
         let bytes = unsafe { std::slice::from_raw_parts(slice.ptr_guard().as_ptr(), slice.len()) };
         Ok(w.write_all(bytes))
+    }
+
+    /// Positional I/O between the host file `fd` and guest memory, with no
+    /// copy through the monitor: `preadv`/`pwritev` from byte `offset` of the
+    /// file into (or out of) the guest ranges `segs`, in order, as if they
+    /// were one buffer.
+    ///
+    /// Every range is checked first (a read into the guest needs
+    /// guest-writable memory). Returns the bytes moved, fewer than asked
+    /// only when a read hits the end of the file; a host error is the inner
+    /// `Err`.
+    pub fn file_io(
+        &self,
+        dir: FileIo,
+        fd: BorrowedFd<'_>,
+        offset: u64,
+        segs: &[(Gpa, u64)],
+    ) -> Result<std::io::Result<u64>, MemError> {
+        let mut iov = Vec::with_capacity(segs.len());
+        for &(gpa, len) in segs {
+            match dir {
+                FileIo::Read => self.check_writable(gpa, len)?,
+                FileIo::Write => self.check(gpa, len)?,
+            }
+            if len == 0 {
+                continue;
+            }
+            let slice = self
+                .mem
+                .get_slice(GuestAddress(gpa.0), len as usize)
+                .map_err(|_| MemError::OutOfRange { gpa: gpa.0, len })?;
+            iov.push(libc::iovec {
+                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                iov_len: slice.len(),
+            });
+        }
+        Ok(transfer(dir, fd, offset, &mut iov))
+    }
+}
+
+/// Which way [`GuestMem::file_io`] moves bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileIo {
+    /// From the file into guest memory.
+    Read,
+    /// From guest memory into the file.
+    Write,
+}
+
+/// Runs `preadv`/`pwritev` until `iov` is consumed (or a read hits EOF).
+fn transfer(
+    dir: FileIo,
+    fd: BorrowedFd<'_>,
+    mut offset: u64,
+    mut iov: &mut [libc::iovec],
+) -> std::io::Result<u64> {
+    let mut done = 0u64;
+    while !iov.is_empty() {
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        let cnt = iov.len().min(1024) as libc::c_int;
+        // SAFETY: every iovec points into our own guest mapping, checked above
+        // to hold its whole length; the mapping outlives this call and the
+        // monitor holds no Rust reference into it, so the kernel may read or
+        // write those bytes.
+        let n = unsafe {
+            match dir {
+                FileIo::Read => libc::preadv(fd.as_raw_fd(), iov.as_ptr(), cnt, off),
+                FileIo::Write => libc::pwritev(fd.as_raw_fd(), iov.as_ptr(), cnt, off),
+            }
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            if dir == FileIo::Write {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            break;
+        }
+        let mut n = n as usize;
+        done += n as u64;
+        offset += n as u64;
+        // Drop the iovecs that are complete and trim the partial one.
+        while let Some(first) = iov.first_mut() {
+            if n < first.iov_len {
+                // SAFETY: `n < iov_len`, so the new base stays inside the range.
+                first.iov_base = unsafe { first.iov_base.cast::<u8>().add(n) }.cast();
+                first.iov_len -= n;
+                break;
+            }
+            n -= first.iov_len;
+            iov = &mut std::mem::take(&mut iov)[1..];
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, Write};
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn file_io_scatters_and_gathers_and_checks_ranges() {
+        let mut mem = GuestMem::new(4 << 20).unwrap();
+        mem.set_writable(vec![(0x10000, 0x20000)]);
+        let path = std::env::temp_dir().join(format!("duet-fileio-{}", std::process::id()));
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        mem.write_bytes(Gpa(0x1000), &[1; 100]).unwrap();
+        mem.write_bytes(Gpa(0x3000), &[2; 50]).unwrap();
+        let segs = [(Gpa(0x1000), 100), (Gpa(0x3000), 50)];
+        let n = mem
+            .file_io(FileIo::Write, f.as_fd(), 10, &segs)
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 150);
+        f.seek(std::io::SeekFrom::End(0)).unwrap();
+        f.write_all(&[0; 10]).unwrap();
+        // Read back split differently, into guest-writable memory.
+        let back = [(Gpa(0x10000), 60), (Gpa(0x18000), 100)];
+        let n = mem
+            .file_io(FileIo::Read, f.as_fd(), 0, &back)
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 160);
+        let mut a = [0u8; 60];
+        let mut b = [0u8; 100];
+        mem.read_bytes(Gpa(0x10000), &mut a).unwrap();
+        mem.read_bytes(Gpa(0x18000), &mut b).unwrap();
+        assert_eq!(&a[..10], &[0; 10]);
+        assert_eq!(&a[10..], &[1; 50]);
+        assert_eq!(&b[..50], &[1; 50]);
+        assert_eq!(&b[50..], &[2; 50]);
+        // Reads into non-writable memory and ranges past the end are refused.
+        let bad = mem.file_io(FileIo::Read, f.as_fd(), 0, &[(Gpa(0x1000), 10)]);
+        assert!(matches!(bad, Err(MemError::NotWritable { .. })));
+        let bad = mem.file_io(FileIo::Write, f.as_fd(), 0, &[(Gpa(u64::MAX), 2)]);
+        assert!(matches!(bad, Err(MemError::OutOfRange { .. })));
+        // A read past the end of the file (170 bytes) comes up short.
+        let n = mem
+            .file_io(FileIo::Read, f.as_fd(), 150, &back)
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 20);
+        drop(f);
+        let _ = std::fs::remove_file(path);
     }
 }

@@ -8,7 +8,8 @@
 use crate::bootinfo::{self, BootInfoError, BootParams};
 use crate::config::VmConfig;
 use crate::cpu;
-use crate::devices::Devices;
+use crate::devices::block::{self, BlockError};
+use crate::devices::{Device, Devices};
 use crate::kvm::{self, KvmError};
 use crate::layout;
 use crate::loader::{Image, LoadError};
@@ -79,6 +80,9 @@ pub enum VmError {
     /// Boot info.
     #[error(transparent)]
     BootInfo(#[from] BootInfoError),
+    /// A `--disk` cannot be attached.
+    #[error(transparent)]
+    Disk(#[from] BlockError),
 }
 
 fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -129,7 +133,13 @@ impl Vm {
                 end: image.end(),
             });
         }
-        mark(&mut trace, "read + validate image");
+        let mut devices = Devices::default();
+        devices.list.extend(
+            block::open_all(&cfg.disks, devices.list.len())?
+                .into_iter()
+                .map(Device::Block),
+        );
+        mark(&mut trace, "read + validate image and disks");
 
         // 2. KVM and the VM. No in-kernel irqchip: nothing needs interrupts
         // and creating one costs milliseconds here.
@@ -169,7 +179,7 @@ impl Vm {
             vcpu,
             mem,
             image,
-            devices: Devices::default(),
+            devices,
             trace,
             exits: 0,
         };

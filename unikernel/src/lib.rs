@@ -24,6 +24,7 @@
 extern crate alloc;
 
 pub mod allocator;
+pub mod block;
 pub mod console;
 pub mod env;
 pub mod exceptions;

@@ -4,6 +4,7 @@
 //! (`unikernel/`), with link flags taken from `duet-abi` so the image base
 //! is written once.
 
+mod bench_block;
 mod build;
 
 use anyhow::Result;
@@ -35,6 +36,15 @@ enum Cmd {
         /// Options for `duet run` (before `--`) and arguments for the guest (after `--`).
         #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
         rest: Vec<String>,
+    },
+    /// Block benchmark: `blkbench` beside host pread/pwrite on the same file (temporary; the bench harness will absorb it).
+    BenchBlock {
+        /// Interleaved host/guest rounds (best of each is kept).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// MiB of the test file the sequential tests cover.
+        #[arg(long, default_value_t = 32)]
+        mib: u64,
     },
     /// Print the RUSTFLAGS a guest image is built with.
     Rustflags,
@@ -79,6 +89,29 @@ fn main() -> Result<()> {
                 .args(args)
                 .status()?;
             std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::BenchBlock { rounds, mib } => {
+            build::images(&["blkbench".to_string()])?;
+            let duet = build::monitor()?;
+            let file = build::root().join("target/blkbench.img");
+            bench_block::prepare_file(&file, mib << 20)?;
+            let rows = bench_block::compare(
+                &duet,
+                &build::images_dir().join("blkbench"),
+                &file,
+                mib << 20,
+                rounds,
+            )?;
+            let _ = std::fs::remove_file(&file);
+            println!(
+                "{:<24} {:>10} {:>10}  unit   guest/host",
+                "metric", "guest", "host"
+            );
+            for (name, guest, host, unit) in rows {
+                let ratio = guest as f64 / host.max(1) as f64;
+                println!("{name:<24} {guest:>10} {host:>10}  {unit:<5}  {ratio:.2}");
+            }
+            Ok(())
         }
         Cmd::Rustflags => {
             println!("{}", build::guest_rustflags());

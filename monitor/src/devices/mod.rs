@@ -5,22 +5,32 @@
 //! Each kind of device lives in its own module (its state, its setup from
 //! the command line) with its hypercall handlers in `hypercall/`.
 
+pub mod block;
+
 use duet_abi::boot::DeviceInfo;
 use std::os::fd::RawFd;
 
 /// One device. Each kind of device adds a variant.
-pub enum Device {}
+pub enum Device {
+    /// A disk (`--disk`).
+    Block(block::BlockDevice),
+}
 
 impl Device {
     /// The device's boot-info entry.
     pub fn info(&self) -> DeviceInfo {
-        match *self {}
+        match self {
+            Device::Block(b) => b.info(),
+        }
     }
 
     /// A file descriptor that becomes readable when the device has input
     /// for the guest, for the poll hypercall; `None` means always ready.
     pub fn ready_fd(&self) -> Option<RawFd> {
-        match *self {}
+        match self {
+            // Block requests complete within the hypercall.
+            Device::Block(_) => None,
+        }
     }
 }
 
@@ -40,5 +50,13 @@ impl Devices {
     /// The device with id `id`.
     pub fn get_mut(&mut self, id: u32) -> Option<&mut Device> {
         self.list.get_mut(id as usize)
+    }
+
+    /// The block device with id `id`, or [`duet_abi::hypercall::Error::NoDev`].
+    pub fn block(&self, id: u32) -> Result<&block::BlockDevice, duet_abi::hypercall::Error> {
+        match self.list.get(id as usize) {
+            Some(Device::Block(b)) => Ok(b),
+            _ => Err(duet_abi::hypercall::Error::NoDev),
+        }
     }
 }

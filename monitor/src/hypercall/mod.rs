@@ -5,6 +5,7 @@
 //! that passes garbage gets an error code; a guest whose arguments cannot
 //! even be read (or whose `ret` cannot be written) is stopped with a report.
 
+mod blk;
 mod console;
 mod lifecycle;
 
@@ -36,6 +37,10 @@ pub fn dispatch(vm: &mut Vm, nr: u16, value: u32) -> Flow {
         Hypercall::Abort => lifecycle::abort(vm, value),
         Hypercall::Fault => lifecycle::fault(vm, value),
         Hypercall::BootTrace => lifecycle::boot_trace(vm, value),
+        Hypercall::BlkRead => blk::io(vm, value, false),
+        Hypercall::BlkWrite => blk::io(vm, value, true),
+        Hypercall::BlkFlush => blk::flush(vm, value),
+        Hypercall::BlkBatch => blk::batch(vm, value),
     }
 }
 
