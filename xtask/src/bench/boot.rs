@@ -93,7 +93,7 @@ fn parse_trace(text: &str) -> Vec<(String, f64)> {
         .filter_map(|l| {
             let (head, tail) = l.split_once("(+")?;
             let len: f64 = tail
-                .trim_end_matches(|c: char| c == ')' || c == ' ')
+                .trim_end_matches([')', ' '])
                 .trim_end_matches("ms")
                 .trim()
                 .parse()

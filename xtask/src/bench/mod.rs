@@ -14,6 +14,7 @@ mod clock;
 mod host;
 mod hypercall;
 mod progress;
+mod qemu;
 mod report;
 mod stats;
 
@@ -28,7 +29,7 @@ pub use progress::Progress;
 /// `cargo xtask bench` options.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Which section to run: boot, hypercall, clock, or all.
+    /// Which section to run: boot, hypercall, clock, qemu, or all.
     #[arg(default_value = "all")]
     pub what: String,
     /// Repetitions: boot runs per side (use at least 50); other sections scale from it.
@@ -97,6 +98,8 @@ pub struct Ctx {
     pub samples: BTreeMap<String, Vec<f64>>,
     /// Skips and caveats, printed under the table and kept in the JSON.
     pub notes: Vec<String>,
+    /// Where results, charts and generated files go.
+    pub out_dir: PathBuf,
     floor_exit_ns: Option<f64>,
 }
 
@@ -159,6 +162,10 @@ pub const SECTIONS: &[Section] = &[
         name: "clock",
         run: clock::run,
     },
+    Section {
+        name: "qemu",
+        run: qemu::run,
+    },
 ];
 
 fn build_floor() -> Result<PathBuf> {
@@ -191,6 +198,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
+    let json = args
+        .json
+        .clone()
+        .unwrap_or_else(|| build::root().join("target/bench/results.json"));
+    let dir = json
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // The load is read before building, so our own build does not count.
     let host = host::HostInfo::read();
     host::check_load(&host, args.force)?;
@@ -205,6 +222,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         images: build::images_dir(),
         samples: BTreeMap::new(),
         notes: Vec::new(),
+        out_dir: dir.clone(),
         floor_exit_ns: None,
     };
     let mut rows = Vec::new();
@@ -214,16 +232,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     Progress::clear();
 
-    let json = args
-        .json
-        .clone()
-        .unwrap_or_else(|| build::root().join("target/bench/results.json"));
-    let dir = json
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let charts = chart::draw(&dir, &rows, &ctx.samples)?;
     print!("{}", report::table(&host, &rows, &ctx.notes));
     report::write_json(&json, &host, args.runs, &rows, &ctx, &charts)?;
