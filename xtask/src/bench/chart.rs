@@ -1,6 +1,7 @@
 //! SVG charts: the boot-time distribution (Duet vs floor) and the cost of
 //! each kind of hypercall beside the floor's exit.
 
+use super::stats::{median, quantile};
 use super::Row;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
@@ -54,7 +55,9 @@ fn boot_histogram(path: &Path, duet: &[f64], floor: &[f64]) -> Result<()> {
         .chain(floor)
         .copied()
         .fold(f64::INFINITY, f64::min);
-    let hi = duet.iter().chain(floor).copied().fold(0.0, f64::max);
+    // Cut the long tail at the slower side's p95 so a few stalls do not
+    // squash the picture; slower runs land in the last bin.
+    let hi = quantile(duet, 0.95).max(quantile(floor, 0.95)) * 1.05;
     let bins = ((duet.len() + floor.len()) / 4).clamp(5, 40);
     let width = ((hi - lo) / bins as f64).max(1e-3);
     let count = |v: &[f64]| {
@@ -70,7 +73,10 @@ fn boot_histogram(path: &Path, duet: &[f64], floor: &[f64]) -> Result<()> {
     let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Boot, whole process (exec to exit)", ("sans-serif", 22))
+        .caption(
+            "Boot, whole process (exec to exit; last bin holds the tail)",
+            ("sans-serif", 22),
+        )
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(55)
@@ -82,18 +88,37 @@ fn boot_histogram(path: &Path, duet: &[f64], floor: &[f64]) -> Result<()> {
         .y_desc("runs")
         .draw()
         .map_err(err)?;
-    for (counts, color, name, half) in [
-        (&cf, FLOOR, "kvm-floor halt", 0.0),
-        (&cd, DUET, "duet run hello", 0.5),
-    ] {
+    let sides = [
+        (&cf, floor, FLOOR, "kvm-floor halt", 0.0),
+        (&cd, duet, DUET, "duet run hello", 0.5),
+    ];
+    for (counts, samples, color, name, half) in sides {
+        let med = median(samples);
         chart
             .draw_series(counts.iter().enumerate().map(|(i, &c)| {
                 let x0 = lo + width * (i as f64 + half * 0.9 + 0.05);
                 Rectangle::new([(x0, 0.0), (x0 + width * 0.45, c as f64)], color.filled())
             }))
             .map_err(err)?
-            .label(name)
+            .label(format!("{name} (median {med:.2} ms)"))
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+        // The median as a thin line over the bars.
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(med - width * 0.02, 0.0), (med + width * 0.02, ymax)],
+                BLACK.mix(0.8).filled(),
+            )))
+            .map_err(err)?;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                format!("{name} median"),
+                (
+                    med + width * 0.05,
+                    ymax * if half > 0.0 { 0.95 } else { 0.88 },
+                ),
+                ("sans-serif", 13),
+            )))
+            .map_err(err)?;
     }
     chart
         .configure_series_labels()

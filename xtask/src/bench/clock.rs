@@ -12,7 +12,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
     let Some(app) = ctx.image("timebench", "clock") else {
         return Ok(Vec::new());
     };
-    let rounds = if ctx.runs >= 10 { 5 } else { 1 };
+    let rounds = (ctx.runs / 5).clamp(1, 20);
     let mut seen: Vec<(String, &'static str)> = Vec::new();
     let mut vals: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let p = Progress::new("clock: timebench", rounds);
@@ -33,7 +33,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
         rows.push(Row::vs("clock read (Instant::now) vs rdtsc", c, t, "ns"));
     }
     if let Some(p0) = get("poll0_ns") {
-        let f = ctx.floor_exit_ns((ctx.runs as u64 * 100).max(100))?;
+        let f = ctx.floor_exit_ns((ctx.runs as u64 * 20).max(100))?;
         rows.push(Row::vs("poll(0) vs floor exit", p0, f, "ns"));
     }
     for (name, unit) in seen {
