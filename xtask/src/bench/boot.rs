@@ -40,6 +40,12 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
         p.show(i + 1);
     }
 
+    if ctx.runs < 50 {
+        ctx.notes.push(format!(
+            "boot: only {} runs per side; use --runs 50 or more before trusting p10/p90",
+            ctx.runs
+        ));
+    }
     let mut rows = Vec::new();
     for (name, q) in [("median", 0.5), ("p10", 0.1), ("p90", 0.9)] {
         rows.push(Row::vs(
