@@ -131,5 +131,8 @@ pub fn test(extra: &[String]) -> Result<()> {
         .env("DUET_IMAGES", images_dir())
         .env("DUET_BIN", duet)
         .args(["test", "--workspace"])
-        .args(extra))
+        .args(extra))?;
+    // Benchmarks are not tests: a smoke pass with tiny counts keeps the
+    // harness from rotting; no figure is checked.
+    crate::bench::smoke()
 }

@@ -4,6 +4,7 @@
 //! (`unikernel/`), with link flags taken from `duet-abi` so the image base
 //! is written once.
 
+mod bench;
 mod bench_block;
 mod build;
 
@@ -48,6 +49,9 @@ enum Cmd {
     },
     /// Print the RUSTFLAGS a guest image is built with.
     Rustflags,
+    /// Benchmark boot time, hypercalls and the clock against a raw-KVM floor
+    /// measured in the same run: `cargo xtask bench [boot|hypercall|clock|all] [--runs N] [--json PATH]`.
+    Bench(bench::BenchArgs),
     /// Build every image, then run every test (unit and end-to-end).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -117,6 +121,7 @@ fn main() -> Result<()> {
             println!("{}", build::guest_rustflags());
             Ok(())
         }
+        Cmd::Bench(a) => bench::run(&a),
         Cmd::Test { rest } => build::test(&rest),
     }
 }

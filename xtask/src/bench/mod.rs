@@ -1,0 +1,258 @@
+//! `cargo xtask bench`: Duet's figures beside a floor measured in the same run.
+//!
+//! This host is shared, noisy and nested, so no figure means much alone:
+//! each is reported beside a floor (what KVM itself costs, measured by the
+//! independent `kvm-floor` program, interleaved with Duet's runs), and the
+//! ratio is the headline.
+//!
+//! A section is a function `fn(&mut Ctx) -> Result<Vec<Row>>` listed in
+//! [`SECTIONS`]; adding a figure is writing one and adding a line there.
+
+mod boot;
+mod chart;
+mod clock;
+mod host;
+mod hypercall;
+mod progress;
+mod qemu;
+mod report;
+mod stats;
+
+use crate::build;
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub use progress::Progress;
+
+/// `cargo xtask bench` options.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Which section to run: boot, hypercall, clock, qemu, or all.
+    #[arg(default_value = "all")]
+    pub what: String,
+    /// Repetitions: boot runs per side (use at least 50); other sections scale from it.
+    #[arg(long, default_value_t = 100)]
+    pub runs: usize,
+    /// Where to write the JSON results (charts go beside it).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Run even when the host's load average says the numbers will be garbage.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// One figure: Duet's value beside the floor's (same unit, same run).
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// What was measured.
+    pub figure: String,
+    /// Duet's value.
+    pub duet: f64,
+    /// The floor's value, when this figure has one.
+    pub floor: Option<f64>,
+    /// Unit of both values.
+    pub unit: &'static str,
+}
+
+impl Row {
+    /// A figure with a floor.
+    pub fn vs(figure: impl Into<String>, duet: f64, floor: f64, unit: &'static str) -> Row {
+        Row {
+            figure: figure.into(),
+            duet,
+            floor: Some(floor),
+            unit,
+        }
+    }
+
+    /// A figure without a floor (e.g. a phase of Duet's own boot).
+    pub fn alone(figure: impl Into<String>, duet: f64, unit: &'static str) -> Row {
+        Row {
+            figure: figure.into(),
+            duet,
+            floor: None,
+            unit,
+        }
+    }
+
+    /// `duet / floor`.
+    pub fn ratio(&self) -> Option<f64> {
+        self.floor.filter(|f| *f > 0.0).map(|f| self.duet / f)
+    }
+}
+
+/// What sections share: the binaries, the repetition count, raw samples
+/// for charts and JSON, and notes (skips) for the report.
+pub struct Ctx {
+    /// `--runs`.
+    pub runs: usize,
+    /// The `duet` monitor.
+    pub duet: PathBuf,
+    /// The `kvm-floor` program.
+    pub floor: PathBuf,
+    /// Directory of example images.
+    pub images: PathBuf,
+    /// Raw samples by series name (e.g. `boot_duet_ms`).
+    pub samples: BTreeMap<String, Vec<f64>>,
+    /// Skips and caveats, printed under the table and kept in the JSON.
+    pub notes: Vec<String>,
+    /// Where results, charts and generated files go.
+    pub out_dir: PathBuf,
+    floor_exit_ns: Option<f64>,
+}
+
+impl Ctx {
+    /// The image of example app `app`, or `None` (with a note) when this
+    /// build has no such app.
+    pub fn image(&mut self, app: &str, section: &str) -> Option<PathBuf> {
+        let p = self.images.join(app);
+        if p.is_file() {
+            Some(p)
+        } else {
+            self.notes.push(format!(
+                "{section}: skipped: app `{app}` is not in this build (unikernel/examples/{app}.rs)"
+            ));
+            None
+        }
+    }
+
+    /// The floor's cost of one `out` exit in ns, measured once per run.
+    pub fn floor_exit_ns(&mut self, exits: u64) -> Result<f64> {
+        if let Some(v) = self.floor_exit_ns {
+            return Ok(v);
+        }
+        let v = floor_exits(&self.floor, exits)?;
+        self.floor_exit_ns = Some(v);
+        Ok(v)
+    }
+
+    /// Records the floor's per-exit cost measured by a section.
+    pub fn set_floor_exit_ns(&mut self, v: f64) {
+        self.floor_exit_ns = Some(v);
+    }
+}
+
+/// Runs `kvm-floor exits N` once; returns ns per exit.
+pub fn floor_exits(floor: &Path, exits: u64) -> Result<f64> {
+    let out = stats::run_capture(Command::new(floor).arg("exits").arg(exits.to_string()))?;
+    stats::bench_value(&stats::parse_bench(&out), "floor_exit_ns")
+}
+
+/// A benchmark section.
+pub struct Section {
+    /// Name on the command line and in the report.
+    pub name: &'static str,
+    /// Measures and returns rows.
+    pub run: fn(&mut Ctx) -> Result<Vec<Row>>,
+}
+
+/// Every section, in report order.
+pub const SECTIONS: &[Section] = &[
+    Section {
+        name: "boot",
+        run: boot::run,
+    },
+    Section {
+        name: "hypercall",
+        run: hypercall::run,
+    },
+    Section {
+        name: "clock",
+        run: clock::run,
+    },
+    Section {
+        name: "qemu",
+        run: qemu::run,
+    },
+];
+
+fn build_floor() -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let st = Command::new(cargo)
+        .current_dir(build::root())
+        .args(["build", "--release", "--quiet", "-p", "kvm-floor"])
+        .status()
+        .context("cannot run cargo to build kvm-floor")?;
+    if !st.success() {
+        bail!("building kvm-floor failed with {st}");
+    }
+    Ok(build::root().join("target/release/kvm-floor"))
+}
+
+/// `cargo xtask bench`.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let sections: Vec<&Section> = SECTIONS
+        .iter()
+        .filter(|s| args.what == "all" || args.what == s.name)
+        .collect();
+    if sections.is_empty() {
+        let names: Vec<_> = SECTIONS.iter().map(|s| s.name).collect();
+        bail!(
+            "unknown bench section {:?}; choose one of {} or all",
+            args.what,
+            names.join(", ")
+        );
+    }
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let json = args
+        .json
+        .clone()
+        .unwrap_or_else(|| build::root().join("target/bench/results.json"));
+    let dir = json
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // The load is read before building, so our own build does not count.
+    let host = host::HostInfo::read();
+    host::check_load(&host, args.force)?;
+
+    build::images(&[])?;
+    let duet = build::monitor()?;
+    let floor = build_floor()?;
+    let mut ctx = Ctx {
+        runs: args.runs,
+        duet,
+        floor,
+        images: build::images_dir(),
+        samples: BTreeMap::new(),
+        notes: Vec::new(),
+        out_dir: dir.clone(),
+        floor_exit_ns: None,
+    };
+    let mut rows = Vec::new();
+    for s in sections {
+        let r = (s.run)(&mut ctx).with_context(|| format!("bench section {}", s.name))?;
+        rows.extend(r.into_iter().map(|r| (s.name, r)));
+    }
+    Progress::clear();
+
+    let charts = chart::draw(&dir, &rows, &ctx.samples)?;
+    print!("{}", report::table(&host, &rows, &ctx.notes));
+    report::write_json(&json, &host, args.runs, &rows, &ctx, &charts)?;
+    println!("results: {}", json.display());
+    for c in &charts {
+        println!("chart:   {}", c.display());
+    }
+    Ok(())
+}
+
+/// The smoke pass `cargo xtask test` runs: every section with tiny counts,
+/// results in a temporary directory, no timing checked.
+pub fn smoke() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("duet-bench-smoke-{}", std::process::id()));
+    let args = BenchArgs {
+        what: "all".into(),
+        runs: 2,
+        json: Some(dir.join("results.json")),
+        force: true,
+    };
+    let r = run(&args);
+    let _ = std::fs::remove_dir_all(&dir);
+    r.context("bench smoke pass")
+}
