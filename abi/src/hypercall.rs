@@ -42,6 +42,15 @@ pub enum Hypercall {
     /// Reports guest-side boot timestamps when [`crate::boot::BOOT_FLAG_TRACE`]
     /// is set. Args: [`BootTraceArgs`].
     BootTrace = 6,
+    /// Blocks until a deadline or device readiness. Args: [`crate::poll::PollArgs`].
+    Poll = 7,
+    /// Grows the heap. Args: [`crate::mem::MemGrowArgs`].
+    MemGrow = 8,
+    /// Gives heap pages back to the host (they read as zero afterwards).
+    /// Args: [`crate::mem::MemRangeArgs`].
+    MemRelease = 9,
+    /// Changes the protection of heap pages. Args: [`crate::mem::MemRangeArgs`].
+    MemProtect = 10,
     /// Reads from a block device. Args: [`crate::block::BlkIoArgs`].
     BlkRead = 16,
     /// Writes to a block device. Args: [`crate::block::BlkIoArgs`].
@@ -61,6 +70,10 @@ impl Hypercall {
         Self::Fault,
         Self::Nop,
         Self::BootTrace,
+        Self::Poll,
+        Self::MemGrow,
+        Self::MemRelease,
+        Self::MemProtect,
         Self::BlkRead,
         Self::BlkWrite,
         Self::BlkFlush,

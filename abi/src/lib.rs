@@ -21,6 +21,8 @@ pub mod block;
 pub mod boot;
 pub mod clock;
 pub mod hypercall;
+pub mod mem;
+pub mod poll;
 
 /// Version of the guest/monitor interface. The monitor reads it from the
 /// image header before boot and the guest checks it in the boot info; both

@@ -12,6 +12,7 @@ pub mod bootinfo;
 pub mod config;
 pub mod cpu;
 pub mod devices;
+pub mod heap;
 pub mod hypercall;
 pub mod kvm;
 pub mod layout;

@@ -4,6 +4,7 @@
 //! The monitor never holds a reference into guest memory: every access is a
 //! checked copy (vm-memory), so a hostile guest can at worst get an error.
 
+use crate::layout;
 use duet_abi::{Gpa, Plain};
 use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -73,6 +74,25 @@ impl GuestMem {
     pub fn host_base(&self) -> u64 {
         let region = self.mem.iter().next().expect("one region");
         region.as_ptr() as u64
+    }
+
+    /// The KVM memory slots covering guest memory. The page tables get a slot
+    /// of their own so they can be re-registered alone (see
+    /// [`GuestMem::page_table_slot`]).
+    pub fn slots(&self) -> [kvm_bindings::kvm_userspace_memory_region; 3] {
+        let cuts = [0, layout::PAGE_TABLES, layout::PAGE_TABLES_END, self.size];
+        std::array::from_fn(|i| kvm_bindings::kvm_userspace_memory_region {
+            slot: i as u32,
+            flags: 0,
+            guest_phys_addr: cuts[i],
+            memory_size: cuts[i + 1] - cuts[i],
+            userspace_addr: self.host_base() + cuts[i],
+        })
+    }
+
+    /// The slot holding the page tables.
+    pub fn page_table_slot(&self) -> kvm_bindings::kvm_userspace_memory_region {
+        self.slots()[1]
     }
 
     /// Declares the ranges the guest may have the monitor write into.
@@ -158,6 +178,22 @@ impl GuestMem {
                 gpa: gpa.0,
                 len: buf.len() as u64,
             })
+    }
+
+    /// Drops the host pages behind `[gpa, gpa + len)` (`MADV_DONTNEED`): the
+    /// guest reads zeros there afterwards and the host's RSS shrinks.
+    pub fn discard(&self, gpa: Gpa, len: u64) -> std::io::Result<()> {
+        self.check(gpa, len).map_err(std::io::Error::other)?;
+        let host = self.host_base() + gpa.0;
+        // SAFETY: the range is inside our own anonymous mapping (checked
+        // above); MADV_DONTNEED on it only replaces its pages with zero pages.
+        let rc =
+            unsafe { libc::madvise(host as *mut libc::c_void, len as usize, libc::MADV_DONTNEED) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     }
 
     /// Copies `len` guest bytes at `gpa` into `w` without an intermediate buffer.

@@ -21,6 +21,8 @@ const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 /// What a page may be used for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
+    /// Not present: any access faults.
+    None,
     /// Ring 0 only, read/write, no execute (monitor structures).
     Supervisor,
     /// Ring 3 read-only, no execute.
@@ -34,6 +36,7 @@ pub enum Access {
 impl Access {
     fn bits(self) -> u64 {
         match self {
+            Access::None => 0,
             Access::Supervisor => P | RW | NX,
             Access::UserRead => P | US | NX,
             Access::UserWrite => P | RW | US | NX,
@@ -106,6 +109,9 @@ impl PageTables {
         end: u64,
         access: Access,
     ) -> Result<(), PagingError> {
+        if start >= end {
+            return Ok(());
+        }
         if start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
             return Err(PagingError::Misaligned(start));
         }
@@ -130,6 +136,9 @@ impl PageTables {
         end: u64,
         access: Access,
     ) -> Result<(), PagingError> {
+        if start >= end {
+            return Ok(());
+        }
         if start % LARGE_PAGE_SIZE != 0 || end % LARGE_PAGE_SIZE != 0 {
             return Err(PagingError::Misaligned(start));
         }
@@ -141,6 +150,72 @@ impl PageTables {
                 &(a | access.bits() | PS),
             )?;
             a += LARGE_PAGE_SIZE;
+        }
+        Ok(())
+    }
+
+    /// Maps `[start, end)` (4 KiB aligned) with the largest pages that fit:
+    /// 4 KiB up to the first 2 MiB boundary, 2 MiB pages, then a 4 KiB tail.
+    pub fn map_range(
+        &mut self,
+        mem: &GuestMem,
+        start: u64,
+        end: u64,
+        access: Access,
+    ) -> Result<(), PagingError> {
+        let big = start.next_multiple_of(LARGE_PAGE_SIZE).min(end);
+        self.map_4k(mem, start, big, access)?;
+        let big_end = (end & !(LARGE_PAGE_SIZE - 1)).max(big);
+        self.map_2m(mem, big, big_end, access)?;
+        self.map_4k(mem, big_end, end, access)
+    }
+
+    /// Sets the access of already-mapped pages in `[start, end)` (4 KiB
+    /// aligned), splitting any 2 MiB page the range cuts into 4 KiB pages.
+    /// The caller must flush the guest's TLB afterwards.
+    pub fn protect(
+        &mut self,
+        mem: &GuestMem,
+        start: u64,
+        end: u64,
+        access: Access,
+    ) -> Result<(), PagingError> {
+        if start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
+            return Err(PagingError::Misaligned(start));
+        }
+        let mut a = start;
+        while a < end {
+            let pd = self.pd(mem, a)?;
+            let slot = Gpa(pd + ((a >> 21) & 511) * 8);
+            let e: u64 = mem.read_plain(slot)?;
+            let whole = a % LARGE_PAGE_SIZE == 0 && a + LARGE_PAGE_SIZE <= end;
+            if e & PS != 0 && whole {
+                // The whole 2 MiB page changes: keep it large.
+                let bits = access.bits();
+                let v = if bits == 0 { 0 } else { a | bits | PS };
+                mem.write_plain_unchecked_policy(slot, &v)?;
+                a += LARGE_PAGE_SIZE;
+                continue;
+            }
+            if e & PS != 0 {
+                // Split: a page table with the same rights for all 512 pages
+                // (PS is PAT in a PTE, so it must not carry over).
+                let pt = self.alloc_table()?;
+                let base = e & ADDR_MASK & !(LARGE_PAGE_SIZE - 1);
+                let flags = e & !ADDR_MASK & !PS;
+                for i in 0..512u64 {
+                    mem.write_plain_unchecked_policy(
+                        Gpa(pt + i * 8),
+                        &((base + i * PAGE_SIZE) | flags),
+                    )?;
+                }
+                mem.write_plain_unchecked_policy(slot, &(pt | P | RW | US))?;
+            }
+            let pt = self.child(mem, pd, (a >> 21) & 511)?;
+            let bits = access.bits();
+            let v = if bits == 0 { 0 } else { a | bits };
+            mem.write_plain_unchecked_policy(Gpa(pt + ((a >> 12) & 511) * 8), &v)?;
+            a += PAGE_SIZE;
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ use crate::config::VmConfig;
 use crate::cpu;
 use crate::devices::block::{self, BlockError};
 use crate::devices::{Device, Devices};
+use crate::heap::{Heap, INITIAL_HEAP};
 use crate::kvm::{self, KvmError};
 use crate::layout;
 use crate::loader::{Image, LoadError};
@@ -18,8 +19,8 @@ use crate::paging::{Access, PageTables, PagingError};
 use crate::trace::BootTrace;
 use duet_abi::boot::{RegionKind, BOOT_FLAG_TRACE};
 use duet_abi::clock::ClockPage;
-use duet_abi::{LARGE_PAGE_SIZE, PAGE_SIZE};
-use kvm_bindings::{kvm_msr_entry, kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES};
+use duet_abi::PAGE_SIZE;
+use kvm_bindings::{kvm_msr_entry, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
@@ -99,14 +100,12 @@ pub struct Vm {
     pub(crate) mem: GuestMem,
     pub(crate) image: Image,
     pub(crate) devices: Devices,
+    pub(crate) pt: PageTables,
+    pub(crate) heap: Heap,
+    /// Host instant at which the guest's monotonic clock read 0.
+    pub(crate) clock_origin: Instant,
     pub(crate) trace: Option<BootTrace>,
     pub(crate) exits: u64,
-}
-
-/// The heap's place: start, bytes mapped at boot, limit.
-fn heap_range(image_end: u64, mem: u64) -> (u64, u64, u64) {
-    let start = image_end;
-    (start, mem - start, mem - start)
 }
 
 impl Vm {
@@ -149,18 +148,13 @@ impl Vm {
 
         // 3. Memory.
         let mem = GuestMem::new(cfg.mem).map_err(VmError::Alloc)?;
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: cfg.mem,
-            userspace_addr: mem.host_base(),
-        };
-        // SAFETY: the region is our own mapping of `cfg.mem` bytes. Both live
-        // in `Vm`, whose fields drop in declaration order: the VM fd closes
-        // before `mem` is unmapped.
-        unsafe { vm.set_user_memory_region(region) }
-            .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+        for region in mem.slots() {
+            // SAFETY: each slot is a piece of our own mapping of `cfg.mem`
+            // bytes. Both live in `Vm`, whose fields drop in declaration
+            // order: the VM fd closes before `mem` is unmapped.
+            unsafe { vm.set_user_memory_region(region) }
+                .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+        }
         mark(&mut trace, "guest memory");
 
         // 4. vCPU.
@@ -180,6 +174,9 @@ impl Vm {
             mem,
             image,
             devices,
+            pt: PageTables::new(),
+            heap: Heap::new(0, 0, 0, Vec::new()),
+            clock_origin: Instant::now(),
             trace,
             exits: 0,
         };
@@ -203,7 +200,7 @@ impl Vm {
         let image = &self.image;
         image.load(mem)?;
 
-        let mut pt = PageTables::new();
+        let pt = &mut self.pt;
         pt.map_4k(mem, layout::GDT, layout::IST_STACK_TOP, Access::Supervisor)?;
         pt.map_4k(
             mem,
@@ -231,33 +228,24 @@ impl Vm {
             };
             pt.map_4k(mem, s.start, s.end, access)?;
         }
-        let (heap_start, heap_size, heap_limit) = heap_range(image.end(), cfg.mem);
-        let heap_end = heap_start + heap_size;
-        // 4 KiB pages up to the first 2 MiB boundary, then 2 MiB pages.
-        let big = heap_start.next_multiple_of(LARGE_PAGE_SIZE).min(heap_end);
-        pt.map_4k(mem, heap_start, big, Access::UserWrite)?;
-        let big_end = heap_end & !(LARGE_PAGE_SIZE - 1);
-        if big_end > big {
-            pt.map_2m(mem, big, big_end, Access::UserWrite)?;
-            pt.map_4k(mem, big_end, heap_end, Access::UserWrite)?;
-        } else if heap_end > big {
-            pt.map_4k(mem, big, heap_end, Access::UserWrite)?;
-        }
+        // The heap starts small and grows on request (MemGrow) up to the end
+        // of guest memory.
+        let heap_start = image.end();
+        let heap_size = INITIAL_HEAP.min(cfg.mem - heap_start);
+        pt.map_range(mem, heap_start, heap_start + heap_size, Access::UserWrite)?;
         cpu::write_tables(mem, &image.vectors)?;
 
         // What the guest may have the monitor write into on its behalf.
-        let mut writable = vec![
-            (layout::STACK_BOTTOM, layout::STACK_TOP),
-            (heap_start, heap_end),
-        ];
-        writable.extend(
+        let mut fixed = vec![(layout::STACK_BOTTOM, layout::STACK_TOP)];
+        fixed.extend(
             image
                 .segments
                 .iter()
                 .filter(|s| s.perms.write)
                 .map(|s| (s.start, s.end)),
         );
-        mem.set_writable(writable);
+        self.heap = Heap::new(heap_start, heap_size, cfg.mem, fixed);
+        mem.set_writable(self.heap.writable_ranges());
 
         let regions = [
             (
@@ -298,7 +286,7 @@ impl Vm {
             tsc_khz,
             regions: &regions,
             devices: &self.devices.infos(),
-            heap: (heap_start, heap_size, heap_limit),
+            heap: (heap_start, heap_size, cfg.mem - heap_start),
             args: &cfg.args,
             env: &cfg.env,
         };
@@ -314,6 +302,7 @@ impl Vm {
         }])
         .expect("one MSR fits");
         let now = Instant::now();
+        self.clock_origin = now;
         self.vcpu
             .get_msrs(&mut msrs)
             .map_err(ioctl("KVM_GET_MSRS"))?;
@@ -342,6 +331,26 @@ impl Vm {
     /// Takes the boot trace, if tracing.
     pub fn take_trace(&mut self) -> Option<BootTrace> {
         self.trace.take()
+    }
+
+    /// Makes KVM forget every translation it derived from the guest's page
+    /// tables, after the monitor weakened entries.
+    ///
+    /// The monitor edits the tables from the host side, which KVM does not
+    /// see: a CR3 reload (tried: KVM_SET_SREGS with a changed CR3) keeps the
+    /// stale shadow entries on this host. Removing and re-adding the memory
+    /// slot that holds the page tables makes KVM drop them. Two ioctls plus
+    /// refaults afterwards, only on protection changes, never on the hot path.
+    pub(crate) fn flush_tlb(&mut self) -> Result<(), kvm_ioctls::Error> {
+        let mut slot = self.mem.page_table_slot();
+        let size = slot.memory_size;
+        slot.memory_size = 0;
+        // SAFETY: deleting then re-adding the same piece of our own mapping;
+        // the vCPU is not running (we are handling its hypercall).
+        unsafe { self._vm.set_user_memory_region(slot) }?;
+        slot.memory_size = size;
+        // SAFETY: as above.
+        unsafe { self._vm.set_user_memory_region(slot) }
     }
 
     /// Number of exits handled so far.

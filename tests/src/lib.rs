@@ -222,3 +222,102 @@ pub mod elf {
     /// Offset of `p_flags` in a program header.
     pub const P_FLAGS: usize = 4;
 }
+
+/// A monitor running in the background whose stdout is watched line by line.
+pub struct Running {
+    /// The monitor process.
+    pub child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every stdout line seen so far.
+    pub seen: Vec<String>,
+}
+
+impl Running {
+    /// Starts `duet` with `args`, stdout piped, stderr inherited.
+    pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Running {
+        Running::spawn(duet_cmd(args))
+    }
+
+    /// Starts a prepared command, stdout piped.
+    pub fn spawn(mut cmd: Command) -> Running {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn duet");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stdout line containing `pat`; panics after `timeout`.
+    pub fn wait_line(&mut self, pat: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(pat) {
+                        return l;
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "no line containing {pat:?} within {timeout:?}; saw {:?}",
+                        self.seen
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits for the process to exit; returns its status code.
+    pub fn wait(mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "monitor did not exit within {timeout:?}; saw {:?}",
+                    self.seen
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// User + system CPU time of process `pid`, from /proc (clock ticks → ms).
+pub fn cpu_time_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 * 1000.0 / hz
+}
+
+/// Resident set size of process `pid` in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc status")
+}

@@ -28,9 +28,12 @@ pub mod block;
 pub mod console;
 pub mod env;
 pub mod exceptions;
+mod fmtbuf;
 pub mod hypercall;
+pub mod mem;
 mod panic;
 pub mod rt;
+pub mod time;
 
 pub use duet_abi as abi;
 pub use rt::{exit, Termination};

@@ -1,30 +1,15 @@
 //! The panic handler: message and location go to the monitor through the
 //! abort hypercall. It formats into a fixed buffer so it works even when the
-//! heap is broken.
+//! heap is broken or exhausted.
 
+use crate::fmtbuf::FmtBuf;
 use core::fmt::Write;
 use core::panic::PanicInfo;
 
-struct FixedBuf {
-    buf: [u8; 1024],
-    len: usize,
-}
-
-impl Write for FixedBuf {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        let n = s.len().min(self.buf.len() - self.len);
-        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-        self.len += n;
-        Ok(())
-    }
-}
-
 #[panic_handler]
 fn panic(info: &PanicInfo<'_>) -> ! {
-    let mut out = FixedBuf {
-        buf: [0; 1024],
-        len: 0,
-    };
+    let mut buf = [0u8; 1024];
+    let mut out = FmtBuf::new(&mut buf);
     let _ = match info.location() {
         Some(loc) => write!(
             out,
@@ -36,6 +21,7 @@ fn panic(info: &PanicInfo<'_>) -> ! {
         ),
         None => write!(out, "panicked:\n{}", info.message()),
     };
+    let n = out.written();
     // A cut message may end inside a UTF-8 sequence; the monitor prints it lossily.
-    crate::rt::abort_bytes(&out.buf[..out.len])
+    crate::rt::abort_bytes(&buf[..n])
 }

@@ -8,6 +8,8 @@
 mod blk;
 mod console;
 mod lifecycle;
+mod mem;
+mod poll;
 
 use crate::vcpu::Outcome;
 use crate::vm::Vm;
@@ -37,6 +39,10 @@ pub fn dispatch(vm: &mut Vm, nr: u16, value: u32) -> Flow {
         Hypercall::Abort => lifecycle::abort(vm, value),
         Hypercall::Fault => lifecycle::fault(vm, value),
         Hypercall::BootTrace => lifecycle::boot_trace(vm, value),
+        Hypercall::Poll => poll::poll(vm, value),
+        Hypercall::MemGrow => mem::grow(vm, value),
+        Hypercall::MemRelease => mem::release(vm, value),
+        Hypercall::MemProtect => mem::protect(vm, value),
         Hypercall::BlkRead => blk::io(vm, value, false),
         Hypercall::BlkWrite => blk::io(vm, value, true),
         Hypercall::BlkFlush => blk::flush(vm, value),
