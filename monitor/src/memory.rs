@@ -4,7 +4,6 @@
 //! The monitor never holds a reference into guest memory: every access is a
 //! checked copy (vm-memory), so a hostile guest can at worst get an error.
 
-use crate::layout;
 use duet_abi::{Gpa, Plain};
 use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -76,23 +75,37 @@ impl GuestMem {
         region.as_ptr() as u64
     }
 
-    /// The KVM memory slots covering guest memory. The page tables get a slot
-    /// of their own so they can be re-registered alone (see
-    /// [`GuestMem::page_table_slot`]).
-    pub fn slots(&self) -> [kvm_bindings::kvm_userspace_memory_region; 3] {
-        let cuts = [0, layout::PAGE_TABLES, layout::PAGE_TABLES_END, self.size];
-        std::array::from_fn(|i| kvm_bindings::kvm_userspace_memory_region {
-            slot: i as u32,
+    /// The KVM memory slot covering guest memory.
+    pub fn slot(&self) -> kvm_bindings::kvm_userspace_memory_region {
+        kvm_bindings::kvm_userspace_memory_region {
+            slot: 0,
             flags: 0,
-            guest_phys_addr: cuts[i],
-            memory_size: cuts[i + 1] - cuts[i],
-            userspace_addr: self.host_base() + cuts[i],
-        })
+            guest_phys_addr: 0,
+            memory_size: self.size,
+            userspace_addr: self.host_base(),
+        }
     }
 
-    /// The slot holding the page tables.
-    pub fn page_table_slot(&self) -> kvm_bindings::kvm_userspace_memory_region {
-        self.slots()[1]
+    /// Makes KVM forget the translations it holds for `[gpa, gpa + len)`.
+    ///
+    /// The monitor edits guest page tables from the host side, which KVM
+    /// does not see, so a weakened PTE could stay cached. Briefly making the
+    /// host pages read-only (and back) runs the kernel's MMU notifiers, and
+    /// KVM drops exactly its mappings of those pages; the next guest access
+    /// walks the new tables.
+    pub fn invalidate_translations(&self, gpa: Gpa, len: u64) -> std::io::Result<()> {
+        self.check(gpa, len).map_err(std::io::Error::other)?;
+        let host = (self.host_base() + gpa.0) as *mut libc::c_void;
+        for prot in [libc::PROT_READ, libc::PROT_READ | libc::PROT_WRITE] {
+            // SAFETY: the range is inside our own anonymous mapping (checked
+            // above); the vCPU is stopped and nothing else writes guest memory
+            // between the two calls, the second of which restores the mapping's
+            // original protection.
+            if unsafe { libc::mprotect(host, len as usize, prot) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
     }
 
     /// Declares the ranges the guest may have the monitor write into.

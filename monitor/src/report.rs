@@ -34,8 +34,10 @@ pub fn describe(vm: &Vm, addr: u64) -> String {
             (false, false) => "read-only data (no execute)",
         };
         format!("the image's {kind}")
-    } else if addr >= image.end() && addr < vm.mem.size() {
+    } else if addr >= vm.heap.start() && addr < vm.heap.end() {
         "the heap".to_string()
+    } else if addr >= vm.heap.end() && addr < vm.mem.size() {
+        "the heap beyond its mapped end (not grown yet: allocate through the allocator or duet::mem::grow)".to_string()
     } else if addr >= vm.mem.size() {
         "no memory at all (beyond the end of guest memory)".to_string()
     } else {

@@ -148,13 +148,11 @@ impl Vm {
 
         // 3. Memory.
         let mem = GuestMem::new(cfg.mem).map_err(VmError::Alloc)?;
-        for region in mem.slots() {
-            // SAFETY: each slot is a piece of our own mapping of `cfg.mem`
-            // bytes. Both live in `Vm`, whose fields drop in declaration
-            // order: the VM fd closes before `mem` is unmapped.
-            unsafe { vm.set_user_memory_region(region) }
-                .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
-        }
+        // SAFETY: the slot is our own mapping of `cfg.mem` bytes. Both live in
+        // `Vm`, whose fields drop in declaration order: the VM fd closes
+        // before `mem` is unmapped.
+        unsafe { vm.set_user_memory_region(mem.slot()) }
+            .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
         mark(&mut trace, "guest memory");
 
         // 4. vCPU.
@@ -331,26 +329,6 @@ impl Vm {
     /// Takes the boot trace, if tracing.
     pub fn take_trace(&mut self) -> Option<BootTrace> {
         self.trace.take()
-    }
-
-    /// Makes KVM forget every translation it derived from the guest's page
-    /// tables, after the monitor weakened entries.
-    ///
-    /// The monitor edits the tables from the host side, which KVM does not
-    /// see: a CR3 reload (tried: KVM_SET_SREGS with a changed CR3) keeps the
-    /// stale shadow entries on this host. Removing and re-adding the memory
-    /// slot that holds the page tables makes KVM drop them. Two ioctls plus
-    /// refaults afterwards, only on protection changes, never on the hot path.
-    pub(crate) fn flush_tlb(&mut self) -> Result<(), kvm_ioctls::Error> {
-        let mut slot = self.mem.page_table_slot();
-        let size = slot.memory_size;
-        slot.memory_size = 0;
-        // SAFETY: deleting then re-adding the same piece of our own mapping;
-        // the vCPU is not running (we are handling its hypercall).
-        unsafe { self._vm.set_user_memory_region(slot) }?;
-        slot.memory_size = size;
-        // SAFETY: as above.
-        unsafe { self._vm.set_user_memory_region(slot) }
     }
 
     /// Number of exits handled so far.

@@ -62,6 +62,20 @@ fn protected_pages_fault() {
 }
 
 #[test]
+fn protection_can_be_given_back() {
+    boot("memory", &[], &["protect-restore"])
+        .expect_status(0)
+        .expect_stdout("writable again");
+}
+
+#[test]
+fn touching_heap_that_was_not_grown_is_explained() {
+    boot("memory", &[], &["beyond-heap"])
+        .expect_status(status::GUEST_FAULT as i32)
+        .expect_stderr("the heap beyond its mapped end (not grown yet");
+}
+
+#[test]
 fn refused_requests_get_error_codes() {
     let o = boot("memory", &["--mem", "64M"], &["refusals"]);
     o.expect_status(0);

@@ -87,6 +87,20 @@ fn main() -> i32 {
             duet::println!("survived (unexpected)");
             return 1;
         }
+        "protect-restore" => {
+            let (start, len) = grow(4 * MIB as u64).expect("grow");
+            touch(start as *mut u8, len as usize);
+            protect(start, len, PROT_READ).expect("protect read-only");
+            protect(start, len, PROT_READ | PROT_WRITE).expect("protect read-write");
+            touch(start as *mut u8, len as usize);
+            duet::println!("writable again");
+        }
+        "beyond-heap" => {
+            let end = bi.heap_start.0 + bi.heap_limit - 4096;
+            // SAFETY: deliberately touches heap that was never grown.
+            unsafe { core::ptr::write_volatile(end as *mut u8, 1) };
+            return 1;
+        }
         "refusals" => {
             let heap = bi.heap_start.0;
             let text = duet::rt::_start as *const () as u64 & !0xfff;

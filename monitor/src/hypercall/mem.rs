@@ -52,18 +52,17 @@ pub fn protect(vm: &mut Vm, value: u32) -> Flow {
     args.ret = if args.flags != 0 {
         Error::Inval.to_ret()
     } else {
-        match vm
+        let r = vm
             .heap
-            .protect(&mut vm.pt, &mut vm.mem, args.addr, args.len, args.prot)
-        {
-            Ok(()) => match vm.flush_tlb() {
-                Ok(()) => 0,
-                Err(e) => {
-                    return Flow::Stop(crate::vcpu::Outcome::Failed(format!(
-                        "cannot flush the guest TLB after a protection change: {e}"
-                    )))
-                }
-            },
+            .protect(&mut vm.pt, &mut vm.mem, args.addr, args.len, args.prot);
+        // A weakened PTE may still be cached by KVM: make it forget these pages.
+        match r.map(|()| vm.mem.invalidate_translations(args.addr, args.len)) {
+            Ok(Ok(())) => 0,
+            Ok(Err(e)) => {
+                return Flow::Stop(crate::vcpu::Outcome::Failed(format!(
+                    "cannot drop stale translations after a protection change: {e}"
+                )))
+            }
             Err(e) => e.to_ret(),
         }
     };
