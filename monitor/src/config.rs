@@ -16,6 +16,8 @@ pub struct VmConfig {
     pub env: Vec<String>,
     /// The KVM device node.
     pub kvm_device: PathBuf,
+    /// `--net` devices, in device-table order after any others.
+    pub net: Vec<crate::devices::net::NetConfig>,
 }
 
 /// A malformed `--mem` or `--env` value.

@@ -8,7 +8,7 @@
 use crate::bootinfo::{self, BootInfoError, BootParams};
 use crate::config::VmConfig;
 use crate::cpu;
-use crate::devices::Devices;
+use crate::devices::{self, Device, Devices};
 use crate::kvm::{self, KvmError};
 use crate::layout;
 use crate::loader::{Image, LoadError};
@@ -79,6 +79,9 @@ pub enum VmError {
     /// Boot info.
     #[error(transparent)]
     BootInfo(#[from] BootInfoError),
+    /// A network device.
+    #[error(transparent)]
+    Net(#[from] devices::net::NetError),
 }
 
 fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -131,6 +134,14 @@ impl Vm {
         }
         mark(&mut trace, "read + validate image");
 
+        // Devices, also before KVM: a bad --net fails fast and clearly.
+        let mut devices = Devices::default();
+        let nets = devices::net::open_all(&cfg.net, devices.list.len())?;
+        devices.list.extend(nets.into_iter().map(Device::Net));
+        if !cfg.net.is_empty() {
+            mark(&mut trace, "open devices");
+        }
+
         // 2. KVM and the VM. No in-kernel irqchip: nothing needs interrupts
         // and creating one costs milliseconds here.
         let kvm = kvm::open(&cfg.kvm_device)?;
@@ -169,7 +180,7 @@ impl Vm {
             vcpu,
             mem,
             image,
-            devices: Devices::default(),
+            devices,
             trace,
             exits: 0,
         };

@@ -28,6 +28,7 @@ pub mod console;
 pub mod env;
 pub mod exceptions;
 pub mod hypercall;
+pub mod net;
 mod panic;
 pub mod rt;
 

@@ -5,22 +5,32 @@
 //! Each kind of device lives in its own module (its state, its setup from
 //! the command line) with its hypercall handlers in `hypercall/`.
 
+pub mod net;
+
 use duet_abi::boot::DeviceInfo;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 /// One device. Each kind of device adds a variant.
-pub enum Device {}
+pub enum Device {
+    /// A TAP-backed network interface.
+    Net(net::NetDevice),
+}
 
 impl Device {
     /// The device's boot-info entry.
     pub fn info(&self) -> DeviceInfo {
-        match *self {}
+        match self {
+            Device::Net(n) => n.info(),
+        }
     }
 
     /// A file descriptor that becomes readable when the device has input
     /// for the guest, for the poll hypercall; `None` means always ready.
     pub fn ready_fd(&self) -> Option<RawFd> {
-        match *self {}
+        match self {
+            // A vanished TAP polls as an error, which wakes the guest too.
+            Device::Net(n) => Some(n.fd().as_raw_fd()),
+        }
     }
 }
 

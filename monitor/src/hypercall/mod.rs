@@ -7,6 +7,7 @@
 
 mod console;
 mod lifecycle;
+mod net;
 
 use crate::vcpu::Outcome;
 use crate::vm::Vm;
@@ -36,6 +37,10 @@ pub fn dispatch(vm: &mut Vm, nr: u16, value: u32) -> Flow {
         Hypercall::Abort => lifecycle::abort(vm, value),
         Hypercall::Fault => lifecycle::fault(vm, value),
         Hypercall::BootTrace => lifecycle::boot_trace(vm, value),
+        Hypercall::NetSend => net::send(vm, value),
+        Hypercall::NetRecv => net::recv(vm, value),
+        Hypercall::NetSendBatch => net::send_batch(vm, value),
+        Hypercall::NetRecvBatch => net::recv_batch(vm, value),
     }
 }
 

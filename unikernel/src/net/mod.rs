@@ -1,0 +1,253 @@
+//! Networking: a smoltcp TCP/IP stack over the monitor's network device.
+//!
+//! The guest has one interface, on the first network device of the boot
+//! info's device table (`duet run --net tap=NAME`). Its IPv4 address comes
+//! from the environment: `--env IP=10.0.0.2/24` and optionally
+//! `--env GW=10.0.0.1`. `--env NET_SINGLE=1` makes the device use one
+//! hypercall per frame instead of batches (for measuring the difference).
+//!
+//! The socket API blocks: [`TcpListener::accept`], [`TcpStream::read`],
+//! [`TcpStream::write`], [`UdpSocket::recv_from`], ... each drive the stack
+//! until they can complete, waiting for frames in one place
+//! (`wait::wait_io`). The interface answers ARP and ping whenever any call
+//! is waiting.
+//!
+//! ```ignore
+//! let l = duet::net::TcpListener::bind(80)?;
+//! loop {
+//!     let mut s = l.accept()?;
+//!     s.write_all(b"hello\n")?;
+//! }
+//! ```
+
+mod device;
+mod tcp;
+mod udp;
+mod wait;
+
+pub use device::DeviceStats;
+pub use smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Address};
+pub use tcp::{TcpListener, TcpStream};
+pub use udp::UdpSocket;
+
+use alloc::vec::Vec;
+use device::NetDev;
+use duet_abi::boot::DeviceKind;
+use duet_abi::hypercall::Error;
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp as stcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
+use spin::Mutex;
+
+/// Why a network call failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetError {
+    /// The monitor gave the guest no network device (`--net`).
+    NoDevice,
+    /// `IP` is missing or malformed (want `IP=a.b.c.d/prefix`), or `GW` is
+    /// malformed.
+    BadConfig,
+    /// The device failed: the host's TAP vanished or reported an error.
+    Device(Error),
+    /// The port is taken or invalid.
+    AddrInUse,
+    /// The connection is closed for sending (or was reset).
+    Closed,
+    /// The call's timeout passed.
+    TimedOut,
+    /// A datagram does not fit the socket's buffer.
+    TooBig,
+}
+
+impl core::fmt::Display for NetError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            NetError::NoDevice => f.write_str("no network device (run with --net tap=NAME)"),
+            NetError::BadConfig => {
+                f.write_str("bad network config: set --env IP=a.b.c.d/prefix [--env GW=a.b.c.d]")
+            }
+            NetError::Device(e) => write!(f, "network device lost: {e}"),
+            NetError::AddrInUse => f.write_str("port in use"),
+            NetError::Closed => f.write_str("connection closed"),
+            NetError::TimedOut => f.write_str("timed out"),
+            NetError::TooBig => f.write_str("datagram too big"),
+        }
+    }
+}
+
+/// The interface's configuration, as [`init`] set it up.
+#[derive(Clone, Copy, Debug)]
+pub struct NetInfo {
+    /// Device id in the device table.
+    pub device: u32,
+    /// MAC address.
+    pub mac: [u8; 6],
+    /// MTU.
+    pub mtu: u32,
+    /// Address and prefix length.
+    pub ip: (Ipv4Address, u8),
+    /// Default gateway.
+    pub gateway: Option<Ipv4Address>,
+    /// Whether the device makes one hypercall per frame.
+    pub single_frame: bool,
+}
+
+pub(crate) struct Stack {
+    iface: Interface,
+    dev: NetDev,
+    pub(crate) sockets: SocketSet<'static>,
+    /// Closed TCP sockets still finishing their shutdown.
+    closing: Vec<SocketHandle>,
+    info: NetInfo,
+}
+
+static STACK: Mutex<Option<Stack>> = Mutex::new(None);
+
+fn now() -> Instant {
+    Instant::from_micros((wait::now_ns() / 1000) as i64)
+}
+
+fn parse_config() -> Result<NetInfo, NetError> {
+    let bi = crate::rt::boot_info();
+    let (id, d) = bi.devices[..bi.device_count as usize]
+        .iter()
+        .enumerate()
+        .find(|(_, d)| d.kind == DeviceKind::Net as u32)
+        .ok_or(NetError::NoDevice)?;
+    let (addr, prefix) = crate::env::var("IP")
+        .and_then(|v| v.split_once('/'))
+        .ok_or(NetError::BadConfig)?;
+    let ip: Ipv4Address = addr.parse().map_err(|_| NetError::BadConfig)?;
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| *p <= 32)
+        .ok_or(NetError::BadConfig)?;
+    let gateway = match crate::env::var("GW") {
+        Some(g) => Some(g.parse().map_err(|_| NetError::BadConfig)?),
+        None => None,
+    };
+    let mut mac = [0; 6];
+    mac.copy_from_slice(&d.mac[..6]);
+    Ok(NetInfo {
+        device: id as u32,
+        mac,
+        mtu: d.mtu,
+        ip: (ip, prefix),
+        gateway,
+        single_frame: crate::env::var("NET_SINGLE").is_some_and(|v| v == "1"),
+    })
+}
+
+/// Brings the interface up from the device table and environment (see the
+/// module docs). Idempotent; the socket constructors call it.
+pub fn init() -> Result<NetInfo, NetError> {
+    let mut g = STACK.lock();
+    if let Some(s) = g.as_ref() {
+        return Ok(s.info);
+    }
+    let info = parse_config()?;
+    let mut dev = NetDev::new(info.device, info.mtu, info.single_frame);
+    let mut cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(info.mac)));
+    cfg.random_seed = crate::rt::rdtsc();
+    let mut iface = Interface::new(cfg, &mut dev, now());
+    iface.update_ip_addrs(|a| {
+        let _ = a.push(IpCidr::new(IpAddress::Ipv4(info.ip.0), info.ip.1));
+    });
+    if let Some(gw) = info.gateway {
+        iface
+            .routes_mut()
+            .add_default_ipv4_route(gw)
+            .map_err(|_| NetError::BadConfig)?;
+    }
+    *g = Some(Stack {
+        iface,
+        dev,
+        sockets: SocketSet::new(Vec::new()),
+        closing: Vec::new(),
+        info,
+    });
+    Ok(info)
+}
+
+/// The device's counters (zero before [`init`]).
+pub fn stats() -> DeviceStats {
+    STACK
+        .lock()
+        .as_ref()
+        .map_or_else(DeviceStats::default, |s| s.dev.stats())
+}
+
+impl Stack {
+    /// One round: fetch frames, run the stack, send what it produced.
+    fn poll(&mut self) {
+        self.dev.refill();
+        self.iface.poll(now(), &mut self.dev, &mut self.sockets);
+        self.dev.tx.flush();
+        let sockets = &mut self.sockets;
+        self.closing.retain(|&h| {
+            let done = matches!(
+                sockets.get::<stcp::Socket>(h).state(),
+                stcp::State::Closed | stcp::State::TimeWait
+            );
+            if done {
+                sockets.remove(h);
+            }
+            !done
+        });
+    }
+
+    pub(crate) fn close_tcp(&mut self, h: SocketHandle) {
+        self.sockets.get_mut::<stcp::Socket>(h).close();
+        self.closing.push(h);
+        self.poll();
+    }
+}
+
+/// Runs `f` against the stack until it returns `Some`, polling the stack
+/// and waiting for frames in between. `deadline_ns` is guest monotonic time.
+pub(crate) fn block_on<T>(
+    deadline_ns: Option<u64>,
+    mut f: impl FnMut(&mut Stack) -> Option<Result<T, NetError>>,
+) -> Result<T, NetError> {
+    let mut g = STACK.lock();
+    let s = g.as_mut().ok_or(NetError::NoDevice)?;
+    loop {
+        s.poll();
+        if let Some(r) = f(s) {
+            // Send what `f` queued (data, window updates) right away.
+            s.poll();
+            return r;
+        }
+        if let Some(e) = s.dev.error() {
+            return Err(NetError::Device(e));
+        }
+        let now_ns = wait::now_ns();
+        if deadline_ns.is_some_and(|d| now_ns >= d) {
+            return Err(NetError::TimedOut);
+        }
+        let stack_deadline = s
+            .iface
+            .poll_delay(now(), &s.sockets)
+            .map(|d| now_ns.saturating_add(d.total_micros().saturating_mul(1000)));
+        let deadline = match (deadline_ns, stack_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let id = s.info.device;
+        wait::wait_io(&mut s.dev, id, deadline, 1 << id);
+    }
+}
+
+/// Runs `f` on the stack once, after a poll (for non-blocking queries).
+pub(crate) fn with_stack<T>(f: impl FnOnce(&mut Stack) -> T) -> Result<T, NetError> {
+    let mut g = STACK.lock();
+    let s = g.as_mut().ok_or(NetError::NoDevice)?;
+    Ok(f(s))
+}
+
+/// A deadline `timeout_ns` from now.
+pub(crate) fn deadline(timeout_ns: Option<u64>) -> Option<u64> {
+    timeout_ns.map(|t| wait::now_ns().saturating_add(t))
+}
