@@ -52,7 +52,7 @@ pub enum NetError {
     #[error("too many devices: the boot info holds {0}")]
     TooMany(usize),
     /// `/dev/net/tun` cannot be opened.
-    #[error("cannot open {TUN_PATH} for tap {tap}: {source}; load the tun module (`modprobe tun`) and check the node's permissions")]
+    #[error("cannot open {TUN_PATH} for tap {tap}; load the tun module (`modprobe tun`) and check the node's permissions")]
     NoTun {
         /// The TAP name.
         tap: String,
@@ -66,7 +66,7 @@ pub enum NetError {
     #[error("cannot attach to {0}: it is in use by another process, or it is not a TAP without packet info (create it with `ip tuntap add dev {0} mode tap`)")]
     Busy(String),
     /// Any other attach failure.
-    #[error("cannot attach to tap {tap}: {source}")]
+    #[error("cannot attach to tap {tap}")]
     Attach {
         /// The TAP name.
         tap: String,
