@@ -42,7 +42,7 @@ pub struct Netns {
 
 impl Netns {
     /// Creates the namespace, then `tap0` with `10.0.0.1/24` inside it, up.
-    pub fn new() -> Netns {
+    pub fn create() -> Netns {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "duet-test-{}-{}",

@@ -104,7 +104,7 @@ fn boot_httpd(ns: &Netns) -> duet_tests::netns::Guest {
 
 #[test]
 fn ping_the_guest() {
-    let ns = Netns::new();
+    let ns = Netns::create();
     let g = boot_httpd(&ns);
     ns.connect(80); // waits for the guest to be up
     assert_eq!(ping(&ns, 4), 4, "{:#?}", g.stop());
@@ -136,7 +136,7 @@ fn json_u64(json: &str, key: &str) -> u64 {
 
 #[test]
 fn curl_gets_the_page_and_stats() {
-    let ns = Netns::new();
+    let ns = Netns::create();
     let g = boot_httpd(&ns);
     ns.connect(80);
     let page = curl(&ns, "/");
@@ -162,7 +162,7 @@ fn curl_gets_the_page_and_stats() {
 
 #[test]
 fn fifty_concurrent_connections_all_answered() {
-    let ns = Netns::new();
+    let ns = Netns::create();
     let _g = boot_httpd(&ns);
     drop(ns.connect(80));
     // All 50 open at once, then all requests, then all responses.
@@ -194,7 +194,7 @@ fn fnv(h: &mut u64, bytes: &[u8]) {
 #[test]
 fn tcp_echo_of_10_mib_is_intact() {
     const TOTAL: usize = 10 << 20;
-    let ns = Netns::new();
+    let ns = Netns::create();
     let _g = ns.boot("echo", &[], &["tcp", "7"]);
     let s = ns.connect(7);
     let mut w = s.try_clone().unwrap();
@@ -235,7 +235,7 @@ fn tcp_echo_of_10_mib_is_intact() {
 
 #[test]
 fn udp_echo() {
-    let ns = Netns::new();
+    let ns = Netns::create();
     let _g = ns.boot("echo", &[], &["udp", "7"]);
     let sock: UdpSocket = ns.run(|| UdpSocket::bind("10.0.0.1:0").unwrap());
     sock.set_read_timeout(Some(Duration::from_millis(500)))
@@ -294,7 +294,7 @@ fn inject(ns: &Netns, frames: &[Vec<u8>]) -> usize {
 
 #[test]
 fn malformed_frames_do_not_crash_guest_or_monitor() {
-    let ns = Netns::new();
+    let ns = Netns::create();
     let mut g = boot_httpd(&ns);
     drop(ns.connect(80));
     let mut x = 0x9e37_79b9u32;
@@ -315,7 +315,7 @@ fn malformed_frames_do_not_crash_guest_or_monitor() {
         f[..6].copy_from_slice(if i % 3 == 0 { &[0xff; 6] } else { &GUEST_MAC });
         // Mostly IPv4 and ARP, with garbage headers, some garbage types.
         let ty: [u8; 2] = match i % 5 {
-            0 | 1 | 2 => [0x08, 0x00],
+            0..=2 => [0x08, 0x00],
             3 => [0x08, 0x06],
             _ => [rnd() as u8, rnd() as u8],
         };
@@ -340,7 +340,7 @@ fn malformed_frames_do_not_crash_guest_or_monitor() {
 
 #[test]
 fn vanishing_tap_is_reported_and_the_monitor_survives() {
-    let ns = Netns::new();
+    let ns = Netns::create();
     let g = boot_httpd(&ns);
     assert!(http_get(ns.connect(80), "/").contains("200 OK"));
     ns.ip(&["link", "del", TAP]);
@@ -354,7 +354,7 @@ fn vanishing_tap_is_reported_and_the_monitor_survives() {
 
 #[test]
 fn bad_network_calls_get_error_codes() {
-    let ns = Netns::new();
+    let ns = Netns::create();
     let o = ns.boot("netbad", &[], &[]).wait(Duration::from_secs(20));
     o.expect_status(0);
     for line in [
@@ -394,7 +394,7 @@ fn bad_net_options_fail_before_boot() {
         .expect_status(2)
         .expect_stderr("is not tap=NAME");
     // Inside a namespace of our own, so nothing is ever created in the host's.
-    let ns = Netns::new();
+    let ns = Netns::create();
     let o = duet_tests::run_cmd(
         {
             let mut c = ns.command(duet_tests::paths().bin.to_str().unwrap());

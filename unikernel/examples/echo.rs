@@ -1,5 +1,9 @@
 //! TCP or UDP echo: `echo [tcp|udp] [PORT]` (default `tcp 7`). Needs a
 //! network device and `--env IP=a.b.c.d/prefix`.
+//!
+//! `echo sink [PORT]` is the benchmark's receiver: per connection it reads
+//! until the peer shuts down its side, then answers with the byte count
+//! (8 bytes, little endian).
 #![no_std]
 #![no_main]
 
@@ -17,8 +21,9 @@ fn main() -> i32 {
     let r = match mode {
         "tcp" => tcp(port),
         "udp" => udp(port),
+        "sink" => sink(port),
         _ => {
-            duet::println!("echo: usage: echo [tcp|udp] [PORT]");
+            duet::println!("echo: usage: echo [tcp|udp|sink] [PORT]");
             return 2;
         }
     };
@@ -58,5 +63,26 @@ fn udp(port: u16) -> Result<(), NetError> {
     loop {
         let (n, from) = s.recv_from(&mut buf)?;
         s.send_to(&buf[..n], from)?;
+    }
+}
+
+fn sink(port: u16) -> Result<(), NetError> {
+    let mut l = TcpListener::bind_with(port, 4, 256 * 1024)?;
+    duet::println!("echo: sink on tcp port {port}");
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut s = l.accept()?;
+        let mut total = 0u64;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(NetError::Closed) => break,
+                Ok(n) => total += n as u64,
+                Err(e) => return Err(e),
+            }
+        }
+        match s.write_all(&total.to_le_bytes()) {
+            Ok(()) | Err(NetError::Closed) => {}
+            Err(e) => return Err(e),
+        }
     }
 }

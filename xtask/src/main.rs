@@ -4,6 +4,7 @@
 //! (`unikernel/`), with link flags taken from `duet-abi` so the image base
 //! is written once.
 
+mod bench_net;
 mod build;
 
 use anyhow::Result;
@@ -38,6 +39,13 @@ enum Cmd {
     },
     /// Print the RUSTFLAGS a guest image is built with.
     Rustflags,
+    /// Measure host→guest TCP throughput and request latency, batched vs
+    /// single-frame network hypercalls (needs root and /dev/net/tun).
+    BenchNet {
+        /// Interleaved rounds per mode.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Build every image, then run every test (unit and end-to-end).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -85,5 +93,12 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Test { rest } => build::test(&rest),
+        Cmd::BenchNet { rounds } => {
+            build::images(&["echo".into(), "httpd".into()])?;
+            let duet = build::monitor()?;
+            let figures = bench_net::run(&duet, &build::images_dir(), rounds)?;
+            print!("{}", bench_net::render(&figures));
+            Ok(())
+        }
     }
 }
