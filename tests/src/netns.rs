@@ -76,6 +76,11 @@ impl Netns {
     /// Boots example `app` inside the namespace on `tap0` with the guest
     /// address and MAC above, plus `opts`, and guest `args`.
     pub fn boot(&self, app: &str, opts: &[&str], args: &[&str]) -> Guest {
+        self.boot_with_ip(app, GUEST_CIDR, opts, args)
+    }
+
+    /// Like [`Netns::boot`] with `--env IP=ip` (e.g. `dhcp`).
+    pub fn boot_with_ip(&self, app: &str, ip: &str, opts: &[&str], args: &[&str]) -> Guest {
         let mac = GUEST_MAC.map(|b| format!("{b:02x}")).join(":");
         let mut c = self.command(paths().bin.to_str().unwrap());
         c.arg("run")
@@ -83,7 +88,7 @@ impl Netns {
             .arg("--net")
             .arg(format!("tap={TAP},mac={mac}"))
             .arg("--env")
-            .arg(format!("IP={GUEST_CIDR}"))
+            .arg(format!("IP={ip}"))
             .args(opts);
         if !args.is_empty() {
             c.arg("--").args(args);
@@ -139,6 +144,51 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+    }
+}
+
+/// A DHCP server (dnsmasq) on the namespace's TAP that leases exactly
+/// [`GUEST_IP`], with [`HOST_IP`] as the router. Killed on drop.
+pub struct DhcpServer {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl DhcpServer {
+    /// Starts dnsmasq inside `ns` (DHCP only: its DNS port is off).
+    pub fn start(ns: &Netns) -> DhcpServer {
+        let dir = tempfile::tempdir().unwrap();
+        let child = ns
+            .command("dnsmasq")
+            .args([
+                "--no-daemon",
+                "--conf-file=/dev/null",
+                // Stay root: its files live in a private (0700) directory.
+                "--user=root",
+                "--port=0",
+                "--bind-interfaces",
+                &format!("--interface={TAP}"),
+                &format!("--dhcp-range={GUEST_IP},{GUEST_IP},255.255.255.0,1h"),
+                &format!("--dhcp-option=option:router,{HOST_IP}"),
+            ])
+            .arg(format!(
+                "--dhcp-leasefile={}",
+                dir.path().join("leases").display()
+            ))
+            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run dnsmasq (cargo xtask test installs dnsmasq-base if missing)");
+        DhcpServer { child, _dir: dir }
+    }
+}
+
+impl Drop for DhcpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -2,7 +2,7 @@
 //! TAP, boots a guest on it and talks to the guest from inside the
 //! namespace. Needs root and /dev/net/tun.
 
-use duet_tests::netns::{http_get, Netns, GUEST_IP, GUEST_MAC, TAP};
+use duet_tests::netns::{http_get, DhcpServer, Netns, GUEST_IP, GUEST_MAC, TAP};
 use duet_tests::{boot, status};
 use std::io::{Read, Write};
 use std::net::{Shutdown, UdpSocket};
@@ -158,6 +158,17 @@ fn curl_gets_the_page_and_stats() {
     let missing = curl(&ns, "/nope");
     assert!(missing.contains("not found"), "{missing}");
     drop(g);
+}
+
+#[test]
+fn dhcp_leases_the_address() {
+    let ns = Netns::create();
+    let _dhcp = DhcpServer::start(&ns);
+    let g = ns.boot_with_ip("httpd", "dhcp", &[], &[]);
+    // Only the leased address can answer.
+    assert!(http_get(ns.connect(80), "/").contains("200 OK"));
+    g.stop()
+        .expect_stdout(&format!("httpd: listening on {GUEST_IP}:80"));
 }
 
 #[test]

@@ -124,7 +124,7 @@ pub fn monitor() -> Result<PathBuf> {
 
 /// Builds everything, then runs every host test with the images in place.
 pub fn test(extra: &[String]) -> Result<()> {
-    ensure_tools(&[("curl", "curl")])?;
+    ensure_tools(&[("curl", "curl"), ("dnsmasq", "dnsmasq-base")])?;
     images(&[])?;
     let duet = monitor()?;
     run(cargo()

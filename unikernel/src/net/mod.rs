@@ -3,7 +3,9 @@
 //! The guest has one interface, on the first network device of the boot
 //! info's device table (`duet run --net tap=NAME`). Its IPv4 address comes
 //! from the environment: `--env IP=10.0.0.2/24` and optionally
-//! `--env GW=10.0.0.1`. `--env NET_SINGLE=1` makes the device use one
+//! `--env GW=10.0.0.1`, or `--env IP=dhcp` to lease one (and the gateway)
+//! with DHCP; [`init`] then waits up to [`DHCP_TIMEOUT_NS`] for the lease.
+//! `--env NET_SINGLE=1` makes the device use one
 //! hypercall per frame instead of batches (for measuring the difference).
 //!
 //! The socket API blocks: [`TcpListener::accept`], [`TcpStream::read`],
@@ -35,7 +37,7 @@ use device::NetDev;
 use duet_abi::boot::DeviceKind;
 use duet_abi::hypercall::Error;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::socket::tcp as stcp;
+use smoltcp::socket::{dhcpv4, tcp as stcp};
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 use spin::Mutex;
@@ -85,8 +87,10 @@ pub struct NetInfo {
     pub mac: [u8; 6],
     /// MTU.
     pub mtu: u32,
-    /// Address and prefix length.
+    /// Address and prefix length (`0.0.0.0/0` until a DHCP lease arrives).
     pub ip: (Ipv4Address, u8),
+    /// Whether the address comes from DHCP.
+    pub dhcp: bool,
     /// Default gateway.
     pub gateway: Option<Ipv4Address>,
     /// Whether the device makes one hypercall per frame.
@@ -99,8 +103,13 @@ pub(crate) struct Stack {
     pub(crate) sockets: SocketSet<'static>,
     /// Closed TCP sockets still finishing their shutdown.
     closing: Vec<SocketHandle>,
+    /// The DHCP client, when `IP=dhcp`.
+    dhcp: Option<SocketHandle>,
     info: NetInfo,
 }
+
+/// How long [`init`] waits for a DHCP lease.
+pub const DHCP_TIMEOUT_NS: u64 = 10_000_000_000;
 
 static STACK: Mutex<Option<Stack>> = Mutex::new(None);
 
@@ -115,15 +124,20 @@ fn parse_config() -> Result<NetInfo, NetError> {
         .enumerate()
         .find(|(_, d)| d.kind == DeviceKind::Net as u32)
         .ok_or(NetError::NoDevice)?;
-    let (addr, prefix) = crate::env::var("IP")
-        .and_then(|v| v.split_once('/'))
-        .ok_or(NetError::BadConfig)?;
-    let ip: Ipv4Address = addr.parse().map_err(|_| NetError::BadConfig)?;
-    let prefix: u8 = prefix
-        .parse()
-        .ok()
-        .filter(|p| *p <= 32)
-        .ok_or(NetError::BadConfig)?;
+    let ip_env = crate::env::var("IP").ok_or(NetError::BadConfig)?;
+    let dhcp = ip_env == "dhcp";
+    let (ip, prefix) = if dhcp {
+        (Ipv4Address::UNSPECIFIED, 0)
+    } else {
+        let (addr, prefix) = ip_env.split_once('/').ok_or(NetError::BadConfig)?;
+        let ip: Ipv4Address = addr.parse().map_err(|_| NetError::BadConfig)?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or(NetError::BadConfig)?;
+        (ip, prefix)
+    };
     let gateway = match crate::env::var("GW") {
         Some(g) => Some(g.parse().map_err(|_| NetError::BadConfig)?),
         None => None,
@@ -135,6 +149,7 @@ fn parse_config() -> Result<NetInfo, NetError> {
         mac,
         mtu: d.mtu,
         ip: (ip, prefix),
+        dhcp,
         gateway,
         single_frame: crate::env::var("NET_SINGLE").is_some_and(|v| v == "1"),
     })
@@ -143,32 +158,50 @@ fn parse_config() -> Result<NetInfo, NetError> {
 /// Brings the interface up from the device table and environment (see the
 /// module docs). Idempotent; the socket constructors call it.
 pub fn init() -> Result<NetInfo, NetError> {
-    let mut g = STACK.lock();
-    if let Some(s) = g.as_ref() {
-        return Ok(s.info);
+    let dhcp = {
+        let mut g = STACK.lock();
+        match g.as_ref() {
+            Some(s) => return Ok(s.info),
+            None => *g = Some(new_stack()?),
+        }
+        g.as_ref().is_some_and(|s| s.dhcp.is_some())
+    };
+    if dhcp {
+        // The stack is up without an address: wait for the lease.
+        block_on(deadline(Some(DHCP_TIMEOUT_NS)), |s| {
+            (s.info.ip.1 != 0).then_some(Ok(()))
+        })?;
     }
+    with_stack(|s| s.info)
+}
+
+fn new_stack() -> Result<Stack, NetError> {
     let info = parse_config()?;
     let mut dev = NetDev::new(info.device, info.mtu, info.single_frame);
     let mut cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(info.mac)));
     cfg.random_seed = crate::rt::rdtsc();
     let mut iface = Interface::new(cfg, &mut dev, now());
-    iface.update_ip_addrs(|a| {
-        let _ = a.push(IpCidr::new(IpAddress::Ipv4(info.ip.0), info.ip.1));
-    });
+    if !info.dhcp {
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(IpAddress::Ipv4(info.ip.0), info.ip.1));
+        });
+    }
     if let Some(gw) = info.gateway {
         iface
             .routes_mut()
             .add_default_ipv4_route(gw)
             .map_err(|_| NetError::BadConfig)?;
     }
-    *g = Some(Stack {
+    let mut sockets = SocketSet::new(Vec::new());
+    let dhcp = info.dhcp.then(|| sockets.add(dhcpv4::Socket::new()));
+    Ok(Stack {
         iface,
         dev,
-        sockets: SocketSet::new(Vec::new()),
+        sockets,
         closing: Vec::new(),
+        dhcp,
         info,
-    });
-    Ok(info)
+    })
 }
 
 /// The device's counters (zero before [`init`]).
@@ -185,6 +218,7 @@ impl Stack {
         self.dev.refill();
         self.iface.poll(now(), &mut self.dev, &mut self.sockets);
         self.dev.tx.flush();
+        self.dhcp_event();
         let sockets = &mut self.sockets;
         self.closing.retain(|&h| {
             let done = matches!(
@@ -196,6 +230,33 @@ impl Stack {
             }
             !done
         });
+    }
+
+    /// Applies a DHCP lease (or its loss) to the interface.
+    fn dhcp_event(&mut self) {
+        let Some(h) = self.dhcp else { return };
+        match self.sockets.get_mut::<dhcpv4::Socket>(h).poll() {
+            Some(dhcpv4::Event::Configured(c)) => {
+                let (addr, prefix) = (c.address.address(), c.address.prefix_len());
+                self.iface.update_ip_addrs(|a| {
+                    a.clear();
+                    let _ = a.push(IpCidr::new(IpAddress::Ipv4(addr), prefix));
+                });
+                self.iface.routes_mut().remove_default_ipv4_route();
+                if let Some(r) = c.router {
+                    let _ = self.iface.routes_mut().add_default_ipv4_route(r);
+                }
+                self.info.ip = (addr, prefix);
+                self.info.gateway = c.router;
+            }
+            Some(dhcpv4::Event::Deconfigured) => {
+                self.iface.update_ip_addrs(|a| a.clear());
+                self.iface.routes_mut().remove_default_ipv4_route();
+                self.info.ip = (Ipv4Address::UNSPECIFIED, 0);
+                self.info.gateway = None;
+            }
+            None => {}
+        }
     }
 
     pub(crate) fn close_tcp(&mut self, h: SocketHandle) {
