@@ -11,7 +11,8 @@
 //! The socket API blocks: [`TcpListener::accept`], [`TcpStream::read`],
 //! [`TcpStream::write`], [`UdpSocket::recv_from`], ... each drive the stack
 //! until they can complete, waiting for frames in one place
-//! (`wait::wait_io`). The interface answers ARP and ping whenever any call
+//! (`wait::wait_io`). Event loops serving many connections at once use the
+//! non-blocking `try_*` calls instead and drive the stack with [`wait`]. The interface answers ARP and ping whenever any call
 //! is waiting.
 //!
 //! ```ignore
@@ -36,7 +37,7 @@ use alloc::vec::Vec;
 use device::NetDev;
 use duet_abi::boot::DeviceKind;
 use duet_abi::hypercall::Error;
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::{dhcpv4, tcp as stcp};
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
@@ -193,7 +194,16 @@ fn new_stack() -> Result<Stack, NetError> {
             .map_err(|_| NetError::BadConfig)?;
     }
     let mut sockets = SocketSet::new(Vec::new());
-    let dhcp = info.dhcp.then(|| sockets.add(dhcpv4::Socket::new()));
+    let dhcp = info.dhcp.then(|| {
+        let mut sock = dhcpv4::Socket::new();
+        // smoltcp waits 10 s between DISCOVERs; a unikernel that boots in
+        // milliseconds (maybe before its server is up) should retry sooner.
+        let mut retry = sock.get_retry_config();
+        retry.discover_timeout = smoltcp::time::Duration::from_millis(500);
+        retry.initial_request_timeout = smoltcp::time::Duration::from_secs(1);
+        sock.set_retry_config(retry);
+        sockets.add(sock)
+    });
     Ok(Stack {
         iface,
         dev,
@@ -214,9 +224,11 @@ pub fn stats() -> DeviceStats {
 
 impl Stack {
     /// One round: fetch frames, run the stack, send what it produced.
-    fn poll(&mut self) {
+    /// Returns whether any socket may have changed.
+    fn poll(&mut self) -> bool {
         self.dev.refill();
-        self.iface.poll(now(), &mut self.dev, &mut self.sockets);
+        let changed = self.iface.poll(now(), &mut self.dev, &mut self.sockets)
+            == PollResult::SocketStateChanged;
         self.dev.tx.flush();
         self.dhcp_event();
         let sockets = &mut self.sockets;
@@ -230,6 +242,7 @@ impl Stack {
             }
             !done
         });
+        changed
     }
 
     /// Applies a DHCP lease (or its loss) to the interface.
@@ -264,6 +277,33 @@ impl Stack {
         self.closing.push(h);
         self.poll();
     }
+
+    /// Waits until `deadline_ns` for frames or a stack timer, unless a poll
+    /// already changed a socket.
+    fn wait(&mut self, deadline_ns: Option<u64>) -> Result<(), NetError> {
+        if self.poll() {
+            return Ok(());
+        }
+        if let Some(e) = self.dev.error() {
+            return Err(NetError::Device(e));
+        }
+        let now_ns = wait::now_ns();
+        let stack_deadline = self
+            .iface
+            .poll_delay(now(), &self.sockets)
+            .map(|d| now_ns.saturating_add(d.total_micros().saturating_mul(1000)));
+        let deadline = match (deadline_ns, stack_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let id = self.info.device;
+        wait::wait_io(&mut self.dev, id, deadline, 1 << id);
+        self.poll();
+        match self.dev.error() {
+            Some(e) => Err(NetError::Device(e)),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Runs `f` against the stack until it returns `Some`, polling the stack
@@ -274,31 +314,27 @@ pub(crate) fn block_on<T>(
 ) -> Result<T, NetError> {
     let mut g = STACK.lock();
     let s = g.as_mut().ok_or(NetError::NoDevice)?;
+    s.poll();
     loop {
-        s.poll();
         if let Some(r) = f(s) {
             // Send what `f` queued (data, window updates) right away.
             s.poll();
             return r;
         }
-        if let Some(e) = s.dev.error() {
-            return Err(NetError::Device(e));
-        }
-        let now_ns = wait::now_ns();
-        if deadline_ns.is_some_and(|d| now_ns >= d) {
+        if deadline_ns.is_some_and(|d| wait::now_ns() >= d) {
             return Err(NetError::TimedOut);
         }
-        let stack_deadline = s
-            .iface
-            .poll_delay(now(), &s.sockets)
-            .map(|d| now_ns.saturating_add(d.total_micros().saturating_mul(1000)));
-        let deadline = match (deadline_ns, stack_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let id = s.info.device;
-        wait::wait_io(&mut s.dev, id, deadline, 1 << id);
+        s.wait(deadline_ns)?;
     }
+}
+
+/// Drives the stack for event loops that use the `try_*` calls: sends what
+/// they queued, then waits up to `timeout_ns` for traffic (or a stack timer)
+/// unless some socket already changed. Device failures come back as errors.
+pub fn wait(timeout_ns: Option<u64>) -> Result<(), NetError> {
+    let mut g = STACK.lock();
+    let s = g.as_mut().ok_or(NetError::NoDevice)?;
+    s.wait(deadline(timeout_ns))
 }
 
 /// Runs `f` on the stack once, after a poll (for non-blocking queries).

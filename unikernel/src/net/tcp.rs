@@ -51,31 +51,47 @@ impl TcpListener {
     pub fn accept(&mut self) -> Result<TcpStream, NetError> {
         let (port, buffer) = (self.port, self.buffer);
         let pool = &mut self.pool;
-        block_on(None, |s| {
-            for slot in pool.iter_mut() {
-                let state = s.sockets.get::<Socket>(*slot).state();
-                match state {
-                    State::Established | State::CloseWait => {
-                        let fresh = match listening(s, port, buffer) {
-                            Ok(h) => h,
-                            Err(e) => return Some(Err(e)),
-                        };
-                        let h = core::mem::replace(slot, fresh);
-                        return Some(Ok(TcpStream {
-                            handle: Some(h),
-                            timeout_ns: None,
-                        }));
-                    }
-                    // A handshake that was reset: listen again.
-                    State::Closed => {
-                        let _ = s.sockets.get_mut::<Socket>(*slot).listen(port);
-                    }
-                    _ => {}
-                }
-            }
-            None
-        })
+        block_on(None, |s| take_established(s, pool, port, buffer))
     }
+
+    /// An established connection if one is waiting (no stack poll: see
+    /// [`super::wait`]).
+    pub fn try_accept(&mut self) -> Result<Option<TcpStream>, NetError> {
+        let (port, buffer) = (self.port, self.buffer);
+        let pool = &mut self.pool;
+        with_stack(|s| take_established(s, pool, port, buffer).transpose())?
+    }
+}
+
+/// Takes an established connection out of the listening pool, replacing
+/// its socket with a fresh listening one.
+fn take_established(
+    s: &mut Stack,
+    pool: &mut [SocketHandle],
+    port: u16,
+    buffer: usize,
+) -> Option<Result<TcpStream, NetError>> {
+    for slot in pool.iter_mut() {
+        match s.sockets.get::<Socket>(*slot).state() {
+            State::Established | State::CloseWait => {
+                let fresh = match listening(s, port, buffer) {
+                    Ok(h) => h,
+                    Err(e) => return Some(Err(e)),
+                };
+                let h = core::mem::replace(slot, fresh);
+                return Some(Ok(TcpStream {
+                    handle: Some(h),
+                    timeout_ns: None,
+                }));
+            }
+            // A handshake that was reset: listen again.
+            State::Closed => {
+                let _ = s.sockets.get_mut::<Socket>(*slot).listen(port);
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 impl Drop for TcpListener {
@@ -143,6 +159,35 @@ impl TcpStream {
             }
             None
         })
+    }
+
+    /// Reads what is buffered: `Ok(None)` when nothing is (no stack poll:
+    /// see [`super::wait`]), `Ok(Some(0))` once the peer has closed.
+    pub fn try_read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, NetError> {
+        let h = self.h();
+        with_stack(|s| {
+            let sock = s.sockets.get_mut::<Socket>(h);
+            if sock.can_recv() {
+                sock.recv_slice(buf).map(Some).map_err(|_| NetError::Closed)
+            } else if !sock.may_recv() {
+                Ok(Some(0))
+            } else {
+                Ok(None)
+            }
+        })?
+    }
+
+    /// Queues what fits of `buf` for sending (sent at the next
+    /// [`super::wait`]); `Ok(0)` when the buffer is full.
+    pub fn try_write(&mut self, buf: &[u8]) -> Result<usize, NetError> {
+        let h = self.h();
+        with_stack(|s| {
+            let sock = s.sockets.get_mut::<Socket>(h);
+            if !sock.may_send() {
+                return Err(NetError::Closed);
+            }
+            sock.send_slice(buf).map_err(|_| NetError::Closed)
+        })?
     }
 
     /// Writes all of `buf`.
