@@ -319,7 +319,8 @@ pub const NET_BATCH_MAX: u32 = 32;
 /// Args of [`Hypercall::NetSend`] and [`Hypercall::NetRecv`].
 ///
 /// Errors: [`Error::NoDev`] (no such device, or not a network device),
-/// [`Error::Inval`] (zero length), [`Error::TooBig`] (send: frame longer
+/// [`Error::Inval`] (send: zero length or shorter than the Ethernet header;
+/// receive: a buffer smaller than MTU + header), [`Error::TooBig`] (send: frame longer
 /// than MTU + [`ETH_HEADER_LEN`]), [`Error::Fault`] (buffer outside guest
 /// memory, or not guest-writable for a receive), [`Error::Again`] (nothing
 /// to receive, or the host queue is full), [`Error::Io`] (the host device
@@ -333,8 +334,8 @@ pub struct NetFrameArgs {
     pub flags: u32,
     /// IN: the frame (send) or the buffer to receive into.
     pub buf: Gpa,
-    /// IN: frame length (send) or buffer capacity (receive; a buffer of
-    /// MTU + [`ETH_HEADER_LEN`] bytes holds any frame).
+    /// IN: frame length (send) or buffer capacity (receive; it must hold
+    /// MTU + [`ETH_HEADER_LEN`] bytes, so no frame is ever cut).
     pub len: u64,
     /// OUT: bytes sent or received, or a negated [`Error`].
     pub ret: i64,

@@ -37,6 +37,8 @@ pub struct NetFigures {
     /// 64-byte TCP echo round trip on one connection: median µs.
     pub rtt_median_us: f64,
     /// Frames moved per network exit during the HTTP sample (from `/stats`).
+    /// Until the guest waits with the poll hypercall, its idle loop makes
+    /// empty receive calls, which count here.
     pub frames_per_exit: f64,
 }
 
