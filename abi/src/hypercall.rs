@@ -59,6 +59,23 @@ pub enum Hypercall {
     BlkFlush = 18,
     /// Runs a list of block requests in one exit. Args: [`crate::block::BlkBatchArgs`].
     BlkBatch = 19,
+    /// Sends one Ethernet frame on a network device. Args: [`NetFrameArgs`]
+    /// (`len` = frame length). `ret` = bytes sent.
+    NetSend = 24,
+    /// Receives one Ethernet frame without blocking. Args: [`NetFrameArgs`]
+    /// (`len` = buffer capacity). `ret` = frame length, or
+    /// [`Error::Again`] when no frame is waiting.
+    NetRecv = 25,
+    /// Sends up to [`NET_BATCH_MAX`] frames in one exit. Args:
+    /// [`NetBatchArgs`]; each [`NetFrameDesc::len`] is IN (frame length).
+    /// `ret` = frames sent (stops at the first failing frame, whose error is
+    /// returned when it is the first).
+    NetSendBatch = 26,
+    /// Receives up to [`NET_BATCH_MAX`] frames in one exit without blocking.
+    /// Args: [`NetBatchArgs`]; each [`NetFrameDesc::len`] is IN (buffer
+    /// capacity) and OUT (frame length). `ret` = frames received, or
+    /// [`Error::Again`] when none is waiting.
+    NetRecvBatch = 27,
 }
 
 impl Hypercall {
@@ -78,6 +95,10 @@ impl Hypercall {
         Self::BlkWrite,
         Self::BlkFlush,
         Self::BlkBatch,
+        Self::NetSend,
+        Self::NetRecv,
+        Self::NetSendBatch,
+        Self::NetRecvBatch,
     ];
 
     /// The I/O port the guest writes to for this call.
@@ -311,6 +332,68 @@ pub const fn vector_name(vector: u64) -> &'static str {
         _ => "reserved vector",
     }
 }
+
+/// Length of the Ethernet header a network frame starts with (no VLAN tag,
+/// no FCS). The largest frame a network device accepts or delivers is its
+/// MTU (from [`crate::boot::DeviceInfo::mtu`]) plus this.
+pub const ETH_HEADER_LEN: u64 = 14;
+/// Most frames one [`Hypercall::NetSendBatch`] or [`Hypercall::NetRecvBatch`]
+/// moves; a larger `count` gets [`Error::TooBig`].
+pub const NET_BATCH_MAX: u32 = 32;
+
+/// Args of [`Hypercall::NetSend`] and [`Hypercall::NetRecv`].
+///
+/// Errors: [`Error::NoDev`] (no such device, or not a network device),
+/// [`Error::Inval`] (send: zero length or shorter than the Ethernet header;
+/// receive: a buffer smaller than MTU + header), [`Error::TooBig`] (send: frame longer
+/// than MTU + [`ETH_HEADER_LEN`]), [`Error::Fault`] (buffer outside guest
+/// memory, or not guest-writable for a receive), [`Error::Again`] (nothing
+/// to receive, or the host queue is full), [`Error::Io`] (the host device
+/// failed or vanished; the monitor logs why and keeps running).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetFrameArgs {
+    /// IN: device id (index in the boot info's device table).
+    pub device: u32,
+    /// IN: reserved, zero.
+    pub flags: u32,
+    /// IN: the frame (send) or the buffer to receive into.
+    pub buf: Gpa,
+    /// IN: frame length (send) or buffer capacity (receive; it must hold
+    /// MTU + [`ETH_HEADER_LEN`] bytes, so no frame is ever cut).
+    pub len: u64,
+    /// OUT: bytes sent or received, or a negated [`Error`].
+    pub ret: i64,
+}
+
+/// One frame of a batch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetFrameDesc {
+    /// IN: the frame (send) or the buffer to receive into.
+    pub buf: Gpa,
+    /// IN: frame length (send) or buffer capacity (receive).
+    /// OUT (receive): the received frame's length.
+    pub len: u64,
+}
+
+/// Args of [`Hypercall::NetSendBatch`] and [`Hypercall::NetRecvBatch`].
+/// Errors as for [`NetFrameArgs`], plus [`Error::TooBig`] for a `count`
+/// above [`NET_BATCH_MAX`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetBatchArgs {
+    /// IN: device id.
+    pub device: u32,
+    /// IN: number of [`NetFrameDesc`]s at `frames` (1..=[`NET_BATCH_MAX`]).
+    pub count: u32,
+    /// IN: array of `count` [`NetFrameDesc`]s (guest-writable for a receive).
+    pub frames: Gpa,
+    /// OUT: frames sent or received, or a negated [`Error`].
+    pub ret: i64,
+}
+
+plain!(NetFrameArgs = 32, NetFrameDesc = 16, NetBatchArgs = 24,);
 
 plain!(
     ConsoleWriteArgs = 24,

@@ -18,6 +18,8 @@ pub struct VmConfig {
     pub kvm_device: PathBuf,
     /// Disks (`--disk`), in device-table order.
     pub disks: Vec<crate::devices::block::DiskSpec>,
+    /// `--net` devices, in device-table order after any others.
+    pub net: Vec<crate::devices::net::NetConfig>,
 }
 
 /// A malformed `--mem` or `--env` value.

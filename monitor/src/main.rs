@@ -50,6 +50,10 @@ struct RunArgs {
     /// The KVM device node.
     #[arg(long, env = "DUET_KVM_DEVICE", default_value = "/dev/kvm")]
     kvm_device: PathBuf,
+    /// A network interface backed by TAP NAME (repeatable): tap=NAME[,mac=MAC].
+    /// An existing TAP is attached; a missing one is created when allowed.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]", value_parser = duet_monitor::devices::net::parse_spec)]
+    net: Vec<duet_monitor::devices::net::NetConfig>,
     /// Arguments for the guest, after `--`.
     #[arg(last = true)]
     args: Vec<String>,
@@ -64,6 +68,7 @@ fn run(a: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
         env: a.env,
         kvm_device: a.kvm_device,
         disks: a.disks,
+        net: a.net,
     };
     let mut vm = Vm::create(&cfg, trace).context("cannot start the guest")?;
     let outcome = vm.run();

@@ -228,6 +228,58 @@ impl GuestMem {
         Ok(w.write_all(bytes))
     }
 
+    /// Reads once from `fd` (one `read(2)`) straight into the guest range
+    /// `[gpa, gpa + len)`, which must be guest-writable. Returns the byte
+    /// count `read(2)` returned; no bytes pass through a monitor buffer.
+    pub fn read_from_fd(
+        &self,
+        gpa: Gpa,
+        len: u64,
+        fd: BorrowedFd<'_>,
+    ) -> Result<std::io::Result<usize>, MemError> {
+        self.check_writable(gpa, len)?;
+        let slice = self
+            .mem
+            .get_slice(GuestAddress(gpa.0), len as usize)
+            .map_err(|_| MemError::OutOfRange { gpa: gpa.0, len })?;
+        let guard = slice.ptr_guard_mut();
+        // SAFETY: the range was checked to lie in our own mapping, which
+        // outlives this call; the kernel writes at most `len` bytes there and
+        // no Rust reference to those bytes exists.
+        let n = unsafe { libc::read(fd.as_raw_fd(), guard.as_ptr().cast(), slice.len()) };
+        Ok(if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        })
+    }
+
+    /// Writes the guest range `[gpa, gpa + len)` to `fd` with one
+    /// `write(2)`, without an intermediate copy. Returns the byte count
+    /// `write(2)` returned.
+    pub fn write_to_fd(
+        &self,
+        gpa: Gpa,
+        len: u64,
+        fd: BorrowedFd<'_>,
+    ) -> Result<std::io::Result<usize>, MemError> {
+        self.check(gpa, len)?;
+        let slice = self
+            .mem
+            .get_slice(GuestAddress(gpa.0), len as usize)
+            .map_err(|_| MemError::OutOfRange { gpa: gpa.0, len })?;
+        let guard = slice.ptr_guard();
+        // SAFETY: the range was checked to lie in our own mapping, which
+        // outlives this call; the kernel only reads it. The guest may change
+        // the bytes meanwhile, which only changes what is sent.
+        let n = unsafe { libc::write(fd.as_raw_fd(), guard.as_ptr().cast(), slice.len()) };
+        Ok(if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        })
+    }
+
     /// Positional I/O between the host file `fd` and guest memory, with no
     /// copy through the monitor: `preadv`/`pwritev` from byte `offset` of the
     /// file into (or out of) the guest ranges `segs`, in order, as if they

@@ -9,7 +9,7 @@ use crate::bootinfo::{self, BootInfoError, BootParams};
 use crate::config::VmConfig;
 use crate::cpu;
 use crate::devices::block::{self, BlockError};
-use crate::devices::{Device, Devices};
+use crate::devices::{self, Device, Devices};
 use crate::heap::{Heap, INITIAL_HEAP};
 use crate::kvm::{self, KvmError};
 use crate::layout;
@@ -84,6 +84,9 @@ pub enum VmError {
     /// A `--disk` cannot be attached.
     #[error(transparent)]
     Disk(#[from] BlockError),
+    /// A network device.
+    #[error(transparent)]
+    Net(#[from] devices::net::NetError),
 }
 
 fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -138,7 +141,10 @@ impl Vm {
                 .into_iter()
                 .map(Device::Block),
         );
-        mark(&mut trace, "read + validate image and disks");
+        // Devices, also before KVM: a bad --disk or --net fails fast and clearly.
+        let nets = devices::net::open_all(&cfg.net, devices.list.len())?;
+        devices.list.extend(nets.into_iter().map(Device::Net));
+        mark(&mut trace, "read + validate image, open devices");
 
         // 2. KVM and the VM. No in-kernel irqchip: nothing needs interrupts
         // and creating one costs milliseconds here.

@@ -4,6 +4,8 @@
 //! `cargo xtask test` builds everything first and passes `DUET_BIN` and
 //! `DUET_IMAGES`; under a plain `cargo test` the first test builds them.
 
+pub mod netns;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

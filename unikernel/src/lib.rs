@@ -31,6 +31,7 @@ pub mod exceptions;
 mod fmtbuf;
 pub mod hypercall;
 pub mod mem;
+pub mod net;
 mod panic;
 pub mod rt;
 pub mod time;

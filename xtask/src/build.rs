@@ -124,6 +124,7 @@ pub fn monitor() -> Result<PathBuf> {
 
 /// Builds everything, then runs every host test with the images in place.
 pub fn test(extra: &[String]) -> Result<()> {
+    ensure_tools(&[("curl", "curl"), ("dnsmasq", "dnsmasq-base")])?;
     images(&[])?;
     let duet = monitor()?;
     run(cargo()
@@ -135,4 +136,30 @@ pub fn test(extra: &[String]) -> Result<()> {
     // Benchmarks are not tests: a smoke pass with tiny counts keeps the
     // harness from rotting; no figure is checked.
     crate::bench::smoke()
+}
+
+/// Installs the test suite's host tools (program, Debian package) with
+/// apt-get when a program is missing; a no-op when all are present.
+fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(prog, _)| {
+            Command::new(prog)
+                .arg("--version")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_err()
+        })
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("installing test tools: {}", missing.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing))
+    .context("installing test tools (the network tests use them)")
 }

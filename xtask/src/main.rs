@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_block;
+mod bench_net;
 mod build;
 
 use anyhow::Result;
@@ -52,6 +53,13 @@ enum Cmd {
     /// Benchmark boot time, hypercalls and the clock against a raw-KVM floor
     /// measured in the same run: `cargo xtask bench [boot|hypercall|clock|all] [--runs N] [--json PATH]`.
     Bench(bench::BenchArgs),
+    /// Measure host→guest TCP throughput and request latency, batched vs
+    /// single-frame network hypercalls (needs root and /dev/net/tun).
+    BenchNet {
+        /// Interleaved rounds per mode.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Build every image, then run every test (unit and end-to-end).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -123,5 +131,12 @@ fn main() -> Result<()> {
         }
         Cmd::Bench(a) => bench::run(&a),
         Cmd::Test { rest } => build::test(&rest),
+        Cmd::BenchNet { rounds } => {
+            build::images(&["echo".into(), "httpd".into()])?;
+            let duet = build::monitor()?;
+            let figures = bench_net::run(&duet, &build::images_dir(), rounds)?;
+            print!("{}", bench_net::render(&figures));
+            Ok(())
+        }
     }
 }

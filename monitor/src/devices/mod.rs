@@ -6,14 +6,17 @@
 //! the command line) with its hypercall handlers in `hypercall/`.
 
 pub mod block;
+pub mod net;
 
 use duet_abi::boot::DeviceInfo;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 /// One device. Each kind of device adds a variant.
 pub enum Device {
     /// A disk (`--disk`).
     Block(block::BlockDevice),
+    /// A TAP-backed network interface.
+    Net(net::NetDevice),
 }
 
 impl Device {
@@ -21,6 +24,7 @@ impl Device {
     pub fn info(&self) -> DeviceInfo {
         match self {
             Device::Block(b) => b.info(),
+            Device::Net(n) => n.info(),
         }
     }
 
@@ -30,6 +34,8 @@ impl Device {
         match self {
             // Block requests complete within the hypercall.
             Device::Block(_) => None,
+            // A vanished TAP polls as an error, which wakes the guest too.
+            Device::Net(n) => Some(n.fd().as_raw_fd()),
         }
     }
 }

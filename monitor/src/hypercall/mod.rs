@@ -9,6 +9,7 @@ mod blk;
 mod console;
 mod lifecycle;
 mod mem;
+mod net;
 mod poll;
 
 use crate::vcpu::Outcome;
@@ -47,6 +48,10 @@ pub fn dispatch(vm: &mut Vm, nr: u16, value: u32) -> Flow {
         Hypercall::BlkWrite => blk::io(vm, value, true),
         Hypercall::BlkFlush => blk::flush(vm, value),
         Hypercall::BlkBatch => blk::batch(vm, value),
+        Hypercall::NetSend => net::send(vm, value),
+        Hypercall::NetRecv => net::recv(vm, value),
+        Hypercall::NetSendBatch => net::send_batch(vm, value),
+        Hypercall::NetRecvBatch => net::recv_batch(vm, value),
     }
 }
 
