@@ -203,6 +203,11 @@ impl Guest {
         wait_output(self.child.take().unwrap(), timeout)
     }
 
+    /// The monitor's process id (`ip netns exec` execs it in place).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
     /// Whether the monitor is still running.
     pub fn running(&mut self) -> bool {
         matches!(self.child.as_mut().unwrap().try_wait(), Ok(None))

@@ -445,3 +445,19 @@ fn bad_net_options_fail_before_boot() {
     o.expect_status(i32::from(status::MONITOR_ERROR))
         .expect_stderr("tap duetnosuch0 does not exist and this process may not create it");
 }
+
+#[test]
+fn an_idle_server_sleeps_in_the_monitor() {
+    let ns = Netns::create();
+    let g = boot_httpd(&ns);
+    ns.connect(80);
+    let before = duet_tests::cpu_time_ms(g.pid());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let after = duet_tests::cpu_time_ms(g.pid());
+    assert!(
+        after - before < 50.0,
+        "an idle httpd cost the monitor {} ms of CPU in 500 ms",
+        after - before
+    );
+    drop(g);
+}
