@@ -11,6 +11,7 @@
 pub mod bootinfo;
 pub mod config;
 pub mod cpu;
+pub mod cpuid;
 pub mod devices;
 pub mod heap;
 pub mod hypercall;

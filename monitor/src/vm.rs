@@ -20,7 +20,7 @@ use crate::trace::BootTrace;
 use duet_abi::boot::{RegionKind, BOOT_FLAG_TRACE};
 use duet_abi::clock::ClockPage;
 use duet_abi::PAGE_SIZE;
-use kvm_bindings::{kvm_msr_entry, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{kvm_msr_entry, Msrs};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
@@ -163,10 +163,8 @@ impl Vm {
 
         // 4. vCPU.
         let vcpu = vm.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
-        let cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
-        vcpu.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
+        crate::cpuid::setup(&kvm, &vcpu)
+            .map_err(ioctl("KVM_GET_SUPPORTED_CPUID/KVM_SET_CPUID2"))?;
         let tsc_khz = u64::from(vcpu.get_tsc_khz().map_err(ioctl("KVM_GET_TSC_KHZ"))?);
         mark(&mut trace, "vCPU + CPUID");
 
