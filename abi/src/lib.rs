@@ -10,6 +10,8 @@
 //!   A hypercall is one `out` to port [`hypercall::PORT_BASE`] + number, with
 //!   the 32-bit guest-physical address of its argument struct in `eax`.
 //! * [`clock`]: the clock page the monitor writes and the guest only reads.
+//! * [`identity`]: the identity page (generation, random seed, clone index)
+//!   the monitor rewrites after every restore.
 //!
 //! The interface version ([`ABI_VERSION`]) is independent of the crate's
 //! semver: it changes whenever a layout or a meaning here changes.
@@ -19,6 +21,7 @@
 pub mod boot;
 pub mod clock;
 pub mod hypercall;
+pub mod identity;
 
 /// Version of the guest/monitor interface. The monitor reads it from the
 /// image header before boot and the guest checks it in the boot info; both

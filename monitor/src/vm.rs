@@ -7,6 +7,7 @@
 
 use crate::bootinfo::{self, BootInfoError, BootParams};
 use crate::config::VmConfig;
+use crate::control::Control;
 use crate::cpu;
 use crate::devices::Devices;
 use crate::kvm::{self, KvmError};
@@ -15,11 +16,15 @@ use crate::loader::{Image, LoadError};
 use crate::memory::{GuestMem, MemError};
 use crate::paging::{Access, PageTables, PagingError};
 use crate::trace::BootTrace;
+use crate::vcpu::Vcpu;
 use duet_abi::boot::{RegionKind, BOOT_FLAG_TRACE};
 use duet_abi::clock::ClockPage;
+use duet_abi::identity::IdentityPage;
 use duet_abi::{LARGE_PAGE_SIZE, PAGE_SIZE};
 use kvm_bindings::{kvm_msr_entry, kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES};
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Kvm, VmFd};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
@@ -81,7 +86,7 @@ pub enum VmError {
     BootInfo(#[from] BootInfoError),
 }
 
-fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+pub(crate) fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Ioctl { what, source }
 }
 
@@ -91,12 +96,46 @@ pub struct Vm {
     pub(crate) _kvm: Kvm,
     /// Kept open for the VM's life.
     pub(crate) _vm: VmFd,
-    pub(crate) vcpu: VcpuFd,
+    pub(crate) vcpu: Vcpu,
     pub(crate) mem: GuestMem,
     pub(crate) image: Image,
     pub(crate) devices: Devices,
     pub(crate) trace: Option<BootTrace>,
     pub(crate) exits: u64,
+    /// The page tables' allocator (heap growth adds tables through it).
+    pub(crate) pt: PageTables,
+    /// The clock page as last written.
+    pub(crate) clock: ClockPage,
+    /// Heap start, bytes mapped, limit.
+    pub(crate) heap: (u64, u64, u64),
+    /// Restores so far (the identity page's generation).
+    pub(crate) generation: u64,
+    /// This guest's index among clones started together.
+    pub(crate) clone_index: u32,
+    /// The control block the API thread talks to the vCPU thread through.
+    pub(crate) ctl: Arc<Control>,
+    /// When the monitor started this guest (for `status` uptime).
+    pub(crate) started: Instant,
+    /// Template mode: snapshot into this directory at the guest's
+    /// `snapshot_point()` and stop.
+    pub(crate) snapshot_at_point: Option<PathBuf>,
+    /// Paused by the control API.
+    pub(crate) paused: bool,
+}
+
+/// Registers `mem` as KVM memory slot 0 of `vm`.
+pub(crate) fn register_memory(vm: &VmFd, mem: &GuestMem) -> Result<(), VmError> {
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        flags: 0,
+        guest_phys_addr: 0,
+        memory_size: mem.size(),
+        userspace_addr: mem.host_base(),
+    };
+    // SAFETY: the region is our own mapping of `mem.size()` bytes. Both live
+    // in `Vm`, whose fields drop in declaration order: the VM fd closes
+    // before `mem` is unmapped.
+    unsafe { vm.set_user_memory_region(region) }.map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))
 }
 
 /// The heap's place: start, bytes mapped at boot, limit.
@@ -106,8 +145,13 @@ fn heap_range(image_end: u64, mem: u64) -> (u64, u64, u64) {
 }
 
 impl Vm {
-    /// Creates the VM described by `cfg`, ready for [`Vm::run`].
-    pub fn create(cfg: &VmConfig, mut trace: Option<BootTrace>) -> Result<Vm, VmError> {
+    /// Creates the VM described by `cfg`, ready for [`Vm::run`]. `ctl` is
+    /// the control block the `--api` thread (if any) uses to reach it.
+    pub fn create(
+        cfg: &VmConfig,
+        mut trace: Option<BootTrace>,
+        ctl: Arc<Control>,
+    ) -> Result<Vm, VmError> {
         let mark = |t: &mut Option<BootTrace>, p| {
             if let Some(t) = t {
                 t.mark(p)
@@ -139,26 +183,14 @@ impl Vm {
 
         // 3. Memory.
         let mem = GuestMem::new(cfg.mem).map_err(VmError::Alloc)?;
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: cfg.mem,
-            userspace_addr: mem.host_base(),
-        };
-        // SAFETY: the region is our own mapping of `cfg.mem` bytes. Both live
-        // in `Vm`, whose fields drop in declaration order: the VM fd closes
-        // before `mem` is unmapped.
-        unsafe { vm.set_user_memory_region(region) }
-            .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+        register_memory(&vm, &mem)?;
         mark(&mut trace, "guest memory");
 
         // 4. vCPU.
-        let vcpu = vm.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
-        vcpu.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
+        let vcpu = Vcpu::create(&kvm, &vm, &cpuid)?;
         let tsc_khz = u64::from(vcpu.get_tsc_khz().map_err(ioctl("KVM_GET_TSC_KHZ"))?);
         mark(&mut trace, "vCPU + CPUID");
 
@@ -172,6 +204,15 @@ impl Vm {
             devices: Devices::default(),
             trace,
             exits: 0,
+            pt: PageTables::new(),
+            clock: ClockPage::default(),
+            heap: (0, 0, 0),
+            generation: 0,
+            clone_index: 0,
+            ctl,
+            started: Instant::now(),
+            snapshot_at_point: None,
+            paused: false,
         };
         let boot_info = vm_.build_guest(cfg, tsc_khz)?;
         mark(&mut vm_.trace, "load image + tables");
@@ -184,6 +225,7 @@ impl Vm {
             .set_regs(&cpu::initial_regs(vm_.image.entry, boot_info))
             .map_err(ioctl("KVM_SET_REGS"))?;
         vm_.start_clock(tsc_khz)?;
+        vm_.write_identity()?;
         mark(&mut vm_.trace, "registers + clock");
         Ok(vm_)
     }
@@ -193,7 +235,13 @@ impl Vm {
         let image = &self.image;
         image.load(mem)?;
 
-        let mut pt = PageTables::new();
+        let pt = &mut self.pt;
+        pt.map_4k(
+            mem,
+            layout::IDENTITY_PAGE,
+            layout::IDENTITY_PAGE + PAGE_SIZE,
+            Access::UserRead,
+        )?;
         pt.map_4k(mem, layout::GDT, layout::IST_STACK_TOP, Access::Supervisor)?;
         pt.map_4k(
             mem,
@@ -222,6 +270,7 @@ impl Vm {
             pt.map_4k(mem, s.start, s.end, access)?;
         }
         let (heap_start, heap_size, heap_limit) = heap_range(image.end(), cfg.mem);
+        self.heap = (heap_start, heap_size, heap_limit);
         let heap_end = heap_start + heap_size;
         // 4 KiB pages up to the first 2 MiB boundary, then 2 MiB pages.
         let big = heap_start.next_multiple_of(LARGE_PAGE_SIZE).min(heap_end);
@@ -256,6 +305,7 @@ impl Vm {
                 RegionKind::Monitor,
             ),
             (layout::CLOCK_PAGE, PAGE_SIZE, RegionKind::Clock),
+            (layout::IDENTITY_PAGE, PAGE_SIZE, RegionKind::Identity),
             (
                 layout::BOOT_INFO,
                 layout::BOOT_INFO_END - layout::BOOT_INFO,
@@ -324,7 +374,19 @@ impl Vm {
             base_wall_ns: wall,
         };
         bootinfo::write_clock(&self.mem, &page)?;
+        self.clock = page;
         Ok(())
+    }
+
+    /// Publishes this guest's identity with a fresh random seed.
+    pub(crate) fn write_identity(&mut self) -> Result<(), MemError> {
+        let page = IdentityPage {
+            seq: 0,
+            clone_index: self.clone_index,
+            generation: self.generation,
+            seed: bootinfo::random_seed(),
+        };
+        bootinfo::write_identity(&self.mem, &page)
     }
 }
 
@@ -337,5 +399,11 @@ impl Vm {
     /// Number of exits handled so far.
     pub fn exits(&self) -> u64 {
         self.exits
+    }
+
+    /// Template mode: at the guest's `snapshot_point()`, snapshot into `dir`
+    /// and stop the guest.
+    pub fn snapshot_at_point(&mut self, dir: PathBuf) {
+        self.snapshot_at_point = Some(dir);
     }
 }

@@ -28,10 +28,13 @@ pub mod console;
 pub mod env;
 pub mod exceptions;
 pub mod hypercall;
+pub mod identity;
 mod panic;
+pub mod rand;
 pub mod rt;
 
 pub use duet_abi as abi;
+pub use identity::{identity, snapshot_point, Identity};
 pub use rt::{exit, Termination};
 
 /// Declares the application's entry point.

@@ -6,10 +6,18 @@
 //! the command line) with its hypercall handlers in `hypercall/`.
 
 use duet_abi::boot::DeviceInfo;
+use serde::{Deserialize, Serialize};
 use std::os::fd::RawFd;
 
 /// One device. Each kind of device adds a variant.
 pub enum Device {}
+
+/// A device's record in a snapshot. Each kind of device adds a variant
+/// holding what it needs to come back (a block device: its disk path,
+/// flags, ...); restore fails cleanly when that is gone (e.g. a missing
+/// disk file: `SnapshotError::MissingFile`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceState {}
 
 impl Device {
     /// The device's boot-info entry.
@@ -21,6 +29,16 @@ impl Device {
     /// for the guest, for the poll hypercall; `None` means always ready.
     pub fn ready_fd(&self) -> Option<RawFd> {
         match *self {}
+    }
+
+    /// The device's snapshot record.
+    pub fn save(&self) -> DeviceState {
+        match *self {}
+    }
+
+    /// Rebuilds a device from its snapshot record.
+    pub fn restore(state: &DeviceState) -> Result<Device, crate::snapshot::SnapshotError> {
+        match *state {}
     }
 }
 

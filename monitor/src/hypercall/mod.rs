@@ -7,6 +7,7 @@
 
 mod console;
 mod lifecycle;
+mod snapshot;
 
 use crate::vcpu::Outcome;
 use crate::vm::Vm;
@@ -36,6 +37,7 @@ pub fn dispatch(vm: &mut Vm, nr: u16, value: u32) -> Flow {
         Hypercall::Abort => lifecycle::abort(vm, value),
         Hypercall::Fault => lifecycle::fault(vm, value),
         Hypercall::BootTrace => lifecycle::boot_trace(vm, value),
+        Hypercall::SnapshotPoint => snapshot::snapshot_point(vm, value),
     }
 }
 
