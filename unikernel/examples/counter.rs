@@ -1,7 +1,8 @@
 //! Prints `count N` for N = 0, 1, 2, ... up to the first argument (default
 //! 200) with a short pause between values, then exits 0. The pause is a
 //! busy-wait on the TSC (the sleep hypercall is not there yet); the second
-//! argument sets it in microseconds (default 2000).
+//! argument sets it in microseconds (default 2000). It marks its ready point
+//! (`duet::snapshot_point()`) before counting, so it can be a template.
 #![no_std]
 #![no_main]
 
@@ -20,6 +21,7 @@ fn main() {
     let mut args = duet::env::args();
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
     let us: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
+    duet::snapshot_point();
     for i in 0..n {
         duet::println!("count {i}");
         pause(us);

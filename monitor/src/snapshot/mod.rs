@@ -359,11 +359,6 @@ pub fn restore(
     let Some(tsc_at_save) = vcpu_state.tsc() else {
         return Err(SnapshotError::Invalid("the vCPU state has no TSC".into()));
     };
-    if cpu_signature(&vcpu_state.cpuid) != (st.header.vendor, st.header.features) {
-        return Err(SnapshotError::Invalid(
-            "header and vCPU disagree on the CPU".into(),
-        ));
-    }
     let image = Image::parse(image_bytes, mem_section.state.size)?;
     mark(&mut opts.trace, "read + check snapshot");
 
@@ -385,6 +380,13 @@ pub fn restore(
                 missing: snap_f & !host_f,
             });
         }
+    }
+    if cpu_signature(&vcpu_state.cpuid) != (st.header.vendor, st.header.features)
+        || u64::from(vcpu_state.tsc_khz) != st.header.tsc_khz
+    {
+        return Err(SnapshotError::Invalid(
+            "the header and the vCPU state disagree on the CPU".into(),
+        ));
     }
     let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     mark(&mut opts.trace, "open KVM + create VM");

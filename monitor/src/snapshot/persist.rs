@@ -148,12 +148,20 @@ impl Persist for Vcpu {
         let vcpu = Vcpu::create(kvm, vm, &cpuid).map_err(|e| SnapshotError::Kvm(e.to_string()))?;
         let host_khz = vcpu.get_tsc_khz().map_err(kvm_err("KVM_GET_TSC_KHZ"))?;
         if host_khz != s.tsc_khz {
+            // KVM scales only up; and check it took (it may accept a value
+            // it cannot then report).
+            let tsc_err = |why: String| SnapshotError::Tsc {
+                snap: u64::from(s.tsc_khz),
+                host: u64::from(host_khz),
+                why,
+            };
             vcpu.set_tsc_khz(s.tsc_khz)
-                .map_err(|e| SnapshotError::Tsc {
-                    snap: u64::from(s.tsc_khz),
-                    host: u64::from(host_khz),
-                    why: e.to_string(),
-                })?;
+                .map_err(|e| tsc_err(e.to_string()))?;
+            match vcpu.get_tsc_khz() {
+                Ok(k) if k == s.tsc_khz => {}
+                Ok(k) => return Err(tsc_err(format!("it runs at {k} kHz instead"))),
+                Err(e) => return Err(tsc_err(e.to_string())),
+            }
         }
         vcpu.set_mp_state(s.mp_state)
             .map_err(kvm_err("KVM_SET_MP_STATE"))?;
