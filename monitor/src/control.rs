@@ -169,15 +169,20 @@ impl Control {
         Some(unsafe { AtomicU8::from_ptr(std::ptr::addr_of_mut!((*run).immediate_exit)) })
     }
 
-    /// Sets or clears `immediate_exit` (vCPU thread).
-    pub fn set_immediate_exit(&self, v: bool) {
-        if let Some(f) = self.immediate_exit() {
-            f.store(u8::from(v), Ordering::SeqCst);
+    /// Sets or clears `immediate_exit` (vCPU thread); `false` if no vCPU
+    /// is attached.
+    pub fn set_immediate_exit(&self, v: bool) -> bool {
+        match self.immediate_exit() {
+            Some(f) => {
+                f.store(u8::from(v), Ordering::SeqCst);
+                true
+            }
+            None => false,
         }
     }
 
     fn kick(&self) {
-        self.set_immediate_exit(true);
+        let _ = self.set_immediate_exit(true);
         if let Some(t) = self.thread.get() {
             // SAFETY: `t` is a live thread of this process (the vCPU thread
             // outlives every request: it refuses them once the guest ended).

@@ -114,7 +114,14 @@ impl Vm {
                     Flow::Continue => {}
                     Flow::Stop(o) => return o,
                 },
-                Exit::Retry => {}
+                // A kick (signal + immediate_exit). Clear immediate_exit
+                // here: a kick can land after its request was already served
+                // at an earlier exit, and must not leave KVM_RUN returning
+                // EINTR forever. `pending` is raised before every kick, so a
+                // request that is still waiting is seen just below.
+                Exit::Retry => {
+                    let _ = self.ctl.set_immediate_exit(false);
+                }
                 Exit::Stop(o) => return o,
             }
             if self.ctl.pending() {
@@ -129,7 +136,9 @@ impl Vm {
     /// progress (the `out` of the last hypercall) without entering the
     /// guest, so the saved registers point past it.
     pub(crate) fn complete_io(&mut self) -> Result<(), String> {
-        self.vcpu.set_kvm_immediate_exit(1);
+        if !self.ctl.set_immediate_exit(true) {
+            return Err("the vCPU is not running (no kvm_run page attached)".into());
+        }
         let r = match self.vcpu.run() {
             Err(e) if e.errno() == libc::EINTR => Ok(()),
             Err(e) => Err(format!("KVM_RUN (completing I/O) failed: {e}")),
@@ -137,7 +146,7 @@ impl Vm {
                 "KVM_RUN with immediate_exit entered the guest ({exit:?})"
             )),
         };
-        self.vcpu.set_kvm_immediate_exit(0);
+        let _ = self.ctl.set_immediate_exit(false);
         r
     }
 

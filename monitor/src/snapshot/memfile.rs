@@ -152,6 +152,9 @@ pub fn for_each_resident(
     let mut vec = vec![0u8; CHUNK / PAGE];
     let mut run: Option<(u64, u64)> = None;
     let mut page = 0usize;
+    // File ranges are sorted and pages come in order: walk them with a cursor.
+    let files = mem.file_ranges();
+    let mut fr = 0usize;
     while page < total {
         let n = (total - page).min(CHUNK / PAGE);
         // SAFETY: the range is inside the guest mapping; mincore only
@@ -169,8 +172,10 @@ pub fn for_each_resident(
         for (i, v) in vec[..n].iter().enumerate() {
             let p = (page + i) as u64;
             let gpa = p * PAGE_SIZE;
-            let populated =
-                v & 1 != 0 || mem.file_ranges().iter().any(|&(s, e)| gpa >= s && gpa < e);
+            while fr < files.len() && files[fr].1 <= gpa {
+                fr += 1;
+            }
+            let populated = v & 1 != 0 || (fr < files.len() && files[fr].0 <= gpa);
             run = match (run, populated) {
                 (Some((s, c)), true) => Some((s, c + 1)),
                 (None, true) => Some((p, 1)),
@@ -240,8 +245,9 @@ pub fn dump(mem: &GuestMem, path: &Path, id: u64) -> Result<MemIndex, SnapshotEr
             w.write_all(bytes)?;
             file_page += 1;
             if (file_page - 1) * PAGE_SIZE >= next_report {
-                log::info!(
-                    "snapshot: {} MiB of guest memory written",
+                // Progress for big guests only; small snapshots stay quiet.
+                eprintln!(
+                    "duet: snapshot: {} MiB of guest memory written",
                     next_report >> 20
                 );
                 next_report += 256 << 20;
