@@ -42,14 +42,20 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     let ctl = Arc::new(Control::new().map_err(RunError::Control)?);
+    // The socket first: a bad --api path fails before the guest starts.
+    // Requests that arrive before the vCPU runs wait in the queue.
+    let server = api
+        .map(|path| crate::api::serve(path, ctl.clone()))
+        .transpose()?;
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), RunError>>();
     let vcpu_ctl = ctl.clone();
     let vcpu = std::thread::Builder::new()
         .name("duet-vcpu".into())
         .spawn(move || {
-            let mut vm = match make(vcpu_ctl) {
+            let mut vm = match make(vcpu_ctl.clone()) {
                 Ok(vm) => vm,
                 Err(e) => {
+                    vcpu_ctl.finish();
                     let _ = ready_tx.send(Err(RunError::Start(Box::new(e))));
                     return None;
                 }
@@ -63,22 +69,10 @@ where
     let started = ready_rx
         .recv()
         .unwrap_or_else(|_| Err(RunError::Thread("it ended before the VM was built".into())));
-    let server = match (started, api) {
-        (Err(e), _) => {
-            let _ = vcpu.join();
-            return Err(e);
-        }
-        (Ok(()), Some(path)) => Some(crate::api::serve(path, ctl.clone())),
-        (Ok(()), None) => None,
-    };
-    let server = match server.transpose() {
-        Ok(s) => s,
-        Err(e) => {
-            // The guest runs already; stop it rather than leave it unreachable.
-            let _ = vcpu.join();
-            return Err(e.into());
-        }
-    };
+    if let Err(e) = started {
+        let _ = vcpu.join();
+        return Err(e);
+    }
     let finished = vcpu
         .join()
         .map_err(|_| RunError::Thread("it panicked".into()))?

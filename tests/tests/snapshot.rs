@@ -445,3 +445,14 @@ fn many_requests_while_running_never_stall_the_guest() {
     assert_eq!(counts(&orig.stdout), (0..n).collect::<Vec<_>>());
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+#[test]
+fn a_bad_api_socket_path_stops_before_the_guest_runs() {
+    let o = boot("hello", &["--api", "/nonexistent-dir/duet.sock"], &[]);
+    o.expect_status(status::MONITOR_ERROR as i32)
+        .expect_stderr("cannot open control socket /nonexistent-dir/duet.sock");
+    assert!(o.stdout.is_empty(), "{o:#?}");
+    let o = duet(&["ctl", "/nonexistent-dir/duet.sock", "status"]);
+    o.expect_status(status::MONITOR_ERROR as i32)
+        .expect_stderr("cannot talk to the duet at /nonexistent-dir/duet.sock");
+}
