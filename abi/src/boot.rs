@@ -55,6 +55,10 @@ unsafe impl Sync for ImageHeader {}
 /// ([`crate::hypercall::Hypercall::BootTrace`]).
 pub const BOOT_FLAG_TRACE: u32 = 1 << 0;
 
+/// Boot-info flag: [`BootInfo::identity`] points at the identity page
+/// ([`crate::identity::IdentityPage`]).
+pub const BOOT_FLAG_IDENTITY: u32 = 1 << 1;
+
 /// Maximum number of [`MemRegion`]s in the boot info.
 pub const MAX_REGIONS: usize = 16;
 /// Maximum number of devices in the boot info's device table.
@@ -77,6 +81,8 @@ pub enum RegionKind {
     Image = 5,
     /// Heap: mapped read/write, grown on request up to the memory size.
     Heap = 6,
+    /// The identity page: read-only to the guest.
+    Identity = 7,
 }
 
 impl RegionKind {
@@ -89,6 +95,7 @@ impl RegionKind {
             4 => Self::Stack,
             5 => Self::Image,
             6 => Self::Heap,
+            7 => Self::Identity,
             _ => return None,
         })
     }
@@ -190,13 +197,16 @@ pub struct BootInfo {
     pub heap_size: u64,
     /// Bytes the heap may grow to (up to the end of guest memory).
     pub heap_limit: u64,
+    /// The identity page ([`crate::identity::IdentityPage`]), valid when
+    /// [`BOOT_FLAG_IDENTITY`] is set.
+    pub identity: Gpa,
 }
 
 plain!(
     MemRegion = 24,
     Str = 16,
     DeviceInfo = 64,
-    BootInfo = 48 + 24 * MAX_REGIONS + 64 * MAX_DEVICES + 48,
+    BootInfo = 48 + 24 * MAX_REGIONS + 64 * MAX_DEVICES + 56,
 );
 const _: () = assert!(offset_of!(BootInfo, regions) == 48);
 const _: () = assert!(offset_of!(BootInfo, argc) == 48 + 24 * MAX_REGIONS + 64 * MAX_DEVICES);

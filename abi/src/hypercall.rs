@@ -76,6 +76,10 @@ pub enum Hypercall {
     /// capacity) and OUT (frame length). `ret` = frames received, or
     /// [`Error::Again`] when none is waiting.
     NetRecvBatch = 27,
+    /// Marks the guest's ready point (`duet::snapshot_point()`). When the
+    /// monitor is creating a template it snapshots the guest here and stops
+    /// it; otherwise the call does nothing. Args: [`SnapshotPointArgs`].
+    SnapshotPoint = 32,
 }
 
 impl Hypercall {
@@ -99,6 +103,7 @@ impl Hypercall {
         Self::NetRecv,
         Self::NetSendBatch,
         Self::NetRecvBatch,
+        Self::SnapshotPoint,
     ];
 
     /// The I/O port the guest writes to for this call.
@@ -245,6 +250,22 @@ pub struct BootTraceArgs {
     pub entry_tsc: u64,
     /// IN: TSC just before the application's `main`.
     pub main_tsc: u64,
+}
+
+/// [`SnapshotPointArgs::ret`]: the guest went on from a cold boot (no
+/// snapshot was taken, or this is the original after one).
+pub const SNAPSHOT_POINT_CONTINUED: i64 = 0;
+/// [`SnapshotPointArgs::ret`]: the guest was restored from the snapshot
+/// taken at this point (a template start or a clone).
+pub const SNAPSHOT_POINT_RESTORED: i64 = 1;
+
+/// Args of [`Hypercall::SnapshotPoint`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SnapshotPointArgs {
+    /// OUT: [`SNAPSHOT_POINT_CONTINUED`] or [`SNAPSHOT_POINT_RESTORED`], or a
+    /// negated [`Error`].
+    pub ret: i64,
 }
 
 /// Register state an exception entry stub pushes and reports with
@@ -399,5 +420,6 @@ plain!(
     ConsoleWriteArgs = 24,
     AbortArgs = 16,
     BootTraceArgs = 16,
+    SnapshotPointArgs = 8,
     FaultFrame = 23 * 8,
 );

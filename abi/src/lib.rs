@@ -11,6 +11,8 @@
 //!   the 32-bit guest-physical address of its argument struct in `eax`.
 //! * [`block`]: block-device request structs (read, write, flush, batch).
 //! * [`clock`]: the clock page the monitor writes and the guest only reads.
+//! * [`identity`]: the identity page (generation, random seed, clone index)
+//!   the monitor rewrites after every restore.
 //!
 //! The interface version ([`ABI_VERSION`]) is independent of the crate's
 //! semver: it changes whenever a layout or a meaning here changes.
@@ -21,6 +23,7 @@ pub mod block;
 pub mod boot;
 pub mod clock;
 pub mod hypercall;
+pub mod identity;
 pub mod mem;
 pub mod poll;
 

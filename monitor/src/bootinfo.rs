@@ -3,9 +3,11 @@
 use crate::layout;
 use crate::memory::{GuestMem, MemError};
 use duet_abi::boot::{
-    BootInfo, DeviceInfo, MemRegion, RegionKind, Str, BOOT_MAGIC, MAX_DEVICES, MAX_REGIONS,
+    BootInfo, DeviceInfo, MemRegion, RegionKind, Str, BOOT_FLAG_IDENTITY, BOOT_MAGIC, MAX_DEVICES,
+    MAX_REGIONS,
 };
 use duet_abi::clock::ClockPage;
+use duet_abi::identity::IdentityPage;
 use duet_abi::{Gpa, ABI_VERSION};
 use std::mem::size_of;
 use thiserror::Error;
@@ -92,7 +94,7 @@ pub fn write(mem: &GuestMem, p: &BootParams<'_>) -> Result<u64, BootInfoError> {
     let bi = BootInfo {
         magic: BOOT_MAGIC,
         abi_version: ABI_VERSION,
-        flags: p.flags,
+        flags: p.flags | BOOT_FLAG_IDENTITY,
         mem_size: p.mem_size,
         tsc_khz: p.tsc_khz,
         clock: Gpa(layout::CLOCK_PAGE),
@@ -107,6 +109,7 @@ pub fn write(mem: &GuestMem, p: &BootParams<'_>) -> Result<u64, BootInfoError> {
         heap_start: Gpa(p.heap.0),
         heap_size: p.heap.1,
         heap_limit: p.heap.2,
+        identity: Gpa(layout::IDENTITY_PAGE),
     };
     mem.write_plain_unchecked_policy(Gpa(layout::BOOT_INFO), &bi)?;
     Ok(layout::BOOT_INFO)
@@ -126,4 +129,43 @@ pub fn write_clock(mem: &GuestMem, page: &ClockPage) -> Result<(), MemError> {
     std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
     mem.write_plain_unchecked_policy(at, &seq.wrapping_add(1))?;
     Ok(())
+}
+
+/// Writes the identity page as a seqlock writer (like [`write_clock`]).
+/// Safe to call while the guest runs.
+pub fn write_identity(mem: &GuestMem, page: &IdentityPage) -> Result<(), MemError> {
+    let at = Gpa(layout::IDENTITY_PAGE);
+    let cur: IdentityPage = mem.read_plain(at)?;
+    let seq = cur.seq.wrapping_add(1) | 1;
+    mem.write_plain_unchecked_policy(at, &seq)?;
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    let mut p = *page;
+    p.seq = seq;
+    mem.write_plain_unchecked_policy(at, &p)?;
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    mem.write_plain_unchecked_policy(at, &seq.wrapping_add(1))?;
+    Ok(())
+}
+
+/// A fresh random 128-bit seed from the host's `getrandom`.
+pub fn random_seed() -> [u64; 2] {
+    let mut b = [0u8; 16];
+    let mut got = 0;
+    while got < b.len() {
+        // SAFETY: writes at most `b.len() - got` bytes into our own buffer.
+        let n = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), b.len() - got, 0) };
+        if n <= 0 {
+            // getrandom on Linux >= 3.17 does not fail for 16 bytes; should it,
+            // mix the time in rather than hand out a fixed seed.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            return [t ^ u64::from(std::process::id()), t.rotate_left(17)];
+        }
+        got += n as usize;
+    }
+    [
+        u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
+        u64::from_le_bytes(b[8..].try_into().expect("8 bytes")),
+    ]
 }

@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 pub const INITIAL_HEAP: u64 = 2 << 20;
 
 /// Heap bookkeeping.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Heap {
     start: u64,
     end: u64,

@@ -19,6 +19,8 @@ pub const IST_STACK: u64 = 0x6000;
 pub const IST_STACK_TOP: u64 = 0xA000;
 /// The clock page (read-only to the guest).
 pub const CLOCK_PAGE: u64 = 0x10000;
+/// The identity page (read-only to the guest): generation, seed, clone index.
+pub const IDENTITY_PAGE: u64 = 0x11000;
 /// Boot info, then argv/env arrays and strings (read-only to the guest).
 pub const BOOT_INFO: u64 = 0x20000;
 /// End of the boot-info area.

@@ -8,8 +8,10 @@
 //! [`hypercall::dispatch`]. See `docs/architecture.md`.
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod bootinfo;
 pub mod config;
+pub mod control;
 pub mod cpu;
 pub mod cpuid;
 pub mod devices;
@@ -21,7 +23,10 @@ pub mod loader;
 pub mod memory;
 pub mod paging;
 pub mod report;
+pub mod runner;
+pub mod snapshot;
 pub mod status;
+pub mod template;
 pub mod trace;
 pub mod vcpu;
 pub mod vm;

@@ -168,6 +168,12 @@ fn round_up(v: u64) -> Option<u64> {
 }
 
 impl Image {
+    /// The image file's bytes (snapshots embed them so a restore can
+    /// symbolize fault reports without the original file).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// Parses and validates `bytes` as an image for a guest of `mem_size` bytes.
     pub fn parse(bytes: Vec<u8>, mem_size: u64) -> Result<Image, LoadError> {
         if bytes.is_empty() {

@@ -1,14 +1,18 @@
 //! `duet`: the Duet monitor's command line.
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use duet_monitor::config::{self, VmConfig};
-use duet_monitor::devices::block;
+use duet_monitor::control::{Request, Response};
+use duet_monitor::devices::{block, net};
+use duet_monitor::runner::{self, Finished};
+use duet_monitor::snapshot::{self, RestoreOptions, Snapshot};
 use duet_monitor::status;
+use duet_monitor::template;
 use duet_monitor::trace::BootTrace;
 use duet_monitor::vcpu::Outcome;
 use duet_monitor::vm::Vm;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -16,8 +20,8 @@ use std::time::Instant;
 ///
 /// Exit status of `duet run`: the guest's own exit status (0-255) when it
 /// exits; 125 when the monitor cannot start it (bad image, bad option, no
-/// KVM); 134 when the guest panics; 139 when it takes a CPU exception; 140
-/// when the VM fails otherwise (triple fault, stray I/O, HLT).
+/// KVM, bad snapshot); 134 when the guest panics; 139 when it takes a CPU
+/// exception; 140 when the VM fails otherwise (triple fault, stray I/O, HLT).
 #[derive(Parser)]
 #[command(name = "duet", version, about, long_about)]
 struct Cli {
@@ -27,70 +31,356 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Boot IMAGE and run it until it exits; exit with its status.
+    /// Boot IMAGE (or start from a template) and run it until it exits; exit with its status.
     Run(RunArgs),
+    /// Resume a snapshot directory where it left off.
+    Restore(RestoreArgs),
+    /// Send a command to a guest started with `--api SOCKET`.
+    Ctl {
+        /// The guest's control socket.
+        socket: PathBuf,
+        #[command(subcommand)]
+        cmd: CtlCmd,
+    },
+    /// Manage templates: snapshots taken at a guest's `duet::snapshot_point()`.
+    Template {
+        #[command(subcommand)]
+        cmd: TemplateCmd,
+    },
 }
 
 #[derive(clap::Args)]
-struct RunArgs {
-    /// The unikernel image (an ELF built with `cargo xtask build`).
-    image: PathBuf,
+struct Common {
+    /// Serve the control API on this Unix socket (see docs/api.md).
+    #[arg(long, value_name = "SOCKET")]
+    api: Option<PathBuf>,
+    /// Print a phase breakdown of the boot (or restore) to stderr.
+    #[arg(long)]
+    trace_boot: bool,
+    /// The KVM device node.
+    #[arg(long, env = "DUET_KVM_DEVICE", default_value = "/dev/kvm")]
+    kvm_device: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct GuestArgs {
     /// Guest memory: a size such as 64M, 512MiB or 2G (a bare number is MiB; a multiple of 2 MiB).
     #[arg(long, default_value = "64M", value_parser = config::parse_mem)]
     mem: u64,
     /// An environment entry for the guest (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = config::parse_env)]
     env: Vec<String>,
-    /// Print a phase breakdown of the boot to stderr.
-    #[arg(long)]
-    trace_boot: bool,
     /// Attach a raw image file as a block device (repeatable; devices are numbered in order).
     #[arg(long = "disk", value_name = "PATH[,ro][,name=NAME][,sector=512|4096]", value_parser = block::parse_spec)]
     disks: Vec<block::DiskSpec>,
-    /// The KVM device node.
-    #[arg(long, env = "DUET_KVM_DEVICE", default_value = "/dev/kvm")]
-    kvm_device: PathBuf,
     /// A network interface backed by TAP NAME (repeatable): tap=NAME[,mac=MAC].
     /// An existing TAP is attached; a missing one is created when allowed.
-    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]", value_parser = duet_monitor::devices::net::parse_spec)]
-    net: Vec<duet_monitor::devices::net::NetConfig>,
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]", value_parser = net::parse_spec)]
+    net: Vec<net::NetConfig>,
     /// Arguments for the guest, after `--`.
     #[arg(last = true)]
     args: Vec<String>,
 }
 
-fn run(a: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
-    let trace = a.trace_boot.then(|| BootTrace::new(start));
-    let cfg = VmConfig {
-        image: a.image,
-        mem: a.mem,
-        args: a.args,
-        env: a.env,
-        kvm_device: a.kvm_device,
-        disks: a.disks,
-        net: a.net,
-    };
-    let mut vm = Vm::create(&cfg, trace).context("cannot start the guest")?;
-    let outcome = vm.run();
-    if let Some(t) = vm.take_trace() {
-        let mut t = t;
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The unikernel image (an ELF built with `cargo xtask build`).
+    #[arg(required_unless_present = "template", conflicts_with = "template")]
+    image: Option<PathBuf>,
+    /// Start from this template instead of booting an image.
+    #[arg(long, value_name = "NAME")]
+    template: Option<String>,
+    /// Template store (default: $XDG_DATA_HOME/duet/templates).
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
+    /// With --template: start N independent clones.
+    #[arg(long, value_name = "N", requires = "template")]
+    clones: Option<u32>,
+    /// With --template: skip checking the memory file's checksums (see `duet restore --help`).
+    #[arg(long, requires = "template")]
+    no_verify: bool,
+    #[command(flatten)]
+    guest: GuestArgs,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    /// The snapshot directory.
+    dir: PathBuf,
+    /// Start N independent clones sharing the snapshot's memory copy-on-write.
+    #[arg(long, value_name = "N")]
+    clones: Option<u32>,
+    /// The clone index this guest gets (set by --clones for each clone).
+    #[arg(long, hide = true, default_value_t = 0)]
+    clone_index: u32,
+    /// Skip checking the memory file's checksums: restore time then no longer
+    /// grows with the populated memory, but a corrupt memory file goes unnoticed.
+    #[arg(long)]
+    no_verify: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Subcommand)]
+enum CtlCmd {
+    /// Stop running the guest.
+    Pause,
+    /// Run it again.
+    Resume,
+    /// Print its state, uptime, exits, memory and devices (JSON).
+    Status,
+    /// Snapshot it into DIR (a new directory); it keeps running (or stays paused).
+    Snapshot {
+        /// The directory to create.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TemplateCmd {
+    /// Boot IMAGE, snapshot it at its `duet::snapshot_point()` as template NAME, stop it.
+    Create {
+        /// The template's name.
+        name: String,
+        /// The image.
+        image: PathBuf,
+        /// Template store.
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+        #[command(flatten)]
+        guest: GuestArgs,
+        /// The KVM device node.
+        #[arg(long, env = "DUET_KVM_DEVICE", default_value = "/dev/kvm")]
+        kvm_device: PathBuf,
+    },
+    /// List the templates.
+    List {
+        /// Template store.
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+    },
+    /// Remove template NAME.
+    Rm {
+        /// The template's name.
+        name: String,
+        /// Template store.
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+    },
+}
+
+fn finish(f: Finished) -> Outcome {
+    if let Some(mut t) = f.trace {
         t.mark("guest exit");
         eprint!("{}", t.render());
     }
-    Ok(outcome)
+    f.outcome
+}
+
+fn boot(
+    image: PathBuf,
+    g: GuestArgs,
+    c: Common,
+    start: Instant,
+    at_point: Option<PathBuf>,
+) -> anyhow::Result<Outcome> {
+    let trace = c.trace_boot.then(|| BootTrace::new(start));
+    let cfg = VmConfig {
+        image,
+        mem: g.mem,
+        args: g.args,
+        env: g.env,
+        kvm_device: c.kvm_device,
+        disks: g.disks,
+        net: g.net,
+    };
+    let f = runner::run(
+        move |ctl| {
+            let mut vm = Vm::create(&cfg, trace, ctl)?;
+            if let Some(dir) = at_point {
+                vm.snapshot_at_point(dir);
+            }
+            Ok::<_, duet_monitor::vm::VmError>(vm)
+        },
+        c.api,
+    )
+    .context("cannot start the guest")?;
+    Ok(finish(f))
+}
+
+fn restore_one(
+    dir: PathBuf,
+    c: Common,
+    start: Instant,
+    clone_index: u32,
+    verify: bool,
+) -> anyhow::Result<Outcome> {
+    let trace = c.trace_boot.then(|| BootTrace::new(start));
+    let kvm_device = c.kvm_device;
+    let f = runner::run(
+        move |ctl| {
+            let snap = Snapshot::open(&dir)?;
+            let opts = RestoreOptions {
+                kvm_device,
+                clone_index,
+                verify,
+                trace,
+            };
+            snapshot::restore(&snap, opts, ctl)
+        },
+        c.api,
+    )
+    .context("cannot restore the snapshot")?;
+    Ok(finish(f))
+}
+
+/// Starts `n` clones of snapshot `dir` as child monitors and waits for all.
+fn clones(dir: &Path, n: u32, c: &Common, start: Instant, verify: bool) -> anyhow::Result<Outcome> {
+    if n == 0 {
+        bail!("--clones must be at least 1");
+    }
+    // Check once here; each clone then maps the files without re-reading them.
+    Snapshot::open(dir)
+        .and_then(|s| if verify { s.verify_memory() } else { Ok(()) })
+        .context("cannot restore the snapshot")?;
+    let exe = std::env::current_exe().context("cannot find the duet binary")?;
+    let mut children = Vec::new();
+    for i in 0..n {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("restore")
+            .arg(dir)
+            .args(["--no-verify", "--clone-index", &i.to_string()])
+            .arg("--kvm-device")
+            .arg(&c.kvm_device);
+        if let Some(api) = &c.api {
+            cmd.arg("--api").arg(format!("{}.{i}", api.display()));
+        }
+        children.push(
+            cmd.spawn()
+                .with_context(|| format!("cannot start clone {i}"))?,
+        );
+    }
+    if c.trace_boot {
+        eprintln!(
+            "duet: started {n} clones in {:.3} ms",
+            start.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    let mut result = Outcome::Exited(0);
+    for (i, mut ch) in children.into_iter().enumerate() {
+        let st = ch
+            .wait()
+            .with_context(|| format!("waiting for clone {i}"))?;
+        let code = st.code().unwrap_or(i32::from(status::VM_FAILURE));
+        if code != 0 {
+            eprintln!("duet: clone {i} exited with status {code}");
+            if result == Outcome::Exited(0) {
+                result = Outcome::Exited(code.clamp(0, 255) as u8);
+            }
+        }
+    }
+    Ok(result)
+}
+
+fn ctl(socket: &Path, cmd: CtlCmd) -> anyhow::Result<Outcome> {
+    let req = match cmd {
+        CtlCmd::Pause => Request::Pause,
+        CtlCmd::Resume => Request::Resume,
+        CtlCmd::Status => Request::Status,
+        CtlCmd::Snapshot { dir } => {
+            // The monitor resolves relative paths against its own directory.
+            let dir = std::path::absolute(&dir).unwrap_or(dir);
+            Request::Snapshot {
+                dir: dir.display().to_string(),
+            }
+        }
+    };
+    let resp: Response = duet_monitor::api::call(socket, &req)?;
+    println!("{}", serde_json::to_string_pretty(&resp)?);
+    if !resp.ok {
+        bail!("{}", resp.error.unwrap_or_else(|| "request failed".into()));
+    }
+    Ok(Outcome::Exited(0))
+}
+
+fn template_cmd(cmd: TemplateCmd, start: Instant) -> anyhow::Result<Outcome> {
+    match cmd {
+        TemplateCmd::Create {
+            name,
+            image,
+            store,
+            guest,
+            kvm_device,
+        } => {
+            let store = template::store(store.as_deref())?;
+            let dir = template::new_path(&store, &name)?;
+            let c = Common {
+                api: None,
+                trace_boot: false,
+                kvm_device,
+            };
+            match boot(image, guest, c, start, Some(dir))? {
+                Outcome::Snapshotted(d) => {
+                    eprintln!("duet: template `{name}` created in {d}");
+                    Ok(Outcome::Exited(0))
+                }
+                Outcome::Exited(s) => bail!(
+                    "the guest exited (status {s}) without reaching duet::snapshot_point(); no template was created"
+                ),
+                other => Ok(other),
+            }
+        }
+        TemplateCmd::List { store } => {
+            let store = template::store(store.as_deref())?;
+            for t in template::list(&store)? {
+                println!("{}\t{} KiB", t.name, t.bytes >> 10);
+            }
+            Ok(Outcome::Exited(0))
+        }
+        TemplateCmd::Rm { name, store } => {
+            let store = template::store(store.as_deref())?;
+            template::remove(&store, &name)?;
+            Ok(Outcome::Exited(0))
+        }
+    }
+}
+
+fn dispatch(cmd: Command, start: Instant) -> anyhow::Result<Outcome> {
+    match cmd {
+        Command::Run(a) => match (a.image, a.template) {
+            (Some(image), None) => boot(image, a.guest, a.common, start, None),
+            (None, Some(name)) => {
+                let store = template::store(a.store.as_deref())?;
+                let dir = template::path(&store, &name)?;
+                if !a.guest.args.is_empty() || !a.guest.env.is_empty() {
+                    bail!("a template starts with the arguments and environment it was created with; drop them");
+                }
+                match a.clones {
+                    Some(n) => clones(&dir, n, &a.common, start, !a.no_verify),
+                    None => restore_one(dir, a.common, start, 0, !a.no_verify),
+                }
+            }
+            _ => bail!("give either IMAGE or --template NAME"),
+        },
+        Command::Restore(a) => match a.clones {
+            Some(n) => clones(&a.dir, n, &a.common, start, !a.no_verify),
+            None => restore_one(a.dir, a.common, start, a.clone_index, !a.no_verify),
+        },
+        Command::Ctl { socket, cmd } => ctl(&socket, cmd),
+        Command::Template { cmd } => template_cmd(cmd, start),
+    }
 }
 
 fn main() -> ExitCode {
     let start = Instant::now();
     env_logger::Builder::from_env(env_logger::Env::new().filter_or("DUET_LOG", "warn")).init();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Run(a) => run(a, start),
-    };
-    match result {
+    match dispatch(cli.command, start) {
         Ok(outcome) => {
             match &outcome {
-                Outcome::Exited(_) => {}
+                Outcome::Exited(_) | Outcome::Snapshotted(_) => {}
                 Outcome::Aborted(msg) => eprintln!("duet: guest aborted: {msg}"),
                 Outcome::Faulted(report) => eprintln!("duet: {report}"),
                 Outcome::Failed(report) => eprintln!("duet: VM failure: {report}"),

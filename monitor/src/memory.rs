@@ -44,6 +44,12 @@ pub struct GuestMem {
     size: u64,
     /// Sorted, non-overlapping `[start, end)` ranges of guest-writable memory.
     writable: Vec<(u64, u64)>,
+    /// Ranges mapped from a snapshot's memory file (populated even when
+    /// not resident).
+    file_ranges: Vec<(u64, u64)>,
+    /// Our own mapping when vm-memory does not own it (restore); dropped
+    /// after `mem`.
+    _mapping: Option<crate::snapshot::memfile::Mapping>,
 }
 
 impl GuestMem {
@@ -56,7 +62,60 @@ impl GuestMem {
             mem,
             size,
             writable: Vec::new(),
+            file_ranges: Vec::new(),
+            _mapping: None,
         })
+    }
+
+    /// Wraps a mapping built by a restore: `file_ranges` are backed by the
+    /// snapshot's memory file.
+    pub(crate) fn from_mapping(
+        mapping: crate::snapshot::memfile::Mapping,
+        file_ranges: Vec<(u64, u64)>,
+    ) -> std::io::Result<Self> {
+        let size = mapping.len() as u64;
+        // SAFETY: `mapping` is a live read/write private mapping of `size`
+        // bytes that this `GuestMem` keeps (and unmaps only after `mem`).
+        let region = unsafe {
+            vm_memory::MmapRegion::<()>::build_raw(
+                mapping.ptr(),
+                mapping.len(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+            )
+        }
+        .map_err(|e| std::io::Error::other(format!("cannot wrap guest memory: {e}")))?;
+        let region = vm_memory::GuestRegionMmap::new(region, GuestAddress(0))
+            .ok_or_else(|| std::io::Error::other("guest memory region overflows"))?;
+        let mem = GuestMemoryMmap::from_regions(vec![region])
+            .map_err(|e| std::io::Error::other(format!("cannot build guest memory: {e}")))?;
+        Ok(GuestMem {
+            mem,
+            size,
+            writable: Vec::new(),
+            file_ranges,
+            _mapping: Some(mapping),
+        })
+    }
+
+    /// The guest-writable ranges.
+    pub fn writable(&self) -> &[(u64, u64)] {
+        &self.writable
+    }
+
+    /// Ranges backed by a snapshot's memory file.
+    pub fn file_ranges(&self) -> &[(u64, u64)] {
+        &self.file_ranges
+    }
+
+    /// Bytes of guest memory the host has populated (resident pages).
+    pub fn resident_bytes(&self) -> u64 {
+        let mut n = 0;
+        let _ = crate::snapshot::memfile::for_each_resident(self, |_, pages| {
+            n += pages;
+            Ok(())
+        });
+        n * duet_abi::PAGE_SIZE
     }
 
     /// Guest memory size in bytes.

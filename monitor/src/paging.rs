@@ -75,6 +75,17 @@ impl PageTables {
         }
     }
 
+    /// Where the next table will be allocated (saved in snapshots).
+    pub fn next_table(&self) -> u64 {
+        self.next_table
+    }
+
+    /// Tables that already exist in guest memory, allocating from `next`
+    /// on (a restore; the caller checks `next` is in the table area).
+    pub fn resume_at(next: u64) -> Self {
+        PageTables { next_table: next }
+    }
+
     fn alloc_table(&mut self) -> Result<u64, PagingError> {
         if self.next_table >= layout::PAGE_TABLES_END {
             return Err(PagingError::OutOfTables);

@@ -4,11 +4,60 @@
 //! 4-byte data is the argument address, read straight from the shared
 //! `kvm_run` page (no extra ioctl). Anything else ends the VM with a report.
 
+use crate::control::{Request, Response};
 use crate::hypercall::{self, Flow};
 use crate::report;
-use crate::vm::Vm;
+use crate::vm::{ioctl, Vm, VmError};
 use duet_abi::hypercall::{PORT_BASE, PORT_COUNT};
-use kvm_ioctls::VcpuExit;
+use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use std::ops::{Deref, DerefMut};
+use std::path::Path;
+
+/// The vCPU: its fd plus what saving its state needs.
+pub struct Vcpu {
+    fd: VcpuFd,
+    /// MSRs KVM can save and restore (`KVM_GET_MSR_INDEX_LIST`).
+    pub(crate) msr_index: Vec<u32>,
+    /// The CPUID the guest sees.
+    pub(crate) cpuid: Vec<kvm_cpuid_entry2>,
+}
+
+impl Vcpu {
+    /// Creates vCPU 0 of `vm` and gives it `cpuid`.
+    pub fn create(kvm: &Kvm, vm: &VmFd, cpuid: &CpuId) -> Result<Self, VmError> {
+        let fd = vm.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
+        fd.set_cpuid2(cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
+        Self::new(kvm, fd, cpuid)
+    }
+
+    /// Wraps vCPU `fd`, which already has `cpuid` set.
+    pub fn new(kvm: &Kvm, fd: VcpuFd, cpuid: &CpuId) -> Result<Self, VmError> {
+        let msr_index = kvm
+            .get_msr_index_list()
+            .map_err(ioctl("KVM_GET_MSR_INDEX_LIST"))?
+            .as_slice()
+            .to_vec();
+        Ok(Vcpu {
+            fd,
+            msr_index,
+            cpuid: cpuid.as_slice().to_vec(),
+        })
+    }
+}
+
+impl Deref for Vcpu {
+    type Target = VcpuFd;
+    fn deref(&self) -> &VcpuFd {
+        &self.fd
+    }
+}
+
+impl DerefMut for Vcpu {
+    fn deref_mut(&mut self) -> &mut VcpuFd {
+        &mut self.fd
+    }
+}
 
 /// How a guest ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +70,9 @@ pub enum Outcome {
     Faulted(String),
     /// The VM stopped for another reason (triple fault, bad port, ...).
     Failed(String),
+    /// Template mode: the guest reached its snapshot point and was saved
+    /// into this directory, then stopped.
+    Snapshotted(String),
 }
 
 impl Outcome {
@@ -31,6 +83,7 @@ impl Outcome {
             Outcome::Aborted(_) => crate::status::GUEST_ABORT,
             Outcome::Faulted(_) => crate::status::GUEST_FAULT,
             Outcome::Failed(_) => crate::status::VM_FAILURE,
+            Outcome::Snapshotted(_) => 0,
         }
     }
 }
@@ -44,11 +97,20 @@ enum Exit {
 }
 
 impl Vm {
-    /// Runs the guest until it ends.
+    /// Runs the guest until it ends, on the calling thread (the vCPU
+    /// thread), serving control requests at exits.
     pub fn run(&mut self) -> Outcome {
+        let run: *mut kvm_bindings::kvm_run = self.vcpu.get_kvm_run();
+        self.ctl.attach_vcpu(run);
         if let Some(t) = &mut self.trace {
             t.mark("enter guest");
         }
+        let outcome = self.run_loop();
+        self.ctl.finish();
+        outcome
+    }
+
+    fn run_loop(&mut self) -> Outcome {
         loop {
             let exit = self.run_once();
             self.exits += 1;
@@ -57,9 +119,102 @@ impl Vm {
                     Flow::Continue => {}
                     Flow::Stop(o) => return o,
                 },
-                Exit::Retry => {}
+                // A kick (signal + immediate_exit). Clear immediate_exit
+                // here: a kick can land after its request was already served
+                // at an earlier exit, and must not leave KVM_RUN returning
+                // EINTR forever. `pending` is raised before every kick, so a
+                // request that is still waiting is seen just below.
+                Exit::Retry => {
+                    let _ = self.ctl.set_immediate_exit(false);
+                }
                 Exit::Stop(o) => return o,
             }
+            if self.ctl.pending() {
+                if let Some(o) = self.serve_control() {
+                    return o;
+                }
+            }
+        }
+    }
+
+    /// Runs `KVM_RUN` with `immediate_exit` set: KVM finishes the exit in
+    /// progress (the `out` of the last hypercall) without entering the
+    /// guest, so the saved registers point past it.
+    pub(crate) fn complete_io(&mut self) -> Result<(), String> {
+        if !self.ctl.set_immediate_exit(true) {
+            return Err("the vCPU is not running (no kvm_run page attached)".into());
+        }
+        let r = match self.vcpu.run() {
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Err(e) => Err(format!("KVM_RUN (completing I/O) failed: {e}")),
+            Ok(exit) => Err(format!(
+                "KVM_RUN with immediate_exit entered the guest ({exit:?})"
+            )),
+        };
+        let _ = self.ctl.set_immediate_exit(false);
+        r
+    }
+
+    /// Serves queued control requests; blocks while paused.
+    fn serve_control(&mut self) -> Option<Outcome> {
+        self.ctl.take_pending();
+        if let Err(e) = self.complete_io() {
+            return Some(Outcome::Failed(e));
+        }
+        while let Some((req, tx)) = self.ctl.next(self.paused) {
+            let resp = self.handle_request(req);
+            let _ = tx.send(resp);
+        }
+        None
+    }
+
+    fn state_name(&self) -> String {
+        if self.paused { "paused" } else { "running" }.to_string()
+    }
+
+    fn handle_request(&mut self, req: Request) -> Response {
+        match req {
+            Request::Pause => {
+                self.paused = true;
+                Response {
+                    state: Some(self.state_name()),
+                    ..Response::ok()
+                }
+            }
+            Request::Resume => {
+                self.paused = false;
+                Response {
+                    state: Some(self.state_name()),
+                    ..Response::ok()
+                }
+            }
+            Request::Status => Response {
+                state: Some(self.state_name()),
+                uptime_s: Some(self.started.elapsed().as_secs_f64()),
+                exits: Some(self.exits),
+                memory_bytes: Some(self.mem.size()),
+                memory_resident_bytes: Some(self.mem.resident_bytes()),
+                devices: Some(
+                    self.devices
+                        .infos()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, d)| format!("{i}: kind {} flags {:#x}", d.kind, d.flags))
+                        .collect(),
+                ),
+                generation: Some(self.generation),
+                clone_index: Some(self.clone_index),
+                ..Response::ok()
+            },
+            Request::Snapshot { dir } => match crate::snapshot::save(self, Path::new(&dir)) {
+                Ok(stats) => Response {
+                    state: Some(self.state_name()),
+                    snapshot_ms: Some(stats.elapsed.as_secs_f64() * 1e3),
+                    snapshot_memory_bytes: Some(stats.memory_bytes),
+                    ..Response::ok()
+                },
+                Err(e) => Response::err(e.to_string()),
+            },
         }
     }
 

@@ -7,6 +7,7 @@
 
 use crate::bootinfo::{self, BootInfoError, BootParams};
 use crate::config::VmConfig;
+use crate::control::Control;
 use crate::cpu;
 use crate::devices::block::{self, BlockError};
 use crate::devices::{self, Device, Devices};
@@ -17,11 +18,15 @@ use crate::loader::{Image, LoadError};
 use crate::memory::{GuestMem, MemError};
 use crate::paging::{Access, PageTables, PagingError};
 use crate::trace::BootTrace;
+use crate::vcpu::Vcpu;
 use duet_abi::boot::{RegionKind, BOOT_FLAG_TRACE};
 use duet_abi::clock::ClockPage;
+use duet_abi::identity::IdentityPage;
 use duet_abi::PAGE_SIZE;
 use kvm_bindings::{kvm_msr_entry, Msrs};
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Kvm, VmFd};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
@@ -89,7 +94,7 @@ pub enum VmError {
     Net(#[from] devices::net::NetError),
 }
 
-fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+pub(crate) fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Ioctl { what, source }
 }
 
@@ -99,21 +104,51 @@ pub struct Vm {
     pub(crate) _kvm: Kvm,
     /// Kept open for the VM's life.
     pub(crate) _vm: VmFd,
-    pub(crate) vcpu: VcpuFd,
+    pub(crate) vcpu: Vcpu,
     pub(crate) mem: GuestMem,
     pub(crate) image: Image,
     pub(crate) devices: Devices,
+    /// The page tables and their allocator (heap growth adds tables).
     pub(crate) pt: PageTables,
     pub(crate) heap: Heap,
-    /// Host instant at which the guest's monotonic clock read 0.
-    pub(crate) clock_origin: Instant,
+    /// A host instant and the guest's monotonic ns at that instant: how the
+    /// poll hypercall turns guest deadlines into host timeouts.
+    pub(crate) clock_anchor: (Instant, u64),
     pub(crate) trace: Option<BootTrace>,
     pub(crate) exits: u64,
+    /// The clock page as last written.
+    pub(crate) clock: ClockPage,
+    /// Restores so far (the identity page's generation).
+    pub(crate) generation: u64,
+    /// This guest's index among clones started together.
+    pub(crate) clone_index: u32,
+    /// The control block the API thread talks to the vCPU thread through.
+    pub(crate) ctl: Arc<Control>,
+    /// When the monitor started this guest (for `status` uptime).
+    pub(crate) started: Instant,
+    /// Template mode: snapshot into this directory at the guest's
+    /// `snapshot_point()` and stop.
+    pub(crate) snapshot_at_point: Option<PathBuf>,
+    /// Paused by the control API.
+    pub(crate) paused: bool,
+}
+
+/// Registers `mem` as KVM memory slot 0 of `vm`.
+pub(crate) fn register_memory(vm: &VmFd, mem: &GuestMem) -> Result<(), VmError> {
+    // SAFETY: the region is our own mapping of `mem.size()` bytes. Both live
+    // in `Vm`, whose fields drop in declaration order: the VM fd closes
+    // before `mem` is unmapped.
+    unsafe { vm.set_user_memory_region(mem.slot()) }.map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))
 }
 
 impl Vm {
-    /// Creates the VM described by `cfg`, ready for [`Vm::run`].
-    pub fn create(cfg: &VmConfig, mut trace: Option<BootTrace>) -> Result<Vm, VmError> {
+    /// Creates the VM described by `cfg`, ready for [`Vm::run`]. `ctl` is
+    /// the control block the `--api` thread (if any) uses to reach it.
+    pub fn create(
+        cfg: &VmConfig,
+        mut trace: Option<BootTrace>,
+        ctl: Arc<Control>,
+    ) -> Result<Vm, VmError> {
         let mark = |t: &mut Option<BootTrace>, p| {
             if let Some(t) = t {
                 t.mark(p)
@@ -154,17 +189,14 @@ impl Vm {
 
         // 3. Memory.
         let mem = GuestMem::new(cfg.mem).map_err(VmError::Alloc)?;
-        // SAFETY: the slot is our own mapping of `cfg.mem` bytes. Both live in
-        // `Vm`, whose fields drop in declaration order: the VM fd closes
-        // before `mem` is unmapped.
-        unsafe { vm.set_user_memory_region(mem.slot()) }
-            .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+        register_memory(&vm, &mem)?;
         mark(&mut trace, "guest memory");
 
         // 4. vCPU.
-        let vcpu = vm.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
-        crate::cpuid::setup(&kvm, &vcpu)
+        let vcpu_fd = vm.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
+        let cpuid = crate::cpuid::setup(&kvm, &vcpu_fd)
             .map_err(ioctl("KVM_GET_SUPPORTED_CPUID/KVM_SET_CPUID2"))?;
+        let vcpu = Vcpu::new(&kvm, vcpu_fd, &cpuid)?;
         let tsc_khz = u64::from(vcpu.get_tsc_khz().map_err(ioctl("KVM_GET_TSC_KHZ"))?);
         mark(&mut trace, "vCPU + CPUID");
 
@@ -178,9 +210,16 @@ impl Vm {
             devices,
             pt: PageTables::new(),
             heap: Heap::new(0, 0, 0, Vec::new()),
-            clock_origin: Instant::now(),
+            clock_anchor: (Instant::now(), 0),
             trace,
             exits: 0,
+            clock: ClockPage::default(),
+            generation: 0,
+            clone_index: 0,
+            ctl,
+            started: Instant::now(),
+            snapshot_at_point: None,
+            paused: false,
         };
         let boot_info = vm_.build_guest(cfg, tsc_khz)?;
         mark(&mut vm_.trace, "load image + tables");
@@ -193,6 +232,7 @@ impl Vm {
             .set_regs(&cpu::initial_regs(vm_.image.entry, boot_info))
             .map_err(ioctl("KVM_SET_REGS"))?;
         vm_.start_clock(tsc_khz)?;
+        vm_.write_identity()?;
         mark(&mut vm_.trace, "registers + clock");
         Ok(vm_)
     }
@@ -203,6 +243,12 @@ impl Vm {
         image.load(mem)?;
 
         let pt = &mut self.pt;
+        pt.map_4k(
+            mem,
+            layout::IDENTITY_PAGE,
+            layout::IDENTITY_PAGE + PAGE_SIZE,
+            Access::UserRead,
+        )?;
         pt.map_4k(mem, layout::GDT, layout::IST_STACK_TOP, Access::Supervisor)?;
         pt.map_4k(
             mem,
@@ -256,6 +302,7 @@ impl Vm {
                 RegionKind::Monitor,
             ),
             (layout::CLOCK_PAGE, PAGE_SIZE, RegionKind::Clock),
+            (layout::IDENTITY_PAGE, PAGE_SIZE, RegionKind::Identity),
             (
                 layout::BOOT_INFO,
                 layout::BOOT_INFO_END - layout::BOOT_INFO,
@@ -304,7 +351,7 @@ impl Vm {
         }])
         .expect("one MSR fits");
         let now = Instant::now();
-        self.clock_origin = now;
+        self.clock_anchor = (now, 0);
         self.vcpu
             .get_msrs(&mut msrs)
             .map_err(ioctl("KVM_GET_MSRS"))?;
@@ -325,7 +372,19 @@ impl Vm {
             base_wall_ns: wall,
         };
         bootinfo::write_clock(&self.mem, &page)?;
+        self.clock = page;
         Ok(())
+    }
+
+    /// Publishes this guest's identity with a fresh random seed.
+    pub(crate) fn write_identity(&mut self) -> Result<(), MemError> {
+        let page = IdentityPage {
+            seq: 0,
+            clone_index: self.clone_index,
+            generation: self.generation,
+            seed: bootinfo::random_seed(),
+        };
+        bootinfo::write_identity(&self.mem, &page)
     }
 }
 
@@ -338,5 +397,11 @@ impl Vm {
     /// Number of exits handled so far.
     pub fn exits(&self) -> u64 {
         self.exits
+    }
+
+    /// Template mode: at the guest's `snapshot_point()`, snapshot into `dir`
+    /// and stop the guest.
+    pub fn snapshot_at_point(&mut self, dir: PathBuf) {
+        self.snapshot_at_point = Some(dir);
     }
 }

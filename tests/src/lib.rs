@@ -323,3 +323,116 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc status")
 }
+
+/// A `duet` started in the background whose stdout is collected as it comes.
+pub struct Background {
+    child: Child,
+    stdout: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    err_reader: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Background {
+    /// Starts `duet` with `args`.
+    pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Background {
+        let mut child = duet_cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn duet");
+        let mut out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let s2 = stdout.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                s2.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let err_reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        Background {
+            child,
+            stdout,
+            reader: Some(reader),
+            err_reader: Some(err_reader),
+        }
+    }
+
+    /// What the guest printed so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 60 s) until stdout contains `s`.
+    #[track_caller]
+    pub fn wait_for(&self, s: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.stdout().contains(s) {
+            assert!(
+                Instant::now() < deadline,
+                "no {s:?} in stdout: {}",
+                self.stdout()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits (up to 60 s) for the monitor to end.
+    pub fn finish(mut self) -> Output {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("duet did not finish; stdout so far:\n{}", self.stdout());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        self.reader.take().unwrap().join().unwrap();
+        Output {
+            status: status.code(),
+            stdout: self.stdout(),
+            stderr: self.err_reader.take().unwrap().join().unwrap(),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        // A test that failed half-way must not leave a guest spinning.
+        let _ = self.child.kill();
+    }
+}
+
+/// A fresh, empty temporary directory for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("duet-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Waits (up to 60 s) until `path` exists.
+pub fn wait_path(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -30,13 +30,16 @@ pub mod env;
 pub mod exceptions;
 mod fmtbuf;
 pub mod hypercall;
+pub mod identity;
 pub mod mem;
 pub mod net;
 mod panic;
+pub mod rand;
 pub mod rt;
 pub mod time;
 
 pub use duet_abi as abi;
+pub use identity::{identity, snapshot_point, Identity};
 pub use rt::{exit, Termination};
 
 /// Declares the application's entry point.

@@ -23,7 +23,7 @@ pub const DEFAULT_SECTOR: u32 = 512;
 pub const NAME_MAX: usize = 32;
 
 /// One `--disk` option, parsed but not yet opened.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiskSpec {
     /// The image file (or host block device).
     pub path: PathBuf,
@@ -190,6 +190,16 @@ pub fn open_all(specs: &[DiskSpec], first_id: usize) -> Result<Vec<BlockDevice>,
 }
 
 impl BlockDevice {
+    /// The spec that attaches this disk again (for snapshots).
+    pub fn spec(&self) -> DiskSpec {
+        DiskSpec {
+            path: PathBuf::from(&self.path),
+            readonly: self.readonly,
+            name: Some(self.name.clone()),
+            sector_size: self.sector_size,
+        }
+    }
+
     /// Opens one disk; also returns its (device, inode) identity.
     fn open(spec: &DiskSpec, name: String) -> Result<(BlockDevice, (u64, u64)), BlockError> {
         let path = spec.path.display().to_string();

@@ -9,6 +9,7 @@ pub mod block;
 pub mod net;
 
 use duet_abi::boot::DeviceInfo;
+use serde::{Deserialize, Serialize};
 use std::os::fd::{AsRawFd, RawFd};
 
 /// One device. Each kind of device adds a variant.
@@ -17,6 +18,23 @@ pub enum Device {
     Block(block::BlockDevice),
     /// A TAP-backed network interface.
     Net(net::NetDevice),
+}
+
+/// A device's record in a snapshot. Each kind of device adds a variant
+/// holding what it needs to come back (a block device: its disk path,
+/// flags, ...); restore fails cleanly when that is gone (e.g. a missing
+/// disk file: `SnapshotError::MissingFile`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceState {
+    /// A disk: reopened from its path on restore.
+    Block {
+        /// The disk's spec as it was attached.
+        spec: block::DiskSpec,
+        /// Its capacity then (a disk that changed size is refused).
+        capacity: u64,
+    },
+    /// A network interface: its TAP is reattached (or created) on restore.
+    Net(net::NetConfig),
 }
 
 impl Device {
@@ -36,6 +54,48 @@ impl Device {
             Device::Block(_) => None,
             // A vanished TAP polls as an error, which wakes the guest too.
             Device::Net(n) => Some(n.fd().as_raw_fd()),
+        }
+    }
+
+    /// The device's snapshot record.
+    pub fn save(&self) -> DeviceState {
+        match self {
+            Device::Block(b) => DeviceState::Block {
+                spec: b.spec(),
+                capacity: b.info().capacity,
+            },
+            Device::Net(n) => DeviceState::Net(n.config()),
+        }
+    }
+
+    /// Rebuilds a device from its snapshot record; `id` is its place in the
+    /// device table.
+    pub fn restore(
+        state: &DeviceState,
+        id: usize,
+    ) -> Result<Device, crate::snapshot::SnapshotError> {
+        use crate::snapshot::SnapshotError;
+        match state {
+            DeviceState::Block { spec, capacity } => {
+                if !spec.path.exists() {
+                    return Err(SnapshotError::MissingFile(spec.path.display().to_string()));
+                }
+                let mut disks = block::open_all(std::slice::from_ref(spec), id)
+                    .map_err(|e| SnapshotError::Invalid(format!("reattaching a disk: {e}")))?;
+                let disk = disks.pop().expect("one disk opened");
+                if disk.info().capacity != *capacity {
+                    return Err(SnapshotError::Invalid(format!(
+                        "disk {} is now {} bytes but was {} bytes when the snapshot was taken; restore it with the same disk",
+                        spec.path.display(),
+                        disk.info().capacity,
+                        capacity
+                    )));
+                }
+                Ok(Device::Block(disk))
+            }
+            DeviceState::Net(cfg) => net::NetDevice::open(cfg, id)
+                .map(Device::Net)
+                .map_err(|e| SnapshotError::Invalid(format!("reattaching a network device: {e}"))),
         }
     }
 }

@@ -23,7 +23,7 @@ const IFF_NO_PI: i16 = 0x1000;
 const NAME_MAX: usize = 15;
 
 /// One `--net` option, parsed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetConfig {
     /// The TAP interface name.
     pub tap: String,
@@ -149,6 +149,14 @@ impl IfReq {
 }
 
 impl NetDevice {
+    /// The configuration that attaches this interface again (for snapshots).
+    pub fn config(&self) -> NetConfig {
+        NetConfig {
+            tap: self.name.clone(),
+            mac: Some(self.mac),
+        }
+    }
+
     /// Opens (or creates, when allowed) TAP `cfg.tap`, non-blocking.
     pub fn open(cfg: &NetConfig, index: usize) -> Result<NetDevice, NetError> {
         let tap = cfg.tap.clone();

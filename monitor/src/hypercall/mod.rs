@@ -11,6 +11,7 @@ mod lifecycle;
 mod mem;
 mod net;
 mod poll;
+mod snapshot;
 
 use crate::vcpu::Outcome;
 use crate::vm::Vm;
@@ -52,6 +53,7 @@ pub fn dispatch(vm: &mut Vm, nr: u16, value: u32) -> Flow {
         Hypercall::NetRecv => net::recv(vm, value),
         Hypercall::NetSendBatch => net::send_batch(vm, value),
         Hypercall::NetRecvBatch => net::recv_batch(vm, value),
+        Hypercall::SnapshotPoint => snapshot::snapshot_point(vm, value),
     }
 }
 

@@ -6,6 +6,7 @@ use crate::vm::Vm;
 use duet_abi::hypercall::{Error, Hypercall};
 use duet_abi::poll::{PollArgs, POLL_FOREVER};
 use duet_abi::Gpa;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 /// Most devices a guest can wait on (one bit each in `wait`).
@@ -39,11 +40,13 @@ fn wait(vm: &Vm, deadline_ns: u64, set: u64) -> Result<u64, Error> {
     if n < MAX_WAIT && set >> n != 0 {
         return Err(Error::NoDev);
     }
+    // One slot more than devices: the control block's wake-up fd, so a pause
+    // or snapshot request ends the wait (the guest then polls again).
     let mut fds = [libc::pollfd {
         fd: -1,
         events: 0,
         revents: 0,
-    }; MAX_WAIT];
+    }; MAX_WAIT + 1];
     let mut ids = [0usize; MAX_WAIT];
     let mut nfds = 0;
     let mut ready = 0u64;
@@ -63,11 +66,12 @@ fn wait(vm: &Vm, deadline_ns: u64, set: u64) -> Result<u64, Error> {
         }
     }
     // Absurd deadlines saturate: past the representable future means "never".
+    let (anchor, anchor_ns) = vm.clock_anchor;
     let timeout = match deadline_ns {
         POLL_FOREVER => None,
-        ns => vm
-            .clock_origin
-            .checked_add(Duration::from_nanos(ns))
+        ns if ns <= anchor_ns => Some(Duration::ZERO),
+        ns => anchor
+            .checked_add(Duration::from_nanos(ns - anchor_ns))
             .map(|t| t.saturating_duration_since(Instant::now())),
     };
     let timeout = if ready != 0 {
@@ -78,6 +82,11 @@ fn wait(vm: &Vm, deadline_ns: u64, set: u64) -> Result<u64, Error> {
     if nfds == 0 && timeout == Some(Duration::ZERO) {
         return Ok(ready);
     }
+    fds[nfds] = libc::pollfd {
+        fd: vm.ctl.wake.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     let ts = timeout.map(|d| libc::timespec {
         tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
         tv_nsec: d.subsec_nanos() as libc::c_long,
@@ -85,18 +94,18 @@ fn wait(vm: &Vm, deadline_ns: u64, set: u64) -> Result<u64, Error> {
     let ts_ptr = ts
         .as_ref()
         .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: `fds[..nfds]` are initialized pollfds we own and `ts_ptr` is
+    // SAFETY: `fds[..=nfds]` are initialized pollfds we own and `ts_ptr` is
     // null or points at a live timespec; no signal mask change.
     let rc = unsafe {
         libc::ppoll(
             fds.as_mut_ptr(),
-            nfds as libc::nfds_t,
+            (nfds + 1) as libc::nfds_t,
             ts_ptr,
             std::ptr::null(),
         )
     };
     if rc < 0 {
-        // EINTR: return early with nothing ready; the guest polls again.
+        // EINTR (a kick): return early with nothing ready; the guest polls again.
         return Ok(ready);
     }
     for (fd, &id) in fds[..nfds].iter().zip(&ids) {

@@ -1,0 +1,30 @@
+//! The identity page: who this guest is, rewritten by the monitor after every
+//! restore, read by the guest without exits.
+//!
+//! A snapshot freezes a guest's memory, so every guest restored from it
+//! starts with the same random state. The monitor therefore gives each
+//! restored guest (and each clone) a fresh seed, a clone index and a bumped
+//! generation here. Like the clock page it is a seqlock: [`IdentityPage::seq`]
+//! is odd while the monitor writes; the guest retries until it reads the same
+//! even value before and after the fields.
+
+use crate::plain;
+use core::mem::size_of;
+
+/// The identity page.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdentityPage {
+    /// Seqlock counter: odd while the monitor is writing.
+    pub seq: u32,
+    /// Index of this guest among the clones started together (0 for a
+    /// single guest).
+    pub clone_index: u32,
+    /// 0 at cold boot; bumped by each restore.
+    pub generation: u64,
+    /// Random seed from the host, fresh at boot and after each restore.
+    pub seed: [u64; 2],
+}
+
+plain!(IdentityPage = 32);
+const _: () = assert!(size_of::<IdentityPage>() as u64 <= crate::PAGE_SIZE);

@@ -1,0 +1,458 @@
+//! Snapshots, restore, clones, templates, and every kind of bad snapshot.
+
+use duet_monitor::snapshot::format::{StateFile, Tag};
+use duet_monitor::snapshot::persist::VcpuState;
+use duet_monitor::snapshot::{MEMORY_FILE, STATE_FILE};
+use duet_tests::{boot, duet, image, status, temp_dir, wait_path, Background, Output};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+const N: u64 = 150;
+
+fn counts(out: &str) -> Vec<u64> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("count ")?.parse().ok())
+        .collect()
+}
+
+fn ctl(sock: &Path, args: &[&str]) -> Output {
+    let mut v = vec!["ctl", sock.to_str().unwrap()];
+    v.extend_from_slice(args);
+    duet(&v)
+}
+
+/// Starts `counter N 3000` with a control socket; waits until it counts.
+fn start_counter(dir: &Path) -> (Background, PathBuf) {
+    start_counter_with(dir, N, 3000)
+}
+
+/// Starts `counter n us` with a control socket; waits until it counts.
+fn start_counter_with(dir: &Path, n: u64, us: u64) -> (Background, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let sock = dir.join("api.sock");
+    let img = image("counter");
+    let (n, us) = (n.to_string(), us.to_string());
+    let r = Background::start(&[
+        "run",
+        img.to_str().unwrap(),
+        "--api",
+        sock.to_str().unwrap(),
+        "--",
+        &n,
+        &us,
+    ]);
+    wait_path(&sock);
+    r.wait_for("count 10\n");
+    (r, sock)
+}
+
+fn restore(dir: &Path) -> Output {
+    duet(&["restore", dir.to_str().unwrap()])
+}
+
+#[test]
+fn pause_snapshot_resume_and_restore_continue_exactly() {
+    let tmp = temp_dir("counter");
+    let (run, sock) = start_counter(&tmp);
+    ctl(&sock, &["pause"])
+        .expect_status(0)
+        .expect_stdout("\"paused\"");
+    // Paused: every console write has completed, and no more come.
+    let before = run.stdout();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(run.stdout(), before, "the guest printed while paused");
+    let last = *counts(&before).last().unwrap();
+    let st = ctl(&sock, &["status"]);
+    st.expect_status(0)
+        .expect_stdout("\"state\": \"paused\"")
+        .expect_stdout("\"memory_bytes\": 67108864");
+    let snap = tmp.join("snap");
+    ctl(&sock, &["snapshot", snap.to_str().unwrap()]).expect_status(0);
+    ctl(&sock, &["resume"])
+        .expect_status(0)
+        .expect_stdout("\"running\"");
+    let orig = run.finish();
+    orig.expect_status(0).expect_stdout("counter done");
+    assert_eq!(counts(&orig.stdout), (0..N).collect::<Vec<_>>());
+
+    // Restored in another process (twice): the next value, nothing lost or repeated.
+    for _ in 0..2 {
+        let r = restore(&snap);
+        r.expect_status(0).expect_stdout("counter done");
+        assert_eq!(
+            counts(&r.stdout),
+            (last + 1..N).collect::<Vec<_>>(),
+            "{r:#?}"
+        );
+    }
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn snapshot_of_a_running_guest_and_of_a_restored_one() {
+    let tmp = temp_dir("running");
+    let (run, sock) = start_counter(&tmp);
+    let snap = tmp.join("snap");
+    ctl(&sock, &["snapshot", snap.to_str().unwrap()])
+        .expect_status(0)
+        .expect_stdout("\"running\"");
+    run.finish().expect_status(0);
+
+    // Restore with a control socket and snapshot the restored guest.
+    let sock2 = tmp.join("api2.sock");
+    let r = Background::start(&[
+        "restore",
+        snap.to_str().unwrap(),
+        "--api",
+        sock2.to_str().unwrap(),
+    ]);
+    wait_path(&sock2);
+    ctl(&sock2, &["status"]).expect_stdout("\"generation\": 1");
+    let snap2 = tmp.join("snap2");
+    ctl(&sock2, &["snapshot", snap2.to_str().unwrap()]).expect_status(0);
+    let first = r.finish();
+    first.expect_status(0);
+    let c1 = counts(&first.stdout);
+    assert!(!c1.is_empty() && c1.windows(2).all(|w| w[1] == w[0] + 1));
+    assert_eq!(*c1.last().unwrap(), N - 1);
+
+    let second = restore(&snap2);
+    second.expect_status(0).expect_stdout("counter done");
+    let c2 = counts(&second.stdout);
+    assert!(c2.windows(2).all(|w| w[1] == w[0] + 1));
+    assert!(c2.first() >= c1.first(), "restored-of-restored went back");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn snapshot_to_an_existing_path_fails_and_the_guest_keeps_running() {
+    let tmp = temp_dir("exists");
+    let (run, sock) = start_counter(&tmp);
+    let taken = tmp.join("taken");
+    std::fs::create_dir(&taken).unwrap();
+    let o = ctl(&sock, &["snapshot", taken.to_str().unwrap()]);
+    assert_ne!(o.status, Some(0));
+    o.expect_stderr("already exists");
+    assert_eq!(std::fs::read_dir(&taken).unwrap().count(), 0);
+    let orig = run.finish();
+    orig.expect_status(0);
+    assert_eq!(counts(&orig.stdout), (0..N).collect::<Vec<_>>());
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn snapshot_to_a_full_disk_fails_cleanly_and_the_guest_keeps_running() {
+    let tmp = temp_dir("full");
+    let small = tmp.join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=32k",
+            "duet-test",
+            small.to_str().unwrap(),
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
+        return;
+    }
+    let (run, sock) = start_counter(&tmp);
+    let o = ctl(&sock, &["snapshot", small.join("snap").to_str().unwrap()]);
+    let leftovers = std::fs::read_dir(&small).unwrap().count();
+    let _ = std::process::Command::new("umount").arg(&small).status();
+    assert_ne!(o.status, Some(0));
+    o.expect_stderr("No space left");
+    assert_eq!(leftovers, 0, "a half-written snapshot was left behind");
+    let orig = run.finish();
+    orig.expect_status(0);
+    assert_eq!(counts(&orig.stdout), (0..N).collect::<Vec<_>>());
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+fn create_template(store: &Path, name: &str, app: &str, args: &[&str]) {
+    let img = image(app);
+    let mut v = vec![
+        "template",
+        "create",
+        name,
+        img.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        "--",
+    ];
+    v.extend_from_slice(args);
+    duet(&v)
+        .expect_status(0)
+        .expect_stderr(&format!("template `{name}` created"));
+}
+
+fn run_template(store: &Path, name: &str, extra: &[&str]) -> Output {
+    let mut v = vec![
+        "run",
+        "--template",
+        name,
+        "--store",
+        store.to_str().unwrap(),
+    ];
+    v.extend_from_slice(extra);
+    duet(&v)
+}
+
+#[test]
+fn twenty_clones_get_distinct_identities_and_keep_running() {
+    let store = temp_dir("clones");
+    create_template(&store, "idt", "identity", &["3"]);
+    let o = run_template(&store, "idt", &["--clones", "20"]);
+    o.expect_status(0);
+    let mut clones = HashSet::new();
+    let mut seeds = HashSet::new();
+    for l in o.stdout.lines().filter(|l| l.starts_with("restored:")) {
+        assert!(l.contains("generation=1 "), "{l}");
+        let field = |k: &str| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap()
+                .to_string()
+        };
+        clones.insert(field("clone=").parse::<u32>().unwrap());
+        seeds.insert(field("seed="));
+    }
+    assert_eq!(clones, (0..20).collect::<HashSet<_>>(), "{o:#?}");
+    assert_eq!(seeds.len(), 20, "seeds repeat: {o:#?}");
+    for i in 0..20 {
+        for r in 0..3 {
+            o.expect_stdout(&format!("clone={i} round {r} alive"));
+        }
+    }
+    assert_eq!(o.stdout.matches("identity done").count(), 20);
+    std::fs::remove_dir_all(&store).unwrap();
+}
+
+#[test]
+fn template_start_prints_what_a_cold_start_prints() {
+    let store = temp_dir("template");
+    create_template(&store, "cnt", "counter", &["40", "200"]);
+    let t0 = Instant::now();
+    let cold = boot("counter", &[], &["40", "200"]);
+    let cold_t = t0.elapsed();
+    let t1 = Instant::now();
+    let warm = run_template(&store, "cnt", &[]);
+    let warm_t = t1.elapsed();
+    cold.expect_status(0);
+    warm.expect_status(0);
+    assert_eq!(warm.stdout, cold.stdout);
+    eprintln!("cold start {cold_t:?}, template start {warm_t:?} (whole runs, not asserted)");
+
+    let list = duet(&["template", "list", "--store", store.to_str().unwrap()]);
+    list.expect_status(0).expect_stdout("cnt\t");
+    duet(&["template", "rm", "cnt", "--store", store.to_str().unwrap()]).expect_status(0);
+    let gone = run_template(&store, "cnt", &[]);
+    gone.expect_status(status::MONITOR_ERROR as i32)
+        .expect_stderr("no template `cnt`");
+    // An image that never reaches its snapshot point makes no template.
+    let hello = image("hello");
+    let o = duet(&[
+        "template",
+        "create",
+        "h",
+        hello.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+    ]);
+    o.expect_status(status::MONITOR_ERROR as i32)
+        .expect_stderr("without reaching duet::snapshot_point()");
+    assert!(!store.join("h").exists());
+    std::fs::remove_dir_all(&store).unwrap();
+}
+
+/// A paused counter's snapshot to mutilate.
+fn good_snapshot(tmp: &Path) -> PathBuf {
+    let (run, sock) = start_counter(tmp);
+    let snap = tmp.join("good");
+    ctl(&sock, &["snapshot", snap.to_str().unwrap()]).expect_status(0);
+    run.finish().expect_status(0);
+    snap
+}
+
+fn copy_snapshot(from: &Path, to: &Path) -> PathBuf {
+    std::fs::create_dir(to).unwrap();
+    for f in [STATE_FILE, MEMORY_FILE] {
+        std::fs::copy(from.join(f), to.join(f)).unwrap();
+    }
+    to.to_path_buf()
+}
+
+#[track_caller]
+fn refused(dir: &Path, want: &str) {
+    let o = restore(dir);
+    o.expect_status(status::MONITOR_ERROR as i32)
+        .expect_stderr(want);
+    assert!(o.stdout.is_empty(), "the guest ran: {o:#?}");
+}
+
+fn edit_state(dir: &Path, f: impl FnOnce(&mut StateFile)) {
+    let p = dir.join(STATE_FILE);
+    let mut s = StateFile::decode(&std::fs::read(&p).unwrap(), "state").unwrap();
+    f(&mut s);
+    std::fs::write(&p, s.encode()).unwrap();
+}
+
+#[test]
+fn bad_snapshots_are_refused_with_a_clear_error() {
+    let tmp = temp_dir("bad");
+    let good = good_snapshot(&tmp);
+    let case = |name: &str| copy_snapshot(&good, &tmp.join(name));
+    let state_len = std::fs::metadata(good.join(STATE_FILE)).unwrap().len();
+    let mem_len = std::fs::metadata(good.join(MEMORY_FILE)).unwrap().len();
+
+    let d = case("short-state");
+    let f = std::fs::File::options()
+        .write(true)
+        .open(d.join(STATE_FILE))
+        .unwrap();
+    f.set_len(state_len / 2).unwrap();
+    refused(&d, "truncated");
+
+    let d = case("short-memory");
+    let f = std::fs::File::options()
+        .write(true)
+        .open(d.join(MEMORY_FILE))
+        .unwrap();
+    f.set_len(mem_len - 4096).unwrap();
+    refused(&d, "truncated");
+
+    let d = case("flip-state");
+    let mut b = std::fs::read(d.join(STATE_FILE)).unwrap();
+    b[state_len as usize / 2] ^= 0x10;
+    std::fs::write(d.join(STATE_FILE), b).unwrap();
+    refused(&d, "checksum mismatch");
+
+    let d = case("flip-memory");
+    let mut b = std::fs::read(d.join(MEMORY_FILE)).unwrap();
+    b[4096 + 100] ^= 0x01;
+    std::fs::write(d.join(MEMORY_FILE), b).unwrap();
+    refused(&d, "checksum mismatch");
+
+    let d = case("format");
+    edit_state(&d, |s| s.header.format_version = 99);
+    refused(&d, "snapshot format version 99");
+
+    let d = case("abi");
+    edit_state(&d, |s| s.header.abi_version = 99);
+    refused(&d, "ABI version 99");
+
+    let d = case("vendor");
+    edit_state(&d, |s| s.header.vendor = *b"NotARealCPU!");
+    refused(&d, "NotARealCPU!");
+
+    let d = case("features");
+    edit_state(&d, |s| s.header.features[5] = u32::MAX);
+    refused(&d, "CPU features this host lacks");
+
+    let d = case("tsc");
+    edit_state(&d, |s| {
+        let i = s
+            .sections
+            .iter()
+            .position(|(t, _)| *t == Tag::Vcpu as u32)
+            .unwrap();
+        let mut v: VcpuState = postcard::from_bytes(&s.sections[i].1).unwrap();
+        // KVM can scale a guest TSC up, never down.
+        v.tsc_khz /= 2;
+        s.header.tsc_khz = u64::from(v.tsc_khz);
+        s.sections[i].1 = postcard::to_stdvec(&v).unwrap();
+    });
+    refused(&d, "TSC");
+
+    // Two snapshots' files mixed up.
+    let other = tmp.join("other");
+    let (run, sock) = start_counter(&tmp.join("o"));
+    ctl(&sock, &["snapshot", other.to_str().unwrap()]).expect_status(0);
+    run.finish();
+    let d = case("mixed");
+    std::fs::copy(other.join(MEMORY_FILE), d.join(MEMORY_FILE)).unwrap();
+    refused(&d, "belongs to another snapshot");
+
+    let empty = tmp.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    refused(&empty, "is not a Duet snapshot");
+    refused(&tmp.join("nonexistent"), "is not a Duet snapshot");
+    refused(&good.join(STATE_FILE), "not a directory");
+    let d = case("garbage");
+    std::fs::write(d.join(STATE_FILE), b"hello, world").unwrap();
+    refused(&d, "not a Duet snapshot state file");
+
+    // The original is still good.
+    restore(&good)
+        .expect_status(0)
+        .expect_stdout("counter done");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn memory_written_before_the_snapshot_is_there_after_restore() {
+    let store = temp_dir("memfill");
+    create_template(&store, "mf", "memfill", &["8"]);
+    let cold = boot("memfill", &[], &["8"]);
+    cold.expect_status(0).expect_stdout("memfill ok 8 MiB sum ");
+    let warm = run_template(&store, "mf", &[]);
+    warm.expect_status(0);
+    // The template printed "filled" before its snapshot point; the restored
+    // guest prints only what comes after it, and finds every word intact.
+    assert_eq!(
+        cold.stdout.lines().last(),
+        warm.stdout.lines().last(),
+        "{warm:#?}"
+    );
+    assert!(!warm.stdout.contains("filled"));
+    std::fs::remove_dir_all(&store).unwrap();
+}
+
+#[test]
+fn many_requests_while_running_never_stall_the_guest() {
+    let tmp = temp_dir("stress");
+    // Exits as often as possible, so requests race with them.
+    let n = 20_000;
+    let (run, sock) = start_counter_with(&tmp, n, 0);
+    // One connection, many requests: each kick may land after its request
+    // was already served at an exit; none may leave the guest stuck.
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    for i in 0..300 {
+        let req = match i % 3 {
+            0 => r#"{"cmd":"status"}"#,
+            1 => r#"{"cmd":"pause"}"#,
+            _ => r#"{"cmd":"resume"}"#,
+        };
+        writeln!(s, "{req}").unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.contains("\"ok\":true"), "{line}");
+    }
+    writeln!(s, "not json").unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.contains("bad request"), "{line}");
+    drop((s, r));
+    let orig = run.finish();
+    orig.expect_status(0);
+    assert_eq!(counts(&orig.stdout), (0..n).collect::<Vec<_>>());
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn a_bad_api_socket_path_stops_before_the_guest_runs() {
+    let o = boot("hello", &["--api", "/nonexistent-dir/duet.sock"], &[]);
+    o.expect_status(status::MONITOR_ERROR as i32)
+        .expect_stderr("cannot open control socket /nonexistent-dir/duet.sock");
+    assert!(o.stdout.is_empty(), "{o:#?}");
+    let o = duet(&["ctl", "/nonexistent-dir/duet.sock", "status"]);
+    o.expect_status(status::MONITOR_ERROR as i32)
+        .expect_stderr("cannot talk to the duet at /nonexistent-dir/duet.sock");
+}
