@@ -35,7 +35,7 @@ const SIDES: [(Side, &str); 3] = [
 ];
 
 /// Sizes scaled by `--runs` (100 → 3 rounds of 32 MiB, 200 requests,
-/// 500 round trips; 2 → 1 round of 640 KiB, 10 requests, 20 round trips).
+/// 500 round trips; 2 → 1 round of 655 KiB, 10 requests, 20 round trips).
 struct Plan {
     rounds: usize,
     stream: usize,

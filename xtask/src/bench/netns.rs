@@ -8,6 +8,7 @@ use anyhow::{bail, ensure, Context, Result};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +42,14 @@ fn enter(path: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether process `pid` runs (a zombie does not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| !r.starts_with('Z')))
+        .unwrap_or(false)
+}
+
 /// A network namespace with `tap0` (10.0.0.1/24) in it; deleted on drop,
 /// which deletes the TAP too.
 pub struct Netns(String);
@@ -55,7 +64,7 @@ impl Netns {
                 let pid = name
                     .strip_prefix(PREFIX)
                     .and_then(|p| p.parse::<u32>().ok());
-                if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                if pid.is_some_and(|p| !alive(p)) {
                     let _ = ip(&["netns", "del", &name]);
                 }
             }
@@ -99,6 +108,14 @@ impl Netns {
             .args(["--env", &format!("IP={GUEST}/24")]);
         if single {
             c.args(["--env", "NET_SINGLE=1"]);
+        }
+        // SAFETY: prctl is async-signal-safe. The guest dies with the
+        // harness even when the harness is killed before its drops run.
+        unsafe {
+            c.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
         }
         let child = c
             .arg("--")
