@@ -1,6 +1,6 @@
 //! Block benchmark: per-request latency and sequential throughput on the
 //! first disk, single requests against batches. Prints machine-readable
-//! lines `BENCH <name> <value> <unit>`; `cargo xtask bench-block` compares
+//! lines `BENCH <name> <value> <unit>`; `cargo xtask bench block` compares
 //! them with the host's own `pread`/`pwrite` on the same file.
 //!
 //! Args: `[MiB]`, the span of the disk the sequential tests cover (default:

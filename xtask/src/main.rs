@@ -5,8 +5,6 @@
 //! is written once.
 
 mod bench;
-mod bench_block;
-mod bench_net;
 mod build;
 
 use anyhow::Result;
@@ -39,27 +37,12 @@ enum Cmd {
         #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
         rest: Vec<String>,
     },
-    /// Block benchmark: `blkbench` beside host pread/pwrite on the same file (temporary; the bench harness will absorb it).
-    BenchBlock {
-        /// Interleaved host/guest rounds (best of each is kept).
-        #[arg(long, default_value_t = 3)]
-        rounds: u32,
-        /// MiB of the test file the sequential tests cover.
-        #[arg(long, default_value_t = 32)]
-        mib: u64,
-    },
     /// Print the RUSTFLAGS a guest image is built with.
     Rustflags,
-    /// Benchmark boot time, hypercalls and the clock against a raw-KVM floor
-    /// measured in the same run: `cargo xtask bench [boot|hypercall|clock|all] [--runs N] [--json PATH]`.
+    /// Benchmark boot, hypercalls, the clock, block and network I/O, each
+    /// beside a floor measured in the same run:
+    /// `cargo xtask bench [boot|hypercall|clock|block|net|qemu|all] [--runs N] [--json PATH]`.
     Bench(bench::BenchArgs),
-    /// Measure host→guest TCP throughput and request latency, batched vs
-    /// single-frame network hypercalls (needs root and /dev/net/tun).
-    BenchNet {
-        /// Interleaved rounds per mode.
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-    },
     /// Build every image, then run every test (unit and end-to-end).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -102,41 +85,11 @@ fn main() -> Result<()> {
                 .status()?;
             std::process::exit(status.code().unwrap_or(1));
         }
-        Cmd::BenchBlock { rounds, mib } => {
-            build::images(&["blkbench".to_string()])?;
-            let duet = build::monitor()?;
-            let file = build::root().join("target/blkbench.img");
-            bench_block::prepare_file(&file, mib << 20)?;
-            let rows = bench_block::compare(
-                &duet,
-                &build::images_dir().join("blkbench"),
-                &file,
-                mib << 20,
-                rounds,
-            )?;
-            let _ = std::fs::remove_file(&file);
-            println!(
-                "{:<24} {:>10} {:>10}  unit   guest/host",
-                "metric", "guest", "host"
-            );
-            for (name, guest, host, unit) in rows {
-                let ratio = guest as f64 / host.max(1) as f64;
-                println!("{name:<24} {guest:>10} {host:>10}  {unit:<5}  {ratio:.2}");
-            }
-            Ok(())
-        }
         Cmd::Rustflags => {
             println!("{}", build::guest_rustflags());
             Ok(())
         }
         Cmd::Bench(a) => bench::run(&a),
         Cmd::Test { rest } => build::test(&rest),
-        Cmd::BenchNet { rounds } => {
-            build::images(&["echo".into(), "httpd".into()])?;
-            let duet = build::monitor()?;
-            let figures = bench_net::run(&duet, &build::images_dir(), rounds)?;
-            print!("{}", bench_net::render(&figures));
-            Ok(())
-        }
     }
 }

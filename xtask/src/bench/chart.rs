@@ -1,6 +1,8 @@
-//! SVG charts: the boot-time distribution (Duet vs floor) and the cost of
-//! each kind of hypercall beside the floor's exit.
+//! SVG charts: the boot-time distribution (Duet vs floor), the cost of
+//! each kind of hypercall beside the floor's exit, and the bar charts
+//! sections describe themselves ([`super::bars`]).
 
+use super::bars::{self, BarChart};
 use super::stats::{median, quantile};
 use super::Row;
 use anyhow::{anyhow, Result};
@@ -20,6 +22,7 @@ pub fn draw(
     dir: &Path,
     rows: &[(&str, Row)],
     samples: &BTreeMap<String, Vec<f64>>,
+    charts: &[BarChart],
 ) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     if let (Some(d), Some(f)) = (samples.get("boot_duet_ms"), samples.get("boot_floor_ms")) {
@@ -43,6 +46,11 @@ pub fn draw(
         bars.insert(0, ("floor: one out exit".into(), f / 1e3, FLOOR));
         let p = dir.join("hypercall.svg");
         cost_bars(&p, &bars)?;
+        out.push(p);
+    }
+    for c in charts {
+        let p = dir.join(c.file);
+        bars::draw(&p, c).map_err(err)?;
         out.push(p);
     }
     Ok(out)

@@ -8,11 +8,15 @@
 //! A section is a function `fn(&mut Ctx) -> Result<Vec<Row>>` listed in
 //! [`SECTIONS`]; adding a figure is writing one and adding a line there.
 
+mod bars;
+mod block;
 mod boot;
 mod chart;
 mod clock;
 mod host;
 mod hypercall;
+mod net;
+mod netns;
 mod progress;
 mod qemu;
 mod report;
@@ -29,7 +33,7 @@ pub use progress::Progress;
 /// `cargo xtask bench` options.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Which section to run: boot, hypercall, clock, qemu, or all.
+    /// Which section to run: boot, hypercall, clock, block, net, qemu, or all.
     #[arg(default_value = "all")]
     pub what: String,
     /// Repetitions: boot runs per side (use at least 50); other sections scale from it.
@@ -100,6 +104,8 @@ pub struct Ctx {
     pub notes: Vec<String>,
     /// Where results, charts and generated files go.
     pub out_dir: PathBuf,
+    /// Bar charts sections describe; drawn with the others at the end.
+    pub charts: Vec<bars::BarChart>,
     floor_exit_ns: Option<f64>,
 }
 
@@ -163,6 +169,14 @@ pub const SECTIONS: &[Section] = &[
         run: clock::run,
     },
     Section {
+        name: "block",
+        run: block::run,
+    },
+    Section {
+        name: "net",
+        run: net::run,
+    },
+    Section {
         name: "qemu",
         run: qemu::run,
     },
@@ -223,6 +237,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         samples: BTreeMap::new(),
         notes: Vec::new(),
         out_dir: dir.clone(),
+        charts: Vec::new(),
         floor_exit_ns: None,
     };
     let mut rows = Vec::new();
@@ -232,7 +247,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     Progress::clear();
 
-    let charts = chart::draw(&dir, &rows, &ctx.samples)?;
+    let charts = chart::draw(&dir, &rows, &ctx.samples, &ctx.charts)?;
     print!("{}", report::table(&host, &rows, &ctx.notes));
     report::write_json(&json, &host, args.runs, &rows, &ctx, &charts)?;
     println!("results: {}", json.display());
