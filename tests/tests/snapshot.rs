@@ -161,10 +161,18 @@ fn snapshot_to_a_full_disk_fails_cleanly_and_the_guest_keeps_running() {
         eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
         return;
     }
+    // Unmounted however the test ends.
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let unmount = Unmount(small.clone());
     let (run, sock) = start_counter(&tmp);
     let o = ctl(&sock, &["snapshot", small.join("snap").to_str().unwrap()]);
     let leftovers = std::fs::read_dir(&small).unwrap().count();
-    let _ = std::process::Command::new("umount").arg(&small).status();
+    drop(unmount);
     assert_ne!(o.status, Some(0));
     o.expect_stderr("No space left");
     assert_eq!(leftovers, 0, "a half-written snapshot was left behind");
