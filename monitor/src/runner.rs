@@ -20,7 +20,7 @@ pub enum RunError {
     Api(#[from] crate::api::ApiError),
     /// Building the VM failed.
     #[error("{0}")]
-    Start(Box<dyn std::error::Error + Send + Sync>),
+    Start(String),
     /// The vCPU thread died (a monitor bug).
     #[error("the vCPU thread failed: {0}")]
     Thread(String),
@@ -56,7 +56,14 @@ where
                 Ok(vm) => vm,
                 Err(e) => {
                     vcpu_ctl.finish();
-                    let _ = ready_tx.send(Err(RunError::Start(Box::new(e))));
+                    // The error crosses threads as text: keep its whole chain.
+                    let mut msg = e.to_string();
+                    let mut src = e.source();
+                    while let Some(s) = src {
+                        msg.push_str(&format!(": {s}"));
+                        src = s.source();
+                    }
+                    let _ = ready_tx.send(Err(RunError::Start(msg)));
                     return None;
                 }
             };

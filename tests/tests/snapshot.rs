@@ -464,3 +464,38 @@ fn a_bad_api_socket_path_stops_before_the_guest_runs() {
     o.expect_status(status::MONITOR_ERROR as i32)
         .expect_stderr("cannot talk to the duet at /nonexistent-dir/duet.sock");
 }
+
+#[test]
+fn disk_data_written_before_the_snapshot_is_there_after_restore() {
+    let store = temp_dir("disk");
+    let disk = store.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 64 * 1024]).unwrap();
+    let img = image("diskstate");
+    duet(&[
+        "template",
+        "create",
+        "ds",
+        img.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        "--disk",
+        disk.to_str().unwrap(),
+        "--",
+        "marker-before-snapshot",
+    ])
+    .expect_status(0)
+    .expect_stdout("written")
+    .expect_stderr("template `ds` created");
+    let warm = run_template(&store, "ds", &[]);
+    warm.expect_status(0)
+        .expect_stdout("disk says marker-before-snapshot");
+    assert!(!warm.stdout.contains("written"), "{warm:#?}");
+
+    // The disk file is gone: restore refuses, naming it, and nothing runs.
+    std::fs::remove_file(&disk).unwrap();
+    let o = run_template(&store, "ds", &[]);
+    o.expect_status(status::MONITOR_ERROR as i32)
+        .expect_stderr("disk.img, which does not exist");
+    assert!(!o.stdout.contains("disk says"), "{o:#?}");
+    std::fs::remove_dir_all(&store).unwrap();
+}

@@ -1,21 +1,13 @@
 //! Prints `count N` for N = 0, 1, 2, ... up to the first argument (default
-//! 200) with a short pause between values, then exits 0. The pause is a
-//! busy-wait on the TSC (the sleep hypercall is not there yet); the second
-//! argument sets it in microseconds (default 2000). It marks its ready point
+//! 200), sleeping between values (the second argument, in microseconds,
+//! default 2000), then exits 0. It marks its ready point
 //! (`duet::snapshot_point()`) before counting, so it can be a template.
 #![no_std]
 #![no_main]
 
-duet::main!(main);
+use duet::time::{sleep, Duration};
 
-fn pause(us: u64) {
-    let khz = duet::rt::boot_info().tsc_khz.max(1);
-    let start = duet::rt::rdtsc();
-    let ticks = us * khz / 1000;
-    while duet::rt::rdtsc().wrapping_sub(start) < ticks {
-        core::hint::spin_loop();
-    }
-}
+duet::main!(main);
 
 fn main() {
     let mut args = duet::env::args();
@@ -24,7 +16,7 @@ fn main() {
     duet::snapshot_point();
     for i in 0..n {
         duet::println!("count {i}");
-        pause(us);
+        sleep(Duration::from_micros(us));
     }
     duet::println!("counter done");
 }
