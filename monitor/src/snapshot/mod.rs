@@ -20,7 +20,7 @@ use crate::loader::{Image, LoadError};
 use crate::trace::BootTrace;
 use crate::vm::Vm;
 use format::{Header, StateFile, Tag};
-use kvm_bindings::{kvm_cpuid_entry2, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::kvm_cpuid_entry2;
 use memfile::MemIndex;
 use persist::{ClockArgs, GuestClock, MemArgs, MemState, Persist, VcpuState};
 use serde::{Deserialize, Serialize};
@@ -363,9 +363,7 @@ pub fn restore(
     mark(&mut opts.trace, "read + check snapshot");
 
     let kvm = crate::kvm::open(&opts.kvm_device).map_err(|e| SnapshotError::Kvm(e.to_string()))?;
-    let host_cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let host_cpuid = crate::cpuid::supported(&kvm).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     let (vendor, features) = cpu_signature(host_cpuid.as_slice());
     if vendor != st.header.vendor {
         return Err(SnapshotError::CpuVendor {
