@@ -78,10 +78,14 @@ fn store(cpuid: &CpuId) {
     let _ = std::fs::remove_file(&tmp);
 }
 
+fn cached() -> Option<CpuId> {
+    decode(&std::fs::read(cache_path()?).ok()?)
+}
+
 /// The CPUID KVM supports, from the cache when there is one (for checks
 /// that do not set it on a vCPU, such as a snapshot's CPU features).
 pub fn supported(kvm: &Kvm) -> Result<CpuId, kvm_ioctls::Error> {
-    if let Some(cached) = cache_path().and_then(|p| std::fs::read(p).ok()).and_then(|b| decode(&b)) {
+    if let Some(cached) = cached() {
         return Ok(cached);
     }
     let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
@@ -92,10 +96,7 @@ pub fn supported(kvm: &Kvm) -> Result<CpuId, kvm_ioctls::Error> {
 /// Gives `vcpu` the CPUID KVM supports, from the cache when it is valid.
 /// Returns the CPUID set.
 pub fn setup(kvm: &Kvm, vcpu: &VcpuFd) -> Result<CpuId, kvm_ioctls::Error> {
-    if let Some(cached) = cache_path()
-        .and_then(|p| std::fs::read(p).ok())
-        .and_then(|b| decode(&b))
-    {
+    if let Some(cached) = cached() {
         if vcpu.set_cpuid2(&cached).is_ok() {
             return Ok(cached);
         }
