@@ -115,36 +115,37 @@ pub fn write(mem: &GuestMem, p: &BootParams<'_>) -> Result<u64, BootInfoError> {
     Ok(layout::BOOT_INFO)
 }
 
-/// Writes the clock page as a seqlock writer: odd sequence, fields, even
-/// sequence. Safe to call while the guest runs.
-pub fn write_clock(mem: &GuestMem, page: &ClockPage) -> Result<(), MemError> {
-    let at = Gpa(layout::CLOCK_PAGE);
-    let cur: ClockPage = mem.read_plain(at)?;
-    let seq = cur.seq.wrapping_add(1) | 1;
-    mem.write_plain_unchecked_policy(at, &seq)?;
-    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+/// Writes a seqlocked page at `at` as the writer: odd sequence, fields, even
+/// sequence, so a guest reading concurrently never accepts a torn copy.
+/// `seq` names the page's sequence field.
+fn write_seqlocked<T: duet_abi::Plain>(
+    mem: &GuestMem,
+    at: Gpa,
+    page: &T,
+    seq: fn(&mut T) -> &mut u32,
+) -> Result<(), MemError> {
+    use std::sync::atomic::{fence, Ordering};
+    let mut cur: T = mem.read_plain(at)?;
+    let odd = seq(&mut cur).wrapping_add(1) | 1;
+    *seq(&mut cur) = odd;
+    mem.write_plain_unchecked_policy(at, &cur)?;
+    fence(Ordering::SeqCst);
     let mut p = *page;
-    p.seq = seq;
+    *seq(&mut p) = odd;
     mem.write_plain_unchecked_policy(at, &p)?;
-    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-    mem.write_plain_unchecked_policy(at, &seq.wrapping_add(1))?;
-    Ok(())
+    fence(Ordering::SeqCst);
+    *seq(&mut p) = odd.wrapping_add(1);
+    mem.write_plain_unchecked_policy(at, &p)
 }
 
-/// Writes the identity page as a seqlock writer (like [`write_clock`]).
-/// Safe to call while the guest runs.
+/// Writes the clock page (seqlocked). Safe to call while the guest runs.
+pub fn write_clock(mem: &GuestMem, page: &ClockPage) -> Result<(), MemError> {
+    write_seqlocked(mem, Gpa(layout::CLOCK_PAGE), page, |p| &mut p.seq)
+}
+
+/// Writes the identity page (seqlocked). Safe to call while the guest runs.
 pub fn write_identity(mem: &GuestMem, page: &IdentityPage) -> Result<(), MemError> {
-    let at = Gpa(layout::IDENTITY_PAGE);
-    let cur: IdentityPage = mem.read_plain(at)?;
-    let seq = cur.seq.wrapping_add(1) | 1;
-    mem.write_plain_unchecked_policy(at, &seq)?;
-    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-    let mut p = *page;
-    p.seq = seq;
-    mem.write_plain_unchecked_policy(at, &p)?;
-    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-    mem.write_plain_unchecked_policy(at, &seq.wrapping_add(1))?;
-    Ok(())
+    write_seqlocked(mem, Gpa(layout::IDENTITY_PAGE), page, |p| &mut p.seq)
 }
 
 /// A fresh random 128-bit seed from the host's `getrandom`.
