@@ -26,6 +26,9 @@ const FIRST_LINE: Duration = Duration::from_secs(30);
 /// The `--trace-boot` phase that starts the guest: the first `KVM_RUN`
 /// (after a restore, the guest's next instruction).
 const ENTER: &str = "enter guest";
+/// The cold boot's guest-side stamp of its first instruction (a restored
+/// guest has none: it goes on from where it was).
+const FIRST_INSN: &str = "guest first instruction";
 
 /// A temporary directory, removed (with everything in it) when dropped.
 pub struct TempDir(pub PathBuf);
@@ -243,9 +246,10 @@ fn snapshot_times(
     Ok(rows)
 }
 
-/// Runs `cmd` (which has `--trace-boot`); returns (ms from monitor start to the
-/// first `KVM_RUN`, whole-process ms).
-fn traced(cmd: &mut Command) -> Result<(f64, f64)> {
+/// Runs `cmd` (which has `--trace-boot`); returns (ms from monitor start to
+/// the first `KVM_RUN`, whole-process ms, and for a cold boot the ms from
+/// that `KVM_RUN` to the guest's own first-instruction stamp).
+fn traced(cmd: &mut Command) -> Result<(f64, f64, Option<f64>)> {
     cmd.stdin(Stdio::null()).stdout(Stdio::null());
     let t = Instant::now();
     let out = cmd
@@ -258,7 +262,8 @@ fn traced(cmd: &mut Command) -> Result<(f64, f64)> {
     }
     let enter =
         since(&err, ENTER).with_context(|| format!("no `{ENTER}` line from {cmd:?}:\n{err}"))?;
-    Ok((enter, whole))
+    let first = since(&err, FIRST_INSN).map(|f| f - enter);
+    Ok((enter, whole, first))
 }
 
 /// The "ms since monitor start" of `phase` in `--trace-boot` output
@@ -278,6 +283,8 @@ struct Starts {
     enter: Vec<f64>,
     /// Whole process, ms.
     whole: Vec<f64>,
+    /// Cold boots: first `KVM_RUN` -> the guest's first instruction, ms.
+    first: Vec<f64>,
 }
 
 /// Restores of a counter template vs cold boots of the counter, at each
@@ -321,10 +328,11 @@ fn restore_vs_boot(
     for i in 0..WARMUP + n {
         for (k, (mem, _)) in SIZES.iter().enumerate() {
             for (side, mut cmd) in [cold(mem), restore(mem)].into_iter().enumerate() {
-                let (enter, whole) = traced(&mut cmd)?;
+                let (enter, whole, first) = traced(&mut cmd)?;
                 if i >= WARMUP {
                     s[k][side].enter.push(enter);
                     s[k][side].whole.push(whole);
+                    s[k][side].first.extend(first);
                 }
             }
         }
@@ -362,6 +370,13 @@ fn restore_vs_boot(
             "ms",
         ));
         chart.panels.push(panel);
+    }
+    for (k, (_, label)) in SIZES.iter().enumerate() {
+        rows.push(Row::alone(
+            format!("cold boot, {label}: enter guest -> guest first instruction"),
+            median(&s[k][0].first),
+            "ms",
+        ));
     }
     for (k, (mem, _)) in SIZES.iter().enumerate() {
         for (side, name) in ["cold", "restore"].into_iter().enumerate() {
