@@ -81,7 +81,10 @@ fn store(cpuid: &CpuId) {
 /// The CPUID KVM supports, from the cache when there is one (for checks
 /// that do not set it on a vCPU, such as a snapshot's CPU features).
 pub fn supported(kvm: &Kvm) -> Result<CpuId, kvm_ioctls::Error> {
-    if let Some(cached) = cache_path().and_then(|p| std::fs::read(p).ok()).and_then(|b| decode(&b)) {
+    if let Some(cached) = cache_path()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|b| decode(&b))
+    {
         return Ok(cached);
     }
     let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
