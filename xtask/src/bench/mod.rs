@@ -13,6 +13,8 @@ mod block;
 mod boot;
 mod chart;
 mod clock;
+mod clones;
+mod group;
 mod host;
 mod hypercall;
 mod net;
@@ -20,6 +22,7 @@ mod netns;
 mod progress;
 mod qemu;
 mod report;
+mod snapshot;
 mod stats;
 
 use crate::build;
@@ -33,7 +36,7 @@ pub use progress::Progress;
 /// `cargo xtask bench` options.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Which section to run: boot, hypercall, clock, block, net, qemu, or all.
+    /// Which section to run: boot, hypercall, clock, block, net, snapshot, qemu, or all.
     #[arg(default_value = "all")]
     pub what: String,
     /// Repetitions: boot runs per side (use at least 50); other sections scale from it.
@@ -175,6 +178,10 @@ pub const SECTIONS: &[Section] = &[
     Section {
         name: "net",
         run: net::run,
+    },
+    Section {
+        name: "snapshot",
+        run: snapshot::run,
     },
     Section {
         name: "qemu",
