@@ -173,7 +173,7 @@ enum TemplateCmd {
 
 fn finish(f: Finished) -> Outcome {
     if let Some(mut t) = f.trace {
-        t.mark("guest exit");
+        t.mark("VM teardown");
         eprint!("{}", t.render());
     }
     f.outcome

@@ -69,7 +69,10 @@ where
             };
             let _ = ready_tx.send(Ok(()));
             let outcome = vm.run();
-            let trace = vm.take_trace();
+            let mut trace = vm.take_trace();
+            if let Some(t) = &mut trace {
+                t.mark("guest exit");
+            }
             Some(Finished { outcome, trace })
         })
         .map_err(RunError::Control)?;
