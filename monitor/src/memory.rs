@@ -49,6 +49,8 @@ pub struct GuestMem {
     /// Our own mapping when vm-memory does not own it (restore); dropped
     /// after `mem`.
     _mapping: Option<crate::snapshot::memfile::Mapping>,
+    /// Pages the monitor writes while a migration tracks them.
+    pub(crate) host_dirty: std::sync::Arc<crate::migration::dirty::HostDirty>,
 }
 
 impl GuestMem {
@@ -63,6 +65,7 @@ impl GuestMem {
             writable: Vec::new(),
             file_ranges: Vec::new(),
             _mapping: None,
+            host_dirty: Default::default(),
         })
     }
 
@@ -94,6 +97,7 @@ impl GuestMem {
             writable: Vec::new(),
             file_ranges,
             _mapping: Some(mapping),
+            host_dirty: Default::default(),
         })
     }
 
@@ -199,6 +203,7 @@ impl GuestMem {
     /// Writes bytes anywhere in guest memory (monitor use only).
     pub fn write_bytes(&self, gpa: Gpa, bytes: &[u8]) -> Result<(), MemError> {
         self.check(gpa, bytes.len() as u64)?;
+        self.host_dirty.mark(gpa.0, bytes.len());
         self.mem
             .write_slice(bytes, GuestAddress(gpa.0))
             .map_err(|_| MemError::OutOfRange {

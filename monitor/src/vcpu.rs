@@ -68,6 +68,8 @@ pub enum Outcome {
     /// Template mode: the guest reached its snapshot point and was saved
     /// into this directory, then stopped.
     Snapshotted(String),
+    /// The guest was live-migrated to this address and runs there now.
+    Migrated(String),
 }
 
 impl Outcome {
@@ -79,6 +81,7 @@ impl Outcome {
             Outcome::Faulted(_) => crate::status::GUEST_FAULT,
             Outcome::Failed(_) => crate::status::VM_FAILURE,
             Outcome::Snapshotted(_) => 0,
+            Outcome::Migrated(_) => crate::status::MIGRATED,
         }
     }
 }
@@ -102,6 +105,8 @@ impl Vm {
         }
         let outcome = self.run_loop();
         self.ctl.finish();
+        // A migration thread may still read guest memory: let it stop first.
+        self.ctl.migration.wait_idle();
         outcome
     }
 
@@ -150,6 +155,9 @@ impl Vm {
         while let Some((req, tx)) = self.ctl.next(self.paused) {
             let resp = self.handle_request(req);
             let _ = tx.send(resp);
+            if let Some(to) = self.ctl.migration.migrated() {
+                return Some(Outcome::Migrated(to));
+            }
         }
         None
     }
@@ -166,6 +174,9 @@ impl Vm {
                     state: Some(self.state_name()),
                     ..Response::ok()
                 }
+            }
+            Request::Resume if self.ctl.migration.held() => {
+                Response::err("the guest is paused for a migration in progress; it resumes if the migration fails")
             }
             Request::Resume => {
                 self.paused = false;
@@ -201,6 +212,8 @@ impl Vm {
                 },
                 Err(e) => Response::err(e.to_string()),
             },
+            Request::Migration(step) => crate::migration::source::on_request(self, step),
+            Request::Migrate(_) => Response::err("migrate is served by the API thread"),
         }
     }
 
