@@ -192,7 +192,20 @@ pub struct Running {
 impl Running {
     /// Starts `duet` with `args`.
     pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Running {
-        let mut child = duet_cmd(args)
+        Running::spawn(duet_cmd(args))
+    }
+
+    /// Starts `args[0]` with the rest as arguments (e.g. `ip netns exec NS duet ...`).
+    pub fn start_program<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Running {
+        let mut c = Command::new(&args[0]);
+        c.args(&args[1..])
+            .stdin(Stdio::null())
+            .env_remove("DUET_KVM_DEVICE");
+        Running::spawn(c)
+    }
+
+    fn spawn(mut cmd: Command) -> Running {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -91,7 +91,7 @@ fn compatible(kvm: &Kvm, h: &protocol::Hello) -> Result<(), String> {
 
 fn refuse(s: &mut TcpStream, why: String) -> MigrateError {
     let _ = protocol::write_frame(s, Kind::Refuse, why.as_bytes());
-    MigrateError::Refused(why)
+    MigrateError::Rejected(why)
 }
 
 /// Waits on `addr` for one incoming guest and returns it, built and ready
@@ -114,14 +114,28 @@ pub fn incoming(
     s.set_write_timeout(Some(IO_TIMEOUT))
         .map_err(MigrateError::Connection)?;
     s.set_nodelay(true).map_err(MigrateError::Connection)?;
+    match receive(&mut s, &key, kvm, ctl) {
+        Ok(vm) => Ok(vm),
+        Err(e) => {
+            // Tell the source why (best effort) unless it already knows.
+            if !matches!(
+                e,
+                MigrateError::Refused(_) | MigrateError::Rejected(_) | MigrateError::Connection(_)
+            ) {
+                let _ = protocol::write_frame(&mut s, Kind::Refuse, e.to_string().as_bytes());
+            }
+            Err(e)
+        }
+    }
+}
 
+/// One attempt on an accepted connection.
+fn receive(s: &mut TcpStream, key: &[u8], kvm: Kvm, ctl: Arc<Control>) -> Result<Vm, MigrateError> {
     // Handshake: prove we hold the key, make the source prove it, then check.
-    let hello: protocol::Hello = protocol::read_frame(&mut s)?
-        .expect(Kind::Hello)?
-        .decode()?;
+    let hello: protocol::Hello = protocol::read_frame(s)?.expect(Kind::Hello)?.decode()?;
     if hello.magic != protocol::MAGIC || hello.protocol != protocol::PROTOCOL_VERSION {
         return Err(refuse(
-            &mut s,
+            s,
             format!(
                 "migration protocol version {} is not this duet's {}",
                 hello.protocol,
@@ -132,21 +146,21 @@ pub fn incoming(
     let nonce = protocol::nonce();
     let ch = protocol::Challenge {
         nonce,
-        mac: protocol::mac(&key, b"dst", &hello.nonce, &nonce),
+        mac: protocol::mac(key, b"dst", &hello.nonce, &nonce),
     };
-    protocol::send(&mut s, Kind::Challenge, &ch)?;
-    let auth: protocol::Auth = protocol::read_frame(&mut s)?.expect(Kind::Auth)?.decode()?;
-    if !protocol::verify(&key, b"src", &hello.nonce, &nonce, &auth.mac) {
+    protocol::send(s, Kind::Challenge, &ch)?;
+    let auth: protocol::Auth = protocol::read_frame(s)?.expect(Kind::Auth)?.decode()?;
+    if !protocol::verify(key, b"src", &hello.nonce, &nonce, &auth.mac) {
         return Err(refuse(
-            &mut s,
+            s,
             "the source does not hold the migration key (check --migration-key-file on both sides)"
                 .into(),
         ));
     }
     if let Err(why) = compatible(&kvm, &hello) {
-        return Err(refuse(&mut s, format!("incompatible: {why}")));
+        return Err(refuse(s, format!("incompatible: {why}")));
     }
-    protocol::write_frame(&mut s, Kind::Accept, &[])?;
+    protocol::write_frame(s, Kind::Accept, &[])?;
 
     // Pre-copy and stop: pages until the state arrives.
     let mut mem = GuestMem::new(hello.mem_size).map_err(state_err)?;
@@ -201,7 +215,7 @@ pub fn incoming(
     }
     mem.set_writable(ms.writable);
     let mut vm = build(&state, mem, kvm, ctl).map_err(state_err)?;
-    protocol::write_frame(&mut s, Kind::Ready, &[])?;
+    protocol::write_frame(s, Kind::Ready, &[])?;
 
     // Commit: from here the guest is ours; before it, nothing ran.
     protocol::read_frame(&mut r)?.expect(Kind::Commit)?;
@@ -209,7 +223,7 @@ pub fn incoming(
         resume_wall_ns: wall_ns(),
         load_ns: loaded_at.elapsed().as_nanos() as u64,
     };
-    if let Err(e) = protocol::send(&mut s, Kind::CommitAck, &ack) {
+    if let Err(e) = protocol::send(s, Kind::CommitAck, &ack) {
         log::warn!("commit acknowledgement not sent ({e}); running the guest anyway");
     }
     vm.started = Instant::now();

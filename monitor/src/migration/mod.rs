@@ -34,6 +34,9 @@ pub enum MigrateError {
     /// The peer refused.
     #[error("refused by the peer: {0}")]
     Refused(String),
+    /// We refused the peer (and told it why).
+    #[error("refused the peer: {0}")]
+    Rejected(String),
     /// The key file is unusable.
     #[error("migration key file {path}: {why}")]
     Key {

@@ -26,7 +26,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Pre-copy rounds after the full copy, at most.
 pub const MAX_ROUNDS: u32 = 30;
-/// Rounds in a row without fewer dirty pages before stop-and-copy.
+/// Rounds in a row that do not get the dirty set 10% below its best so far
+/// before stop-and-copy.
 pub const STALL_ROUNDS: u32 = 3;
 /// Socket timeout for every read and write.
 const IO_TIMEOUT: Duration = Duration::from_secs(15);
@@ -476,7 +477,7 @@ impl Attempt<'_> {
         if !protocol::verify(self.key, b"dst", &hello.nonce, &ch.nonce, &ch.mac) {
             let why = "the destination does not hold the migration key";
             let _ = protocol::write_frame(s, Kind::Refuse, why.as_bytes());
-            return Err(MigrateError::Refused(why.into()));
+            return Err(MigrateError::Rejected(why.into()));
         }
         let auth = protocol::Auth {
             mac: protocol::mac(self.key, b"src", &hello.nonce, &ch.nonce),
@@ -492,7 +493,7 @@ impl Attempt<'_> {
         let budget = self.req.max_downtime_ms as f64;
         let mut round = 0;
         let mut stalls = 0;
-        let mut prev = u64::MAX;
+        let mut best = u64::MAX;
         let mut round_start = start;
         loop {
             let dirty = self.collect()?;
@@ -511,8 +512,12 @@ impl Attempt<'_> {
                 est_downtime_ms: (n * PAGE_SIZE) as f64 / bw * 1e3,
             };
             (self.progress)(&p);
-            stalls = if n >= prev { stalls + 1 } else { 0 };
-            prev = n;
+            if n < best - best / 10 {
+                best = n;
+                stalls = 0;
+            } else {
+                stalls += 1;
+            }
             if p.est_downtime_ms <= budget {
                 return Ok((round, false));
             }
