@@ -203,13 +203,17 @@ impl GuestMem {
     /// Writes bytes anywhere in guest memory (monitor use only).
     pub fn write_bytes(&self, gpa: Gpa, bytes: &[u8]) -> Result<(), MemError> {
         self.check(gpa, bytes.len() as u64)?;
-        self.host_dirty.mark(gpa.0, bytes.len());
-        self.mem
+        let r = self
+            .mem
             .write_slice(bytes, GuestAddress(gpa.0))
             .map_err(|_| MemError::OutOfRange {
                 gpa: gpa.0,
                 len: bytes.len() as u64,
-            })
+            });
+        // After the write: a migration that takes the mark then reads the
+        // page must see the new bytes.
+        self.host_dirty.mark(gpa.0, bytes.len());
+        r
     }
 
     /// Reads bytes into `buf`.

@@ -1,6 +1,8 @@
 //! Dirties memory at a steady rate, for live-migration tests and benchmarks.
 //!
-//! `dirty [MIB] [MIB_PER_S] [MS]`: allocates MIB MiB (default 16), then for
+//! `dirty [MIB] [MIB_PER_S] [MS] [FILL]`: allocates MIB MiB (default 16),
+//! writes all of it once first when FILL is 1 (a guest with its memory in
+//! use), then for
 //! MS milliseconds (default 2000) rewrites pages round-robin at MIB_PER_S
 //! MiB/s (default 64; 0 = as fast as it can), every word of a page holding
 //! that page's write count. Prints `dirty tick N` every 100 ms and at the end
@@ -20,11 +22,18 @@ const WORDS: usize = PAGE / 8;
 fn main() -> i32 {
     let mut args = duet::env::args();
     let mut arg = |d: u64| args.next().and_then(|a| a.parse().ok()).unwrap_or(d);
-    let (mib, rate, total_ms) = (arg(16).max(1), arg(64), arg(2000));
+    let (mib, rate, total_ms, fill) = (arg(16).max(1), arg(64), arg(2000), arg(0));
     let khz = duet::rt::boot_info().tsc_khz.max(1);
     let pages = (mib as usize) << 8;
     let mut buf = vec![0u64; pages * WORDS];
     let mut count = vec![0u64; pages];
+    if fill == 1 {
+        for (p, c) in count.iter_mut().enumerate() {
+            *c = 1;
+            buf[p * WORDS..(p + 1) * WORDS].fill(1);
+        }
+        duet::println!("dirty filled");
+    }
     let start = duet::rt::rdtsc();
     let ms_now = || duet::rt::rdtsc().wrapping_sub(start) / khz;
     let (mut written, mut next, mut ticks) = (0u64, 0usize, 0u64);

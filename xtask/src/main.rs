@@ -4,6 +4,7 @@
 //! (`unikernel/`), with link flags taken from `duet-abi` so the image base
 //! is written once.
 
+mod bench_migrate;
 mod build;
 
 use anyhow::Result;
@@ -38,6 +39,12 @@ enum Cmd {
     },
     /// Print the RUSTFLAGS a guest image is built with.
     Rustflags,
+    /// Live-migration figures over loopback (64 MiB, 256 MiB, 1 GiB; idle and dirtying).
+    BenchMigrate {
+        /// Repetitions of each configuration (interleaved).
+        #[arg(long, default_value_t = 3)]
+        reps: u32,
+    },
     /// Build every image, then run every test (unit and end-to-end).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -85,5 +92,6 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Test { rest } => build::test(&rest),
+        Cmd::BenchMigrate { reps } => bench_migrate::run(reps),
     }
 }
