@@ -16,7 +16,11 @@ use std::time::{Duration, Instant};
 /// replaced by half of guest memory in MiB).
 const WORKLOADS: [(&str, &str, &[&str]); 3] = [
     ("idle", "counter", &["1000000", "20000"]),
-    ("1/2 used, 4MiB/s", "dirty", &["MEMHALF", "4", "600000", "1"]),
+    (
+        "1/2 used, 4MiB/s",
+        "dirty",
+        &["MEMHALF", "4", "600000", "1"],
+    ),
     ("dirty 32MiB@128MiB/s", "dirty", &["32", "128", "600000"]),
 ];
 
