@@ -189,6 +189,7 @@ fn receive(s: &mut TcpStream, key: &[u8], kvm: Kvm, ctl: Arc<Control>) -> Result
                 blob.extend_from_slice(&f.payload);
             }
             Kind::StateEnd => break f.decode()?,
+            Kind::Sync => protocol::write_frame(s, Kind::SyncAck, &[])?,
             _ => {
                 f.expect(Kind::StateEnd)?;
             }
@@ -215,6 +216,11 @@ fn receive(s: &mut TcpStream, key: &[u8], kvm: Kvm, ctl: Arc<Control>) -> Result
     }
     mem.set_writable(ms.writable);
     let mut vm = build(&state, mem, kvm, ctl).map_err(state_err)?;
+    log::debug!(
+        "state of {} KiB loaded in {:.2} ms",
+        blob.len() >> 10,
+        loaded_at.elapsed().as_secs_f64() * 1e3
+    );
     protocol::write_frame(s, Kind::Ready, &[])?;
 
     // Commit: from here the guest is ours; before it, nothing ran.

@@ -62,6 +62,10 @@ pub enum Kind {
     Commit = 11,
     /// Destination → source: [`CommitAck`].
     CommitAck = 12,
+    /// Source → destination: end of a pre-copy round; answer when applied (empty).
+    Sync = 13,
+    /// Destination → source: everything before the Sync is in guest memory (empty).
+    SyncAck = 14,
 }
 
 impl Kind {
@@ -69,7 +73,7 @@ impl Kind {
         use Kind::*;
         [
             Hello, Challenge, Auth, Accept, Refuse, Pages, ZeroPages, State, StateEnd, Ready,
-            Commit, CommitAck,
+            Commit, CommitAck, Sync, SyncAck,
         ]
         .into_iter()
         .find(|k| *k as u8 == v)

@@ -435,7 +435,14 @@ impl Attempt<'_> {
             paused_wall_ns: stopped.paused_wall_ns,
         };
         protocol::send(&mut s, Kind::StateEnd, &end)?;
+        let sent = stopped.paused_at.elapsed();
         protocol::read_frame(&mut s)?.expect(Kind::Ready)?;
+        log::debug!(
+            "stopped: {final_pages} pages + {} KiB state sent {:.2} ms after pause, ready at {:.2} ms",
+            stopped.blob.len() >> 10,
+            ms(sent),
+            ms(stopped.paused_at.elapsed())
+        );
         self.cut(&s, "commit")?;
 
         // From here the destination may own the guest.
@@ -496,6 +503,11 @@ impl Attempt<'_> {
         let mut best = u64::MAX;
         let mut round_start = start;
         loop {
+            // Wait until the destination has applied the round: socket
+            // buffers must not hide a backlog that would land in the downtime,
+            // and the bandwidth measured is then end to end.
+            protocol::write_frame(s, Kind::Sync, &[])?;
+            protocol::read_frame(s)?.expect(Kind::SyncAck)?;
             let dirty = self.collect()?;
             let n = dirty.count();
             let elapsed = start.elapsed().as_secs_f64().max(1e-6);
