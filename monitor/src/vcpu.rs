@@ -119,7 +119,16 @@ impl Vm {
                     Flow::Continue => {}
                     Flow::Stop(o) => return o,
                 },
-                Exit::Retry => {}
+                Exit::Retry => {
+                    // A requester may kick after its request was already
+                    // served (it raises `pending` first, then kicks): with
+                    // nothing pending, clear the stale `immediate_exit` or
+                    // every KVM_RUN returns EINTR at once and the guest
+                    // never runs again. `pending` is checked below, after.
+                    if !self.ctl.pending() {
+                        self.ctl.set_immediate_exit(false);
+                    }
+                }
                 Exit::Stop(o) => return o,
             }
             if self.ctl.pending() {

@@ -59,6 +59,13 @@ impl DirtySet {
         }
     }
 
+    /// Adds every page of `other` (same memory size).
+    pub fn merge(&mut self, other: &DirtySet) {
+        for (a, b) in self.bits.iter_mut().zip(&other.bits) {
+            *a |= b;
+        }
+    }
+
     /// How many pages are dirty.
     pub fn count(&self) -> u64 {
         self.bits.iter().map(|w| u64::from(w.count_ones())).sum()
@@ -108,6 +115,9 @@ mod tests {
         d.add([64, 65, 66, 129, 500]);
         assert_eq!(d.count(), 7);
         assert_eq!(d.runs(2), vec![(1, 2), (3, 1), (64, 2), (66, 1), (129, 1)]);
+        let mut e = DirtySet::from_kvm(vec![1], 130);
+        e.merge(&d);
+        assert_eq!(e.count(), 8);
         let h = HostDirty::default();
         h.mark(0x1000, 4);
         assert!(h.take().is_empty());

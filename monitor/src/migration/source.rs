@@ -409,7 +409,7 @@ impl Attempt<'_> {
             self.send_run(&mut s, first, count, true)?;
         }
         self.cut(&s, "precopy")?;
-        let (rounds, forced_stop) = self.precopy(&mut s, start)?;
+        let (rounds, forced_stop, pending) = self.precopy(&mut s, start)?;
 
         // Stop: the vCPU thread pauses the guest after its last exit.
         step(self.ctl, Step::Stop)?;
@@ -420,7 +420,9 @@ impl Attempt<'_> {
             .stopped
             .take()
             .ok_or_else(|| MigrateError::State("no state captured".into()))?;
-        let dirty = self.collect()?;
+        // Pages dirty when pre-copy ended, and since.
+        let mut dirty = pending;
+        dirty.merge(&self.collect()?);
         let final_pages = dirty.count();
         for (first, count) in dirty.runs(protocol::MAX_PAGES_PER_FRAME) {
             self.send_run(&mut s, first, count, false)?;
@@ -495,8 +497,13 @@ impl Attempt<'_> {
     }
 
     /// Dirty rounds until the rest fits the downtime budget or stops
-    /// shrinking. Returns (rounds, whether stop-and-copy was forced).
-    fn precopy(&mut self, s: &mut TcpStream, start: Instant) -> Result<(u32, bool), MigrateError> {
+    /// shrinking. Returns the rounds, whether stop-and-copy was forced, and
+    /// the dirty set not yet sent (it goes with the guest stopped).
+    fn precopy(
+        &mut self,
+        s: &mut TcpStream,
+        start: Instant,
+    ) -> Result<(u32, bool, DirtySet), MigrateError> {
         let budget = self.req.max_downtime_ms as f64;
         let mut round = 0;
         let mut stalls = 0;
@@ -531,10 +538,10 @@ impl Attempt<'_> {
                 stalls += 1;
             }
             if p.est_downtime_ms <= budget {
-                return Ok((round, false));
+                return Ok((round, false, dirty));
             }
             if round >= MAX_ROUNDS || stalls >= STALL_ROUNDS {
-                return Ok((round, true));
+                return Ok((round, true, dirty));
             }
             round += 1;
             round_start = Instant::now();
