@@ -320,3 +320,46 @@ fn counter_migrates_between_two_network_namespaces() {
     drop(hosts);
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+#[test]
+fn a_destination_crash_is_survived_and_a_lost_ack_leaves_the_source_paused() {
+    let tmp = temp_dir("mig-crash");
+    let k = key(&tmp, "key", 4);
+    let (src, sock) = start_source(&tmp, &[], "counter", &["600", "3000"]);
+    src.wait_for("count 5\n");
+    let hook = |what| ["env", what];
+
+    // The destination dies in the middle of pre-copy.
+    let addr = free_addr();
+    let dst = start_dest(&hook("DUET_MIGRATE_DEST_FAIL=crash"), &addr, &k, None);
+    migrate(&sock, &addr, &k, &[], &[])
+        .expect_status(i32::from(status::MONITOR_ERROR))
+        .expect_stderr("keeps running");
+    let d = dst.finish();
+    assert_eq!(d.status, None, "the destination should have died: {d:#?}");
+    let last = *counts(&src.stdout()).last().unwrap();
+    src.wait_for(&format!("count {}\n", last + 3));
+
+    // Commit reaches the destination but its ack is lost: the destination
+    // runs the guest, the source keeps it paused and says so.
+    let addr = free_addr();
+    let dst = start_dest(&hook("DUET_MIGRATE_DEST_FAIL=ack"), &addr, &k, None);
+    migrate(&sock, &addr, &k, &[], &[])
+        .expect_status(i32::from(status::MONITOR_ERROR))
+        .expect_stderr("not acknowledged")
+        .expect_stderr("stays paused");
+    duet(&["ctl", s(&sock), "status"]).expect_stdout("\"paused\"");
+    let held = src.stdout();
+    let b = dst.finish();
+    b.expect_status(0).expect_stdout("counter done");
+    // The source printed nothing more while the destination ran the guest
+    // to the end: it never ran in two places, and no value was lost or
+    // repeated across the move.
+    assert_eq!(src.stdout(), held);
+    let mut all = counts(&held);
+    all.extend(counts(&b.stdout));
+    assert_eq!(all, (0..600).collect::<Vec<_>>());
+    // `resume` on the source is the operator's call; here it is just stopped.
+    drop(src);
+    std::fs::remove_dir_all(&tmp).unwrap();
+}

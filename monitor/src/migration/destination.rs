@@ -131,6 +131,8 @@ pub fn incoming(
 
 /// One attempt on an accepted connection.
 fn receive(s: &mut TcpStream, key: &[u8], kvm: Kvm, ctl: Arc<Control>) -> Result<Vm, MigrateError> {
+    // Test hooks (docs/migration.md): die mid-pre-copy, or lose the commit ack.
+    let hook = std::env::var("DUET_MIGRATE_DEST_FAIL").ok();
     // Handshake: prove we hold the key, make the source prove it, then check.
     let hello: protocol::Hello = protocol::read_frame(s)?.expect(Kind::Hello)?.decode()?;
     if hello.magic != protocol::MAGIC || hello.protocol != protocol::PROTOCOL_VERSION {
@@ -189,7 +191,13 @@ fn receive(s: &mut TcpStream, key: &[u8], kvm: Kvm, ctl: Arc<Control>) -> Result
                 blob.extend_from_slice(&f.payload);
             }
             Kind::StateEnd => break f.decode()?,
-            Kind::Sync => protocol::write_frame(s, Kind::SyncAck, &[])?,
+            Kind::Sync => {
+                if hook.as_deref() == Some("crash") {
+                    log::error!("DUET_MIGRATE_DEST_FAIL=crash: aborting (test hook)");
+                    std::process::abort();
+                }
+                protocol::write_frame(s, Kind::SyncAck, &[])?
+            }
             _ => {
                 f.expect(Kind::StateEnd)?;
             }
@@ -229,7 +237,10 @@ fn receive(s: &mut TcpStream, key: &[u8], kvm: Kvm, ctl: Arc<Control>) -> Result
         resume_wall_ns: wall_ns(),
         load_ns: loaded_at.elapsed().as_nanos() as u64,
     };
-    if let Err(e) = protocol::send(s, Kind::CommitAck, &ack) {
+    if hook.as_deref() == Some("ack") {
+        log::warn!("DUET_MIGRATE_DEST_FAIL=ack: dropping the commit acknowledgement (test hook)");
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    } else if let Err(e) = protocol::send(s, Kind::CommitAck, &ack) {
         log::warn!("commit acknowledgement not sent ({e}); running the guest anyway");
     }
     vm.started = Instant::now();
