@@ -14,7 +14,10 @@
 pub mod destination;
 pub mod dirty;
 pub mod protocol;
+mod sender;
 pub mod source;
+
+pub use sender::{MAX_ROUNDS, STALL_ROUNDS};
 
 use serde::{Deserialize, Serialize};
 use std::sync::{Condvar, Mutex};

@@ -155,11 +155,39 @@ pub struct Frame {
 }
 
 fn crc(kind: u8, payload: &[u8]) -> u32 {
+    crc_parts(kind, &[payload])
+}
+
+fn crc_parts(kind: u8, parts: &[&[u8]]) -> u32 {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
     let mut h = crc32fast::Hasher::new();
     h.update(&[kind]);
-    h.update(&(payload.len() as u32).to_le_bytes());
-    h.update(payload);
+    h.update(&(len as u32).to_le_bytes());
+    for p in parts {
+        h.update(p);
+    }
     h.finalize()
+}
+
+/// Writes one frame whose payload is `head` then `body`, without copying
+/// `body` (page data goes from guest memory straight to the socket).
+pub fn write_frame2(
+    w: &mut impl Write,
+    kind: Kind,
+    head: &[u8],
+    body: &[u8],
+) -> Result<(), MigrateError> {
+    let len = head.len() + body.len();
+    debug_assert!(len <= kind.max_len() as usize);
+    let mut h = Vec::with_capacity(FRAME_HEADER + head.len());
+    h.push(kind as u8);
+    h.extend_from_slice(&[0; 3]);
+    h.extend_from_slice(&(len as u32).to_le_bytes());
+    h.extend_from_slice(&crc_parts(kind as u8, &[head, body]).to_le_bytes());
+    h.extend_from_slice(&[0; 4]);
+    h.extend_from_slice(head);
+    w.write_all(&h).map_err(MigrateError::Connection)?;
+    w.write_all(body).map_err(MigrateError::Connection)
 }
 
 /// Writes one frame (header and payload in one buffer: one syscall).
@@ -347,6 +375,9 @@ mod tests {
         write_frame(&mut buf, Kind::Refuse, b"no").unwrap();
         let f = read_frame(&mut &buf[..]).unwrap();
         assert_eq!((f.kind, &f.payload[..]), (Kind::Refuse, &b"no"[..]));
+        let mut two = Vec::new();
+        write_frame2(&mut two, Kind::Refuse, b"n", b"o").unwrap();
+        assert_eq!(two, buf);
         for i in 0..buf.len() {
             let mut b = buf.clone();
             b[i] ^= 0x40;

@@ -7,32 +7,20 @@
 //! Pausing, capturing state and resuming are requests the vCPU thread
 //! serves between two `KVM_RUN`s (so an in-flight hypercall completes first).
 
-use super::dirty::{DirtySet, HostDirty};
-use super::protocol::{self, Kind};
-use super::{ms, wall_ns, MigrateError, MigrateRequest, Progress, Slot, Summary};
+use super::dirty::HostDirty;
+use super::protocol;
+use super::{wall_ns, MigrateError, MigrateRequest, Progress, Slot, Summary};
 use crate::control::{Control, Request, Response};
 use crate::snapshot::format::{self, Header, StateFile, Tag};
 use crate::snapshot::persist::{GuestClock, Persist};
 use crate::snapshot::{cpu_signature, MonitorState, SnapshotError};
 use crate::vm::Vm;
-use duet_abi::PAGE_SIZE;
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::VmFd;
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-
-/// Pre-copy rounds after the full copy, at most.
-pub const MAX_ROUNDS: u32 = 30;
-/// Rounds in a row that do not get the dirty set 10% below its best so far
-/// before stop-and-copy.
-pub const STALL_ROUNDS: u32 = 3;
-/// Socket timeout for every read and write.
-const IO_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long to retry connecting while the destination starts.
-const CONNECT_FOR: Duration = Duration::from_secs(5);
+use std::time::Instant;
+use vm_memory::GuestMemoryMmap;
 
 /// A step the vCPU thread performs for the migration thread.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,31 +46,31 @@ pub enum End {
 
 /// What the vCPU thread hands over at [`Step::Start`].
 pub struct Handoff {
-    mem: GuestMemoryMmap<()>,
-    vm: VmFd,
-    size: u64,
-    host_dirty: Arc<HostDirty>,
-    resident: Vec<(u64, u64)>,
-    hello: protocol::Hello,
+    pub(super) mem: GuestMemoryMmap<()>,
+    pub(super) vm: VmFd,
+    pub(super) size: u64,
+    pub(super) host_dirty: Arc<HostDirty>,
+    pub(super) resident: Vec<(u64, u64)>,
+    pub(super) hello: protocol::Hello,
 }
 
 /// The state captured at [`Step::Stop`].
-struct Stopped {
-    blob: Vec<u8>,
-    paused_wall_ns: u64,
-    paused_at: Instant,
+pub(super) struct Stopped {
+    pub(super) blob: Vec<u8>,
+    pub(super) paused_wall_ns: u64,
+    pub(super) paused_at: Instant,
 }
 
 /// Shared between the two threads (inside [`Slot`]).
 #[derive(Default)]
 pub struct SlotState {
-    active: bool,
-    handoff: Option<Handoff>,
-    stopped: Option<Stopped>,
-    was_paused: bool,
+    pub(super) active: bool,
+    pub(super) handoff: Option<Handoff>,
+    pub(super) stopped: Option<Stopped>,
+    pub(super) was_paused: bool,
     /// Paused for migration: `resume` is refused until the attempt ends.
-    held: bool,
-    migrated_to: Option<String>,
+    pub(super) held: bool,
+    pub(super) migrated_to: Option<String>,
 }
 
 impl Slot {
@@ -287,7 +275,7 @@ fn finish(vm: &mut Vm, end: End) -> Result<(), String> {
     }
 }
 
-fn step(ctl: &Control, s: Step) -> Result<(), MigrateError> {
+pub(super) fn step(ctl: &Control, s: Step) -> Result<(), MigrateError> {
     let r = ctl.request(Request::Migration(s));
     if r.ok {
         Ok(())
@@ -318,14 +306,7 @@ pub fn migrate(
     let handoff = ctl.migration.lock().handoff.take();
     let result = match handoff {
         Some(h) => {
-            let mut a = Attempt {
-                ctl,
-                req,
-                key: &key,
-                h: &h,
-                bytes: 0,
-                progress,
-            };
+            let mut a = super::sender::Attempt::new(ctl, req, &key, &h, progress);
             let r = a.run();
             drop(h);
             r
@@ -345,270 +326,4 @@ pub fn migrate(
         log::warn!("after commit: {e}");
     }
     result
-}
-
-struct Attempt<'a> {
-    ctl: &'a Control,
-    req: &'a MigrateRequest,
-    key: &'a [u8],
-    h: &'a Handoff,
-    bytes: u64,
-    progress: &'a mut dyn FnMut(&Progress),
-}
-
-fn connect(addr: &str) -> Result<TcpStream, MigrateError> {
-    let deadline = Instant::now() + CONNECT_FOR;
-    let addrs: Vec<_> = addr
-        .to_socket_addrs()
-        .map_err(MigrateError::Connection)?
-        .collect();
-    loop {
-        let mut last = None;
-        for a in &addrs {
-            match TcpStream::connect_timeout(a, IO_TIMEOUT) {
-                Ok(s) => return Ok(s),
-                Err(e) => last = Some(e),
-            }
-        }
-        let e = last.unwrap_or_else(|| std::io::Error::other("no address"));
-        if e.kind() != std::io::ErrorKind::ConnectionRefused || Instant::now() > deadline {
-            return Err(MigrateError::Connection(e));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-impl Attempt<'_> {
-    fn cut(&self, s: &TcpStream, phase: &str) -> Result<(), MigrateError> {
-        if self.req.fail_at.as_deref() == Some(phase) {
-            let _ = s.shutdown(Shutdown::Both);
-            return Err(MigrateError::Injected(phase.into()));
-        }
-        Ok(())
-    }
-
-    fn frame(&mut self, s: &mut TcpStream, kind: Kind, payload: &[u8]) -> Result<(), MigrateError> {
-        self.bytes += (protocol::FRAME_HEADER + payload.len()) as u64;
-        protocol::write_frame(s, kind, payload)
-    }
-
-    fn run(&mut self) -> Result<Summary, MigrateError> {
-        let t0 = Instant::now();
-        let mut s = connect(&self.req.addr)?;
-        s.set_nodelay(true).map_err(MigrateError::Connection)?;
-        s.set_read_timeout(Some(IO_TIMEOUT))
-            .map_err(MigrateError::Connection)?;
-        s.set_write_timeout(Some(IO_TIMEOUT))
-            .map_err(MigrateError::Connection)?;
-        self.handshake(&mut s)?;
-        self.cut(&s, "handshake")?;
-
-        // Round 0: every populated page; the destination starts zeroed.
-        let start = Instant::now();
-        for &(first, count) in &self.h.resident {
-            self.send_run(&mut s, first, count, true)?;
-        }
-        self.cut(&s, "precopy")?;
-        let (rounds, forced_stop, pending) = self.precopy(&mut s, start)?;
-
-        // Stop: the vCPU thread pauses the guest after its last exit.
-        step(self.ctl, Step::Stop)?;
-        let stopped = self
-            .ctl
-            .migration
-            .lock()
-            .stopped
-            .take()
-            .ok_or_else(|| MigrateError::State("no state captured".into()))?;
-        // Pages dirty when pre-copy ended, and since.
-        let mut dirty = pending;
-        dirty.merge(&self.collect()?);
-        let final_pages = dirty.count();
-        for (first, count) in dirty.runs(protocol::MAX_PAGES_PER_FRAME) {
-            self.send_run(&mut s, first, count, false)?;
-        }
-        self.cut(&s, "stop")?;
-        for chunk in stopped.blob.chunks(protocol::MAX_CONTROL_PAYLOAD as usize) {
-            self.frame(&mut s, Kind::State, chunk)?;
-        }
-        let end = protocol::StateEnd {
-            len: stopped.blob.len() as u64,
-            crc: crc32fast::hash(&stopped.blob),
-            paused_wall_ns: stopped.paused_wall_ns,
-        };
-        protocol::send(&mut s, Kind::StateEnd, &end)?;
-        let sent = stopped.paused_at.elapsed();
-        protocol::read_frame(&mut s)?.expect(Kind::Ready)?;
-        log::debug!(
-            "stopped: {final_pages} pages + {} KiB state sent {:.2} ms after pause, ready at {:.2} ms",
-            stopped.blob.len() >> 10,
-            ms(sent),
-            ms(stopped.paused_at.elapsed())
-        );
-        self.cut(&s, "commit")?;
-
-        // From here the destination may own the guest.
-        let unknown = |e: MigrateError| MigrateError::Unknown(e.to_string());
-        protocol::write_frame(&mut s, Kind::Commit, &[]).map_err(unknown)?;
-        let ack: protocol::CommitAck = protocol::read_frame(&mut s)
-            .and_then(|f| f.expect(Kind::CommitAck))
-            .and_then(|f| f.decode())
-            .map_err(unknown)?;
-        let acked = Instant::now();
-        Ok(Summary {
-            to: self.req.addr.clone(),
-            total_ms: ms(acked - t0),
-            downtime_ms: ack.resume_wall_ns.saturating_sub(stopped.paused_wall_ns) as f64 / 1e6,
-            downtime_src_ms: ms(acked - stopped.paused_at),
-            bytes: self.bytes,
-            rounds,
-            forced_stop,
-            final_pages,
-        })
-    }
-
-    fn handshake(&mut self, s: &mut TcpStream) -> Result<(), MigrateError> {
-        let mut hello = self.h.hello.clone();
-        hello.nonce = protocol::nonce();
-        if let Some(f) = &self.req.fake {
-            match f.split_once('=').map(|(k, v)| (k, v.parse::<u64>())) {
-                Some(("abi", Ok(v))) => hello.abi = v as u32,
-                Some(("tsc_khz", Ok(v))) => hello.tsc_khz = v,
-                _ => {
-                    return Err(MigrateError::State(format!(
-                        "DUET_MIGRATE_FAKE={f}: use abi=N or tsc_khz=N"
-                    )))
-                }
-            }
-        }
-        protocol::send(s, Kind::Hello, &hello)?;
-        let ch: protocol::Challenge = protocol::read_frame(s)?.expect(Kind::Challenge)?.decode()?;
-        if !protocol::verify(self.key, b"dst", &hello.nonce, &ch.nonce, &ch.mac) {
-            let why = "the destination does not hold the migration key";
-            let _ = protocol::write_frame(s, Kind::Refuse, why.as_bytes());
-            return Err(MigrateError::Rejected(why.into()));
-        }
-        let auth = protocol::Auth {
-            mac: protocol::mac(self.key, b"src", &hello.nonce, &ch.nonce),
-        };
-        protocol::send(s, Kind::Auth, &auth)?;
-        protocol::read_frame(s)?.expect(Kind::Accept)?;
-        Ok(())
-    }
-
-    /// Dirty rounds until the rest fits the downtime budget or stops
-    /// shrinking. Returns the rounds, whether stop-and-copy was forced, and
-    /// the dirty set not yet sent (it goes with the guest stopped).
-    fn precopy(
-        &mut self,
-        s: &mut TcpStream,
-        start: Instant,
-    ) -> Result<(u32, bool, DirtySet), MigrateError> {
-        let budget = self.req.max_downtime_ms as f64;
-        let mut round = 0;
-        let mut stalls = 0;
-        let mut best = u64::MAX;
-        let mut round_start = start;
-        loop {
-            // Wait until the destination has applied the round: socket
-            // buffers must not hide a backlog that would land in the downtime,
-            // and the bandwidth measured is then end to end.
-            protocol::write_frame(s, Kind::Sync, &[])?;
-            protocol::read_frame(s)?.expect(Kind::SyncAck)?;
-            let dirty = self.collect()?;
-            let n = dirty.count();
-            let elapsed = start.elapsed().as_secs_f64().max(1e-6);
-            let bw = self.bytes as f64 / elapsed;
-            let mib = (1u64 << 20) as f64;
-            let p = Progress {
-                round,
-                sent_mib: self.bytes as f64 / mib,
-                dirty_pages: n,
-                dirty_rate_mib_s: (n * PAGE_SIZE) as f64
-                    / mib
-                    / round_start.elapsed().as_secs_f64().max(1e-6),
-                bandwidth_mib_s: bw / mib,
-                est_downtime_ms: (n * PAGE_SIZE) as f64 / bw * 1e3,
-            };
-            (self.progress)(&p);
-            if n < best - best / 10 {
-                best = n;
-                stalls = 0;
-            } else {
-                stalls += 1;
-            }
-            if p.est_downtime_ms <= budget {
-                return Ok((round, false, dirty));
-            }
-            if round >= MAX_ROUNDS || stalls >= STALL_ROUNDS {
-                return Ok((round, true, dirty));
-            }
-            round += 1;
-            round_start = Instant::now();
-            for (first, count) in dirty.runs(protocol::MAX_PAGES_PER_FRAME) {
-                self.send_run(s, first, count, false)?;
-            }
-        }
-    }
-
-    fn collect(&self) -> Result<DirtySet, MigrateError> {
-        let pages = self.h.size / PAGE_SIZE;
-        let bits = self
-            .h
-            .vm
-            .get_dirty_log(0, self.h.size as usize)
-            .map_err(|e| MigrateError::State(format!("KVM_GET_DIRTY_LOG failed: {e}")))?;
-        let mut d = DirtySet::from_kvm(bits, pages);
-        d.add(self.h.host_dirty.take());
-        Ok(d)
-    }
-
-    /// Sends pages `first..first+count` (at most a frame's worth): non-zero
-    /// sub-runs as pages, zero ones as zero runs (skipped when `fresh`: the
-    /// destination's memory starts zeroed).
-    fn send_run(
-        &mut self,
-        s: &mut TcpStream,
-        first: u64,
-        count: u64,
-        fresh: bool,
-    ) -> Result<(), MigrateError> {
-        let mut at = first;
-        let end = first + count;
-        let mut buf = vec![0u8; (protocol::MAX_PAGES_PER_FRAME * PAGE_SIZE) as usize + 16];
-        while at < end {
-            let n = (end - at).min(protocol::MAX_PAGES_PER_FRAME);
-            let data = &mut buf[16..16 + (n * PAGE_SIZE) as usize];
-            self.h
-                .mem
-                .read_slice(data, GuestAddress(at * PAGE_SIZE))
-                .map_err(|e| MigrateError::State(format!("reading guest memory: {e}")))?;
-            let zero: Vec<bool> = data
-                .chunks(PAGE_SIZE as usize)
-                .map(|p| p.iter().all(|&b| b == 0))
-                .collect();
-            let mut i = 0u64;
-            while i < n {
-                let z = zero[i as usize];
-                let mut j = i + 1;
-                while j < n && zero[j as usize] == z {
-                    j += 1;
-                }
-                if z && !fresh {
-                    let h = protocol::pages_header(at + i, j - i);
-                    self.frame(s, Kind::ZeroPages, &h)?;
-                } else if !z {
-                    let lo = (i * PAGE_SIZE) as usize;
-                    let hi = (j * PAGE_SIZE) as usize;
-                    let mut payload = Vec::with_capacity(16 + hi - lo);
-                    payload.extend_from_slice(&protocol::pages_header(at + i, j - i));
-                    payload.extend_from_slice(&buf[16 + lo..16 + hi]);
-                    self.frame(s, Kind::Pages, &payload)?;
-                }
-                i = j;
-            }
-            at += n;
-        }
-        Ok(())
-    }
 }
