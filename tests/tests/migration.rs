@@ -363,3 +363,56 @@ fn a_destination_crash_is_survived_and_a_lost_ack_leaves_the_source_paused() {
     drop(src);
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+/// `(tick, generation, monotonic µs, wall s)` lines of the migrant app.
+fn ticks(out: &str) -> Vec<[u64; 4]> {
+    out.lines()
+        .filter_map(|l| {
+            let v: Vec<u64> = l
+                .strip_prefix("tick ")?
+                .split(' ')
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            v.try_into().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn the_guest_sees_a_new_generation_and_its_clocks_carry_on() {
+    let tmp = temp_dir("mig-clock");
+    let k = key(&tmp, "key", 6);
+    let (src, sock) = start_source(&tmp, &[], "migrant", &["300", "3000"]);
+    src.wait_for("tick 10 ");
+    let addr = free_addr();
+    let dst = start_dest(&[], &addr, &k, None);
+    migrate(&sock, &addr, &k, &[], &[]).expect_status(0);
+    let a = src.finish();
+    a.expect_status(MIGRATED);
+    let b = dst.finish();
+    b.expect_status(0).expect_stdout("migrant done");
+    let (before, after) = (ticks(&a.stdout), ticks(&b.stdout));
+    assert!(before.iter().all(|t| t[1] == 0), "{a:#?}");
+    assert!(
+        !after.is_empty() && after.iter().all(|t| t[1] == 1),
+        "{b:#?}"
+    );
+    let all: Vec<[u64; 4]> = before.into_iter().chain(after).collect();
+    assert_eq!(
+        all.iter().map(|t| t[0]).collect::<Vec<_>>(),
+        (0..300).collect::<Vec<_>>()
+    );
+    // Monotonic time never goes back, across the move included.
+    assert!(all.windows(2).all(|w| w[1][2] >= w[0][2]), "{all:?}");
+    // Wall time on the destination is the host's.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let last = all.last().unwrap()[3];
+    assert!(
+        last.abs_diff(now) < 60,
+        "guest wall time {last}, host {now}"
+    );
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
