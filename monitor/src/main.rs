@@ -321,10 +321,10 @@ fn migrate(socket: &Path, req: MigrateRequest) -> anyhow::Result<Outcome> {
         _ => bail!(
             "{}; the guest {} here",
             resp.error.unwrap_or_else(|| "migration failed".into()),
-            if resp.state.as_deref() == Some("paused") {
-                "stays paused"
-            } else {
-                "keeps running"
+            match resp.state.as_deref() {
+                Some("paused") => "stays paused",
+                Some("running") => "keeps running",
+                _ => "has exited",
             }
         ),
     }

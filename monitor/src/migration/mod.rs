@@ -180,13 +180,14 @@ pub fn serve(
         }
         Err(e) => {
             log::warn!("migration failed: {e}");
-            let state = if matches!(e, MigrateError::Unknown(_)) {
-                "paused"
-            } else {
-                "running"
-            };
+            // Say what the guest does now: running, paused (as before, or
+            // held after an unacknowledged commit) or exited meanwhile.
+            let state = ctl
+                .request(crate::control::Request::Status)
+                .state
+                .unwrap_or_else(|| "exited".into());
             Response {
-                state: Some(state.into()),
+                state: Some(state),
                 ..Response::err(format!("migration failed: {e}"))
             }
         }
