@@ -169,20 +169,25 @@ fn receive(s: &mut TcpStream, key: &[u8], kvm: Kvm, ctl: Arc<Control>) -> Result
     let pages = hello.mem_size / PAGE_SIZE;
     let mut blob = Vec::new();
     let mut r = BufReader::with_capacity(1 << 20, s.try_clone().map_err(MigrateError::Connection)?);
+    let mut spare = Vec::new();
+    let zero_page = [0u8; PAGE_SIZE as usize];
     let end: protocol::StateEnd = loop {
-        let f = protocol::read_frame(&mut r)?;
+        let f = protocol::read_frame_into(&mut r, std::mem::take(&mut spare))?;
         match f.kind {
             Kind::Pages | Kind::ZeroPages => {
                 let zero = f.kind == Kind::ZeroPages;
                 let (first, count, data) = protocol::decode_pages(&f.payload, pages, zero)?;
                 let at = GuestAddress(first * PAGE_SIZE);
-                let res = if zero {
-                    mem.inner()
-                        .write_slice(&vec![0; (count * PAGE_SIZE) as usize], at)
+                if zero {
+                    for p in first..first + count {
+                        mem.inner()
+                            .write_slice(&zero_page, GuestAddress(p * PAGE_SIZE))
+                            .map_err(state_err)?;
+                    }
                 } else {
-                    mem.inner().write_slice(data, at)
-                };
-                res.map_err(state_err)?;
+                    mem.inner().write_slice(data, at).map_err(state_err)?;
+                }
+                spare = f.payload;
             }
             Kind::State => {
                 if blob.len() as u64 + f.payload.len() as u64 > protocol::MAX_STATE {

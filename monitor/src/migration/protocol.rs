@@ -212,6 +212,12 @@ pub fn send<T: Serialize>(w: &mut impl Write, kind: Kind, msg: &T) -> Result<(),
 
 /// Reads one frame, checking kind, length and CRC before trusting anything.
 pub fn read_frame(r: &mut impl Read) -> Result<Frame, MigrateError> {
+    read_frame_into(r, Vec::new())
+}
+
+/// [`read_frame`] into `payload`'s allocation (the previous frame's, so a
+/// stream of page frames does not allocate one buffer per frame).
+pub fn read_frame_into(r: &mut impl Read, mut payload: Vec<u8>) -> Result<Frame, MigrateError> {
     let mut h = [0u8; FRAME_HEADER];
     r.read_exact(&mut h).map_err(MigrateError::Connection)?;
     let kind = Kind::from_u8(h[0])
@@ -227,7 +233,8 @@ pub fn read_frame(r: &mut impl Read) -> Result<Frame, MigrateError> {
             kind.max_len()
         )));
     }
-    let mut payload = vec![0u8; len as usize];
+    payload.clear();
+    payload.resize(len as usize, 0);
     r.read_exact(&mut payload)
         .map_err(MigrateError::Connection)?;
     if crc(h[0], &payload) != want {
@@ -302,11 +309,12 @@ pub fn decode_pages(
         Some(end) if end <= mem_pages && count > 0 => {}
         _ => return Err(bad("pages outside guest memory")),
     }
-    let ok = if zero {
-        data.is_empty()
-    } else {
-        count <= MAX_PAGES_PER_FRAME && data.len() as u64 == count * 4096
-    };
+    let ok = count <= MAX_PAGES_PER_FRAME
+        && if zero {
+            data.is_empty()
+        } else {
+            data.len() as u64 == count * 4096
+        };
     if !ok {
         return Err(bad("length does not match the page count"));
     }
