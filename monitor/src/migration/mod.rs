@@ -238,3 +238,39 @@ pub fn call(
         why: "the monitor closed the connection without an answer".into(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{Request, Response};
+
+    #[test]
+    fn migrate_request_and_answer_round_trip_as_json() {
+        let m = MigrateRequest {
+            addr: "10.0.0.2:4444".into(),
+            max_downtime_ms: 5,
+            key_file: "/k".into(),
+            ..Default::default()
+        };
+        let t = serde_json::to_string(&Request::Migrate(m.clone())).unwrap();
+        assert!(
+            t.starts_with(r#"{"cmd":"migrate","addr":"10.0.0.2:4444""#),
+            "{t}"
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(&t).unwrap(),
+            Request::Migrate(m)
+        );
+        // The vCPU-thread steps never come from the socket.
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"migration"}"#).is_err());
+        let r = Response {
+            migration: Some(Summary {
+                rounds: 3,
+                ..Default::default()
+            }),
+            ..Response::ok()
+        };
+        let back: Response = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back.migration.unwrap().rounds, 3);
+    }
+}
