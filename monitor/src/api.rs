@@ -90,6 +90,8 @@ fn serve_conn(conn: UnixStream, ctl: &Control) {
             continue;
         }
         let resp = match serde_json::from_str::<Request>(&line) {
+            // Long-running: served here, streaming progress lines.
+            Ok(Request::Migrate(m)) => crate::migration::serve(ctl, &m, &mut out),
             Ok(req) => ctl.request(req),
             Err(e) => Response::err(format!("bad request: {e}")),
         };

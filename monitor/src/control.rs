@@ -34,6 +34,11 @@ pub enum Request {
         /// Directory to create.
         dir: String,
     },
+    /// Live-migrate the guest (served by the API thread; see `migration`).
+    Migrate(crate::migration::MigrateRequest),
+    /// A migration step for the vCPU thread (internal; never on the wire).
+    #[serde(skip)]
+    Migration(crate::migration::source::Step),
 }
 
 /// The answer to a [`Request`].
@@ -74,6 +79,9 @@ pub struct Response {
     /// Snapshot: bytes of guest memory written.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub snapshot_memory_bytes: Option<u64>,
+    /// Migrate: what the migration did.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub migration: Option<crate::migration::Summary>,
 }
 
 impl Response {
@@ -116,6 +124,8 @@ pub struct Control {
     pub wake: EventFd,
     /// One request at a time.
     serial: Mutex<()>,
+    /// Live migration's hand-over between the vCPU and migration threads.
+    pub migration: crate::migration::Slot,
 }
 
 /// The real-time signal that kicks the vCPU thread out of `KVM_RUN`.
@@ -141,6 +151,7 @@ impl Control {
             thread: OnceLock::new(),
             wake: EventFd::new(EFD_NONBLOCK)?,
             serial: Mutex::new(()),
+            migration: Default::default(),
         })
     }
 

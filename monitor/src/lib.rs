@@ -21,6 +21,7 @@ pub mod kvm;
 pub mod layout;
 pub mod loader;
 pub mod memory;
+pub mod migration;
 pub mod paging;
 pub mod report;
 pub mod runner;

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use duet_monitor::config::{self, VmConfig};
 use duet_monitor::control::{Request, Response};
 use duet_monitor::devices::{block, net};
+use duet_monitor::migration::{self, MigrateRequest};
 use duet_monitor::runner::{self, Finished};
 use duet_monitor::snapshot::{self, RestoreOptions, Snapshot};
 use duet_monitor::status;
@@ -21,7 +22,8 @@ use std::time::Instant;
 /// Exit status of `duet run`: the guest's own exit status (0-255) when it
 /// exits; 125 when the monitor cannot start it (bad image, bad option, no
 /// KVM, bad snapshot); 134 when the guest panics; 139 when it takes a CPU
-/// exception; 140 when the VM fails otherwise (triple fault, stray I/O, HLT).
+/// exception; 140 when the VM fails otherwise (triple fault, stray I/O, HLT);
+/// 120 when the guest was live-migrated away (see docs/migration.md).
 #[derive(Parser)]
 #[command(name = "duet", version, about, long_about)]
 struct Cli {
@@ -85,8 +87,19 @@ struct GuestArgs {
 #[derive(clap::Args)]
 struct RunArgs {
     /// The unikernel image (an ELF built with `cargo xtask build`).
-    #[arg(required_unless_present = "template", conflicts_with = "template")]
+    #[arg(required_unless_present_any = ["template", "incoming"], conflicts_with_all = ["template", "incoming"])]
     image: Option<PathBuf>,
+    /// Wait on ADDR:PORT for one live-migrated guest and run it (see docs/migration.md).
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        requires = "migration_key_file",
+        conflicts_with = "template"
+    )]
+    incoming: Option<String>,
+    /// The key shared with the migration's other side (at least 16 bytes).
+    #[arg(long, value_name = "PATH")]
+    migration_key_file: Option<PathBuf>,
     /// Start from this template instead of booting an image.
     #[arg(long, value_name = "NAME")]
     template: Option<String>,
@@ -135,6 +148,20 @@ enum CtlCmd {
     Snapshot {
         /// The directory to create.
         dir: PathBuf,
+    },
+    /// Live-migrate the guest to `duet run --incoming ADDR:PORT`; exits 0 once it runs there.
+    Migrate {
+        /// The destination.
+        addr: String,
+        /// Downtime budget in milliseconds (pre-copy goes on until the rest fits).
+        #[arg(long, value_name = "MS", default_value_t = 5)]
+        max_downtime: u64,
+        /// Stream disk contents too (guests with disks; no-op otherwise).
+        #[arg(long)]
+        copy_disks: bool,
+        /// The key shared with the destination.
+        #[arg(long, value_name = "PATH")]
+        migration_key_file: PathBuf,
     },
 }
 
@@ -284,8 +311,60 @@ fn clones(dir: &Path, n: u32, c: &Common, start: Instant, verify: bool) -> anyho
     Ok(result)
 }
 
+fn migrate(socket: &Path, req: MigrateRequest) -> anyhow::Result<Outcome> {
+    let resp = migration::call(socket, &req, |p| {
+        println!(
+            "round {}: {:.1} MiB sent, {} dirty pages ({:.1} MiB/s dirtied, {:.0} MiB/s link), est. downtime {:.2} ms",
+            p.round, p.sent_mib, p.dirty_pages, p.dirty_rate_mib_s, p.bandwidth_mib_s, p.est_downtime_ms
+        );
+    })?;
+    match (resp.ok, resp.migration) {
+        (true, Some(s)) => {
+            println!(
+                "migrated to {} in {:.1} ms: downtime {:.2} ms (source clock {:.2} ms), {:.1} MiB, {} rounds{}",
+                s.to,
+                s.total_ms,
+                s.downtime_ms,
+                s.downtime_src_ms,
+                s.bytes as f64 / f64::from(1 << 20),
+                s.rounds,
+                if s.forced_stop { " (not converging: stop-and-copy)" } else { "" }
+            );
+            Ok(Outcome::Exited(0))
+        }
+        _ => bail!(
+            "{}; the guest {} here",
+            resp.error.unwrap_or_else(|| "migration failed".into()),
+            match resp.state.as_deref() {
+                Some("paused") => "stays paused",
+                Some("running") => "keeps running",
+                _ => "has exited",
+            }
+        ),
+    }
+}
+
 fn ctl(socket: &Path, cmd: CtlCmd) -> anyhow::Result<Outcome> {
     let req = match cmd {
+        CtlCmd::Migrate {
+            addr,
+            max_downtime,
+            copy_disks,
+            migration_key_file,
+        } => {
+            let key = std::path::absolute(&migration_key_file).unwrap_or(migration_key_file);
+            // Test hooks (docs/migration.md): cut the connection at a phase, or lie in the hello.
+            let hook = |v: &str| std::env::var(v).ok().filter(|s| !s.is_empty());
+            let req = MigrateRequest {
+                addr,
+                max_downtime_ms: max_downtime,
+                key_file: key.display().to_string(),
+                copy_disks,
+                fail_at: hook("DUET_MIGRATE_FAIL"),
+                fake: hook("DUET_MIGRATE_FAKE"),
+            };
+            return migrate(socket, req);
+        }
         CtlCmd::Pause => Request::Pause,
         CtlCmd::Resume => Request::Resume,
         CtlCmd::Status => Request::Status,
@@ -347,8 +426,24 @@ fn template_cmd(cmd: TemplateCmd, start: Instant) -> anyhow::Result<Outcome> {
     }
 }
 
+fn incoming(addr: String, key: PathBuf, c: Common) -> anyhow::Result<Outcome> {
+    let kvm_device = c.kvm_device;
+    let f = runner::run(
+        move |ctl| migration::destination::incoming(&addr, &key, &kvm_device, ctl),
+        c.api,
+    )
+    .context("no guest arrived; nothing runs here")?;
+    Ok(finish(f))
+}
+
 fn dispatch(cmd: Command, start: Instant) -> anyhow::Result<Outcome> {
     match cmd {
+        Command::Run(a) if a.incoming.is_some() => {
+            let (Some(addr), Some(key)) = (a.incoming, a.migration_key_file) else {
+                bail!("--incoming needs --migration-key-file");
+            };
+            incoming(addr, key, a.common)
+        }
         Command::Run(a) => match (a.image, a.template) {
             (Some(image), None) => boot(image, a.guest, a.common, start, None),
             (None, Some(name)) => {
@@ -381,6 +476,7 @@ fn main() -> ExitCode {
         Ok(outcome) => {
             match &outcome {
                 Outcome::Exited(_) | Outcome::Snapshotted(_) => {}
+                Outcome::Migrated(to) => eprintln!("duet: guest migrated to {to}"),
                 Outcome::Aborted(msg) => eprintln!("duet: guest aborted: {msg}"),
                 Outcome::Faulted(report) => eprintln!("duet: {report}"),
                 Outcome::Failed(report) => eprintln!("duet: VM failure: {report}"),

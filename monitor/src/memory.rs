@@ -50,6 +50,8 @@ pub struct GuestMem {
     /// Our own mapping when vm-memory does not own it (restore); dropped
     /// after `mem`.
     _mapping: Option<crate::snapshot::memfile::Mapping>,
+    /// Pages the monitor writes while a migration tracks them.
+    pub(crate) host_dirty: std::sync::Arc<crate::migration::dirty::HostDirty>,
 }
 
 impl GuestMem {
@@ -64,6 +66,7 @@ impl GuestMem {
             writable: Vec::new(),
             file_ranges: Vec::new(),
             _mapping: None,
+            host_dirty: Default::default(),
         })
     }
 
@@ -95,6 +98,7 @@ impl GuestMem {
             writable: Vec::new(),
             file_ranges,
             _mapping: Some(mapping),
+            host_dirty: Default::default(),
         })
     }
 
@@ -233,12 +237,17 @@ impl GuestMem {
     /// Writes bytes anywhere in guest memory (monitor use only).
     pub fn write_bytes(&self, gpa: Gpa, bytes: &[u8]) -> Result<(), MemError> {
         self.check(gpa, bytes.len() as u64)?;
-        self.mem
+        let r = self
+            .mem
             .write_slice(bytes, GuestAddress(gpa.0))
             .map_err(|_| MemError::OutOfRange {
                 gpa: gpa.0,
                 len: bytes.len() as u64,
-            })
+            });
+        // After the write: a migration that takes the mark then reads the
+        // page must see the new bytes.
+        self.host_dirty.mark(gpa.0, bytes.len());
+        r
     }
 
     /// Reads bytes into `buf`.
@@ -262,6 +271,8 @@ impl GuestMem {
         let rc =
             unsafe { libc::madvise(host as *mut libc::c_void, len as usize, libc::MADV_DONTNEED) };
         if rc == 0 {
+            // The pages now read as zero: a migration must send them again.
+            self.host_dirty.mark(gpa.0, len as usize);
             Ok(())
         } else {
             Err(std::io::Error::last_os_error())
@@ -306,6 +317,10 @@ impl GuestMem {
         // outlives this call; the kernel writes at most `len` bytes there and
         // no Rust reference to those bytes exists.
         let n = unsafe { libc::read(fd.as_raw_fd(), guard.as_ptr().cast(), slice.len()) };
+        if n > 0 {
+            // Written behind KVM's back: tell a migration's dirty log.
+            self.host_dirty.mark(gpa.0, n as usize);
+        }
         Ok(if n < 0 {
             Err(std::io::Error::last_os_error())
         } else {
@@ -373,7 +388,15 @@ impl GuestMem {
                 iov_len: slice.len(),
             });
         }
-        Ok(transfer(dir, fd, offset, &mut iov))
+        let moved = transfer(dir, fd, offset, &mut iov);
+        if dir == FileIo::Read {
+            // The kernel wrote guest memory behind KVM's back: a migration's
+            // dirty log must hear of it.
+            for &(gpa, len) in segs {
+                self.host_dirty.mark(gpa.0, len as usize);
+            }
+        }
+        Ok(moved)
     }
 }
 

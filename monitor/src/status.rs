@@ -15,3 +15,6 @@ pub const GUEST_FAULT: u8 = 139;
 /// The VM stopped in a way a well-behaved guest never causes: triple fault,
 /// a port or MMIO access that is not a hypercall, HLT, an emulation failure.
 pub const VM_FAILURE: u8 = 140;
+/// `duet run` whose guest was live-migrated away: it runs elsewhere now
+/// (`duet: guest migrated to ADDR` on stderr). Guests should not use it.
+pub const MIGRATED: u8 = 120;

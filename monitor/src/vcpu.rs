@@ -73,6 +73,8 @@ pub enum Outcome {
     /// Template mode: the guest reached its snapshot point and was saved
     /// into this directory, then stopped.
     Snapshotted(String),
+    /// The guest was live-migrated to this address and runs there now.
+    Migrated(String),
 }
 
 impl Outcome {
@@ -84,6 +86,7 @@ impl Outcome {
             Outcome::Faulted(_) => crate::status::GUEST_FAULT,
             Outcome::Failed(_) => crate::status::VM_FAILURE,
             Outcome::Snapshotted(_) => 0,
+            Outcome::Migrated(_) => crate::status::MIGRATED,
         }
     }
 }
@@ -107,6 +110,8 @@ impl Vm {
         }
         let outcome = self.run_loop();
         self.ctl.finish();
+        // A migration thread may still read guest memory: let it stop first.
+        self.ctl.migration.wait_idle();
         outcome
     }
 
@@ -119,13 +124,15 @@ impl Vm {
                     Flow::Continue => {}
                     Flow::Stop(o) => return o,
                 },
-                // A kick (signal + immediate_exit). Clear immediate_exit
-                // here: a kick can land after its request was already served
-                // at an earlier exit, and must not leave KVM_RUN returning
-                // EINTR forever. `pending` is raised before every kick, so a
-                // request that is still waiting is seen just below.
                 Exit::Retry => {
-                    let _ = self.ctl.set_immediate_exit(false);
+                    // A requester may kick after its request was already
+                    // served (it raises `pending` first, then kicks): with
+                    // nothing pending, clear the stale `immediate_exit` or
+                    // every KVM_RUN returns EINTR at once and the guest
+                    // never runs again. `pending` is checked below, after.
+                    if !self.ctl.pending() {
+                        self.ctl.set_immediate_exit(false);
+                    }
                 }
                 Exit::Stop(o) => return o,
             }
@@ -164,6 +171,9 @@ impl Vm {
         while let Some((req, tx)) = self.ctl.next(self.paused) {
             let resp = self.handle_request(req);
             let _ = tx.send(resp);
+            if let Some(to) = self.ctl.migration.migrated() {
+                return Some(Outcome::Migrated(to));
+            }
         }
         None
     }
@@ -180,6 +190,9 @@ impl Vm {
                     state: Some(self.state_name()),
                     ..Response::ok()
                 }
+            }
+            Request::Resume if self.ctl.migration.held() => {
+                Response::err("the guest is paused for a migration in progress; it resumes if the migration fails")
             }
             Request::Resume => {
                 self.paused = false;
@@ -215,6 +228,8 @@ impl Vm {
                 },
                 Err(e) => Response::err(e.to_string()),
             },
+            Request::Migration(step) => crate::migration::source::on_request(self, step),
+            Request::Migrate(_) => Response::err("migrate is served by the API thread"),
         }
     }
 

@@ -335,7 +335,20 @@ pub struct Background {
 impl Background {
     /// Starts `duet` with `args`.
     pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Background {
-        let mut child = duet_cmd(args)
+        Background::spawn(duet_cmd(args))
+    }
+
+    /// Starts `args[0]` with the rest as arguments (e.g. `ip netns exec NS duet ...`).
+    pub fn start_program<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Background {
+        let mut c = Command::new(&args[0]);
+        c.args(&args[1..])
+            .stdin(Stdio::null())
+            .env_remove("DUET_KVM_DEVICE");
+        Background::spawn(c)
+    }
+
+    fn spawn(mut cmd: Command) -> Background {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,0 +1,330 @@
+//! The destination side: `duet run --incoming ADDR` accepts one source,
+//! authenticates it, checks the guest can run here, loads memory and state,
+//! and hands back a VM only after the source commits. Any failure before
+//! that drops everything: nothing was run.
+
+use super::protocol::{self, Kind};
+use super::{wall_ns, MigrateError};
+use crate::control::Control;
+use crate::loader::Image;
+use crate::memory::GuestMem;
+use crate::snapshot::format::{StateFile, Tag};
+use crate::snapshot::persist::{self, ClockArgs, GuestClock, MemState, Persist, VcpuState};
+use crate::snapshot::{cpu_signature, MonitorState};
+use crate::vm::Vm;
+use duet_abi::PAGE_SIZE;
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::Kvm;
+use std::io::BufReader;
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vm_memory::{Bytes, GuestAddress};
+
+/// Socket timeout while receiving (the source may pause between rounds).
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn state_err(e: impl std::fmt::Display) -> MigrateError {
+    MigrateError::State(e.to_string())
+}
+
+/// Checks this host can run a guest described by `h`; the reason otherwise.
+fn compatible(kvm: &Kvm, h: &protocol::Hello) -> Result<(), String> {
+    if h.abi != duet_abi::ABI_VERSION {
+        return Err(format!(
+            "the guest speaks ABI version {}, this duet speaks {}",
+            h.abi,
+            duet_abi::ABI_VERSION
+        ));
+    }
+    let host = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| format!("KVM_GET_SUPPORTED_CPUID failed: {e}"))?;
+    let (vendor, features) = cpu_signature(host.as_slice());
+    if vendor != h.vendor {
+        return Err(format!(
+            "the guest runs on a {} CPU, this host has a {} CPU",
+            String::from_utf8_lossy(&h.vendor),
+            String::from_utf8_lossy(&vendor)
+        ));
+    }
+    for (i, (g, hst)) in h.features.iter().zip(&features).enumerate() {
+        if g & !hst != 0 {
+            return Err(format!(
+                "this host lacks CPU features the guest uses (word {i}: {:#x})",
+                g & !hst
+            ));
+        }
+    }
+    // Try the TSC rate on a scratch vCPU: KVM scales only one way here.
+    let khz =
+        u32::try_from(h.tsc_khz).map_err(|_| format!("TSC {} kHz is impossible", h.tsc_khz))?;
+    let vm = kvm
+        .create_vm()
+        .map_err(|e| format!("KVM_CREATE_VM failed: {e}"))?;
+    let vcpu = vm
+        .create_vcpu(0)
+        .map_err(|e| format!("KVM_CREATE_VCPU failed: {e}"))?;
+    let here = vcpu.get_tsc_khz().unwrap_or(0);
+    if here != khz {
+        let ok = vcpu.set_tsc_khz(khz).is_ok() && vcpu.get_tsc_khz().ok() == Some(khz);
+        if !ok {
+            return Err(format!(
+                "the guest's TSC runs at {khz} kHz and KVM here (host {here} kHz) cannot match it"
+            ));
+        }
+    }
+    if !(crate::layout::MIN_MEM..=crate::layout::MAX_MEM).contains(&h.mem_size)
+        || h.mem_size % PAGE_SIZE != 0
+    {
+        return Err(format!("guest memory size {} is invalid", h.mem_size));
+    }
+    if !h.devices.is_empty() {
+        return Err(format!(
+            "the guest has devices ({}) this duet cannot map",
+            h.devices.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+fn refuse(s: &mut TcpStream, why: String) -> MigrateError {
+    let _ = protocol::write_frame(s, Kind::Refuse, why.as_bytes());
+    MigrateError::Rejected(why)
+}
+
+/// Waits on `addr` for one incoming guest and returns it, built and ready
+/// for [`Vm::run`], once the source has committed.
+pub fn incoming(
+    addr: &str,
+    key_file: &Path,
+    kvm_device: &Path,
+    ctl: Arc<Control>,
+) -> Result<Vm, MigrateError> {
+    let key = protocol::read_key(key_file)?;
+    let kvm = crate::kvm::open(kvm_device).map_err(state_err)?;
+    let listener = TcpListener::bind(addr).map_err(MigrateError::Connection)?;
+    log::info!("waiting for a guest on {addr}");
+    let (mut s, peer) = listener.accept().map_err(MigrateError::Connection)?;
+    drop(listener);
+    log::info!("incoming guest from {peer}");
+    s.set_read_timeout(Some(IO_TIMEOUT))
+        .map_err(MigrateError::Connection)?;
+    s.set_write_timeout(Some(IO_TIMEOUT))
+        .map_err(MigrateError::Connection)?;
+    s.set_nodelay(true).map_err(MigrateError::Connection)?;
+    match receive(&mut s, &key, kvm, ctl) {
+        Ok(vm) => Ok(vm),
+        Err(e) => {
+            // Tell the source why (best effort) unless it already knows.
+            if !matches!(
+                e,
+                MigrateError::Refused(_) | MigrateError::Rejected(_) | MigrateError::Connection(_)
+            ) {
+                let _ = protocol::write_frame(&mut s, Kind::Refuse, e.to_string().as_bytes());
+            }
+            Err(e)
+        }
+    }
+}
+
+/// One attempt on an accepted connection.
+fn receive(s: &mut TcpStream, key: &[u8], kvm: Kvm, ctl: Arc<Control>) -> Result<Vm, MigrateError> {
+    // Test hooks (docs/migration.md): die mid-pre-copy, or lose the commit ack.
+    let hook = std::env::var("DUET_MIGRATE_DEST_FAIL").ok();
+    // Handshake: prove we hold the key, make the source prove it, then check.
+    let hello: protocol::Hello = protocol::read_frame(s)?.expect(Kind::Hello)?.decode()?;
+    if hello.magic != protocol::MAGIC || hello.protocol != protocol::PROTOCOL_VERSION {
+        return Err(refuse(
+            s,
+            format!(
+                "migration protocol version {} is not this duet's {}",
+                hello.protocol,
+                protocol::PROTOCOL_VERSION
+            ),
+        ));
+    }
+    let nonce = protocol::nonce();
+    let ch = protocol::Challenge {
+        nonce,
+        mac: protocol::mac(key, b"dst", &hello.nonce, &nonce),
+    };
+    protocol::send(s, Kind::Challenge, &ch)?;
+    let auth: protocol::Auth = protocol::read_frame(s)?.expect(Kind::Auth)?.decode()?;
+    if !protocol::verify(key, b"src", &hello.nonce, &nonce, &auth.mac) {
+        return Err(refuse(
+            s,
+            "the source does not hold the migration key (check --migration-key-file on both sides)"
+                .into(),
+        ));
+    }
+    if let Err(why) = compatible(&kvm, &hello) {
+        return Err(refuse(s, format!("incompatible: {why}")));
+    }
+    protocol::write_frame(s, Kind::Accept, &[])?;
+
+    // Pre-copy and stop: pages until the state arrives.
+    let mut mem = GuestMem::new(hello.mem_size).map_err(state_err)?;
+    let pages = hello.mem_size / PAGE_SIZE;
+    let mut blob = Vec::new();
+    let mut r = BufReader::with_capacity(1 << 20, s.try_clone().map_err(MigrateError::Connection)?);
+    let mut spare = Vec::new();
+    let zero_page = [0u8; PAGE_SIZE as usize];
+    let end: protocol::StateEnd = loop {
+        let f = protocol::read_frame_into(&mut r, std::mem::take(&mut spare))?;
+        match f.kind {
+            Kind::Pages | Kind::ZeroPages => {
+                let zero = f.kind == Kind::ZeroPages;
+                let (first, count, data) = protocol::decode_pages(&f.payload, pages, zero)?;
+                let at = GuestAddress(first * PAGE_SIZE);
+                if zero {
+                    for p in first..first + count {
+                        mem.inner()
+                            .write_slice(&zero_page, GuestAddress(p * PAGE_SIZE))
+                            .map_err(state_err)?;
+                    }
+                } else {
+                    mem.inner().write_slice(data, at).map_err(state_err)?;
+                }
+                spare = f.payload;
+            }
+            Kind::State => {
+                if blob.len() as u64 + f.payload.len() as u64 > protocol::MAX_STATE {
+                    return Err(MigrateError::Protocol("guest state too large".into()));
+                }
+                blob.extend_from_slice(&f.payload);
+            }
+            Kind::StateEnd => break f.decode()?,
+            Kind::Sync => {
+                if hook.as_deref() == Some("crash") {
+                    log::error!("DUET_MIGRATE_DEST_FAIL=crash: aborting (test hook)");
+                    std::process::abort();
+                }
+                protocol::write_frame(s, Kind::SyncAck, &[])?
+            }
+            _ => {
+                f.expect(Kind::StateEnd)?;
+            }
+        }
+    };
+    let loaded_at = Instant::now();
+    if end.len != blob.len() as u64 || end.crc != crc32fast::hash(&blob) {
+        return Err(MigrateError::Protocol(
+            "guest state length or checksum mismatch".into(),
+        ));
+    }
+    let state = StateFile::decode(&blob, "the incoming state").map_err(state_err)?;
+    let h = &state.header;
+    if (h.abi_version, h.vendor, h.features, h.tsc_khz)
+        != (hello.abi, hello.vendor, hello.features, hello.tsc_khz)
+    {
+        return Err(MigrateError::Protocol(
+            "the state disagrees with the hello".into(),
+        ));
+    }
+    let ms: MemState = state.get(Tag::Memory).map_err(state_err)?;
+    if ms.size != hello.mem_size || ms.writable.iter().any(|&(a, b)| a > b || b > ms.size) {
+        return Err(MigrateError::Protocol("the memory state is invalid".into()));
+    }
+    mem.set_writable(ms.writable);
+    let mut vm = build(&state, mem, kvm, ctl).map_err(state_err)?;
+    log::debug!(
+        "state of {} KiB loaded in {:.2} ms",
+        blob.len() >> 10,
+        loaded_at.elapsed().as_secs_f64() * 1e3
+    );
+    protocol::write_frame(s, Kind::Ready, &[])?;
+
+    // Commit: from here the guest is ours; before it, nothing ran.
+    protocol::read_frame(&mut r)?.expect(Kind::Commit)?;
+    let ack = protocol::CommitAck {
+        resume_wall_ns: wall_ns(),
+        load_ns: loaded_at.elapsed().as_nanos() as u64,
+    };
+    if hook.as_deref() == Some("ack") {
+        log::warn!("DUET_MIGRATE_DEST_FAIL=ack: dropping the commit acknowledgement (test hook)");
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    } else if let Err(e) = protocol::send(s, Kind::CommitAck, &ack) {
+        log::warn!("commit acknowledgement not sent ({e}); running the guest anyway");
+    }
+    vm.started = Instant::now();
+    Ok(vm)
+}
+
+/// Builds the VM from the received state and memory (as a snapshot
+/// restore does), then bumps the generation and rewrites clock and identity.
+fn build(
+    st: &StateFile,
+    mem: GuestMem,
+    kvm: Kvm,
+    ctl: Arc<Control>,
+) -> Result<Vm, crate::snapshot::SnapshotError> {
+    use crate::snapshot::SnapshotError as E;
+    let vcpu_state: VcpuState = st.get(Tag::Vcpu)?;
+    let kvm_clock: kvm_bindings::kvm_clock_data = st.get(Tag::KvmClock)?;
+    let clock: persist::ClockState = st.get(Tag::Clock)?;
+    let monitor: MonitorState = st.get(Tag::Monitor)?;
+    let devices: Vec<crate::devices::DeviceState> = st.get(Tag::Devices)?;
+    let image = Image::parse(st.raw(Tag::Image)?.to_vec(), mem.size())?;
+    let tsc_at_save = vcpu_state
+        .tsc()
+        .ok_or_else(|| E::Invalid("the vCPU state has no TSC".into()))?;
+    if cpu_signature(&vcpu_state.cpuid) != (st.header.vendor, st.header.features) {
+        return Err(E::Invalid(
+            "the header and the vCPU state disagree on the CPU".into(),
+        ));
+    }
+    let vm_fd = kvm
+        .create_vm()
+        .map_err(|e| E::Kvm(format!("KVM_CREATE_VM failed: {e}")))?;
+    crate::vm::register_memory(&vm_fd, &mem).map_err(|e| E::Kvm(e.to_string()))?;
+    let vcpu = crate::vcpu::Vcpu::restore((&kvm, &vm_fd), &vcpu_state)?;
+    let mut kc = kvm_clock;
+    kc.flags = 0;
+    vm_fd
+        .set_clock(&kc)
+        .map_err(|e| E::Kvm(format!("KVM_SET_CLOCK failed: {e}")))?;
+    let pt = crate::paging::PageTables::restore((), &monitor.page_tables)?;
+    let devices = crate::devices::Devices::restore((), &devices)?;
+    let mut msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+        index: persist::MSR_IA32_TSC,
+        ..Default::default()
+    }])
+    .map_err(|e| E::Kvm(format!("{e:?}")))?;
+    let now = Instant::now();
+    vcpu.get_msrs(&mut msrs)
+        .map_err(|e| E::Kvm(format!("KVM_GET_MSRS failed: {e}")))?;
+    let clock = GuestClock::restore(
+        ClockArgs {
+            mem: &mem,
+            tsc_at_save,
+            tsc_now: msrs.as_slice()[0].data,
+            wall_now_ns: wall_ns(),
+        },
+        &clock,
+    )?;
+    let mut vm = Vm {
+        _kvm: kvm,
+        _vm: vm_fd,
+        vcpu,
+        mem,
+        image,
+        devices,
+        trace: None,
+        exits: monitor.exits,
+        pt,
+        clock: clock.page,
+        heap: monitor.heap,
+        clock_anchor: (now, clock.page.base_mono_ns),
+        generation: monitor.generation.wrapping_add(1),
+        clone_index: monitor.clone_index,
+        ctl,
+        started: Instant::now(),
+        snapshot_at_point: None,
+        paused: false,
+    };
+    vm.write_identity()
+        .map_err(|e| E::Invalid(format!("writing the identity page: {e}")))?;
+    Ok(vm)
+}

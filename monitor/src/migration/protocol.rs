@@ -1,0 +1,425 @@
+//! The wire protocol: frames, messages and the key handshake.
+//!
+//! Every frame is a 16-byte header (kind `u8`, three zero bytes, payload
+//! length `u32`, CRC32 of kind + length + payload `u32`, zero `u32`) then
+//! the payload. A frame longer than its kind allows, a bad CRC or an
+//! unknown kind ends the attempt. Control payloads are postcard-encoded
+//! structs; page payloads are raw (see [`encode_pages`]). All numbers here
+//! are the protocol's single source of truth; `docs/migration.md` mirrors them.
+
+use super::MigrateError;
+use hmac::{Hmac, Mac};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use std::io::{Read, Write};
+
+/// Identifies a Duet migration stream (first field of [`Hello`]).
+pub const MAGIC: [u8; 8] = *b"DUETMIG\0";
+/// This protocol's version; both sides must speak the same.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Frame header size.
+pub const FRAME_HEADER: usize = 16;
+/// Pages per [`Kind::Pages`] frame at most.
+pub const MAX_PAGES_PER_FRAME: u64 = 256;
+/// Largest control payload (hello, state chunks, ...).
+pub const MAX_CONTROL_PAYLOAD: u32 = 1 << 20;
+/// Largest page payload: a 16-byte run header and the pages.
+pub const MAX_PAGES_PAYLOAD: u32 = 16 + (MAX_PAGES_PER_FRAME as u32) * 4096;
+/// Largest device/vCPU state blob accepted in total (it carries the image).
+pub const MAX_STATE: u64 = 256 << 20;
+/// Key files: at least this many bytes of secret.
+pub const MIN_KEY_LEN: usize = 16;
+/// Nonce length for the challenge-response.
+pub const NONCE_LEN: usize = 32;
+
+/// Frame kinds.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Source → destination: [`Hello`].
+    Hello = 1,
+    /// Destination → source: [`Challenge`].
+    Challenge = 2,
+    /// Source → destination: [`Auth`].
+    Auth = 3,
+    /// Destination → source: accepted (empty payload).
+    Accept = 4,
+    /// Either way: the attempt is refused or abandoned; payload is the reason (UTF-8).
+    Refuse = 5,
+    /// Source → destination: a run of pages (raw).
+    Pages = 6,
+    /// Source → destination: a run of all-zero pages (`first u64, count u64`).
+    ZeroPages = 7,
+    /// Source → destination: a chunk of the state blob.
+    State = 8,
+    /// Source → destination: end of state, [`StateEnd`]. Also the disk flush
+    /// marker: no disk write issued before it is lost.
+    StateEnd = 9,
+    /// Destination → source: everything loaded, ready to resume (empty).
+    Ready = 10,
+    /// Source → destination: commit; the destination owns the guest now (empty).
+    Commit = 11,
+    /// Destination → source: [`CommitAck`].
+    CommitAck = 12,
+    /// Source → destination: end of a pre-copy round; answer when applied (empty).
+    Sync = 13,
+    /// Destination → source: everything before the Sync is in guest memory (empty).
+    SyncAck = 14,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Option<Kind> {
+        use Kind::*;
+        [
+            Hello, Challenge, Auth, Accept, Refuse, Pages, ZeroPages, State, StateEnd, Ready,
+            Commit, CommitAck, Sync, SyncAck,
+        ]
+        .into_iter()
+        .find(|k| *k as u8 == v)
+    }
+
+    fn max_len(self) -> u32 {
+        match self {
+            Kind::Pages => MAX_PAGES_PAYLOAD,
+            _ => MAX_CONTROL_PAYLOAD,
+        }
+    }
+}
+
+/// What the source says about the guest and itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`MAGIC`].
+    pub magic: [u8; 8],
+    /// [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// `duet_abi::ABI_VERSION` of the source monitor.
+    pub abi: u32,
+    /// CPUID vendor the guest saw.
+    pub vendor: [u8; 12],
+    /// CPUID feature words the guest saw.
+    pub features: [u32; 6],
+    /// The guest's TSC rate.
+    pub tsc_khz: u64,
+    /// Guest memory size.
+    pub mem_size: u64,
+    /// One line per device-table entry.
+    pub devices: Vec<String>,
+    /// The source's challenge nonce.
+    pub nonce: [u8; NONCE_LEN],
+}
+
+/// The destination's proof and its own nonce.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Challenge {
+    /// The destination's nonce.
+    pub nonce: [u8; NONCE_LEN],
+    /// HMAC-SHA256(key, "dst" ‖ source nonce ‖ destination nonce).
+    pub mac: Vec<u8>,
+}
+
+/// The source's proof.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Auth {
+    /// HMAC-SHA256(key, "src" ‖ source nonce ‖ destination nonce).
+    pub mac: Vec<u8>,
+}
+
+/// Sent after the last state chunk.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StateEnd {
+    /// Total state bytes.
+    pub len: u64,
+    /// CRC32 of the whole state blob.
+    pub crc: u32,
+    /// Source wall clock (ns since the epoch) when the guest was paused.
+    pub paused_wall_ns: u64,
+}
+
+/// The destination's acknowledgement of commit.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CommitAck {
+    /// Destination wall clock (ns since the epoch) just before resuming.
+    pub resume_wall_ns: u64,
+    /// Destination's own measure: state received → resume, in ns.
+    pub load_ns: u64,
+}
+
+/// One frame read off the wire.
+pub struct Frame {
+    /// Its kind.
+    pub kind: Kind,
+    /// Its payload.
+    pub payload: Vec<u8>,
+}
+
+fn crc(kind: u8, payload: &[u8]) -> u32 {
+    crc_parts(kind, &[payload])
+}
+
+fn crc_parts(kind: u8, parts: &[&[u8]]) -> u32 {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut h = crc32fast::Hasher::new();
+    h.update(&[kind]);
+    h.update(&(len as u32).to_le_bytes());
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize()
+}
+
+/// Writes one frame whose payload is `head` then `body`, without copying
+/// `body` (page data goes from guest memory straight to the socket).
+pub fn write_frame2(
+    w: &mut impl Write,
+    kind: Kind,
+    head: &[u8],
+    body: &[u8],
+) -> Result<(), MigrateError> {
+    let len = head.len() + body.len();
+    debug_assert!(len <= kind.max_len() as usize);
+    let mut h = Vec::with_capacity(FRAME_HEADER + head.len());
+    h.push(kind as u8);
+    h.extend_from_slice(&[0; 3]);
+    h.extend_from_slice(&(len as u32).to_le_bytes());
+    h.extend_from_slice(&crc_parts(kind as u8, &[head, body]).to_le_bytes());
+    h.extend_from_slice(&[0; 4]);
+    h.extend_from_slice(head);
+    w.write_all(&h).map_err(MigrateError::Connection)?;
+    w.write_all(body).map_err(MigrateError::Connection)
+}
+
+/// Writes one frame (header and payload in one buffer: one syscall).
+pub fn write_frame(w: &mut impl Write, kind: Kind, payload: &[u8]) -> Result<(), MigrateError> {
+    debug_assert!(payload.len() <= kind.max_len() as usize);
+    let mut buf = Vec::with_capacity(FRAME_HEADER + payload.len());
+    buf.push(kind as u8);
+    buf.extend_from_slice(&[0; 3]);
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&crc(kind as u8, payload).to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
+    buf.extend_from_slice(payload);
+    w.write_all(&buf).map_err(MigrateError::Connection)
+}
+
+/// Writes a postcard-encoded message.
+pub fn send<T: Serialize>(w: &mut impl Write, kind: Kind, msg: &T) -> Result<(), MigrateError> {
+    let bytes = postcard::to_stdvec(msg)
+        .map_err(|e| MigrateError::Protocol(format!("cannot encode {kind:?}: {e}")))?;
+    write_frame(w, kind, &bytes)
+}
+
+/// Reads one frame, checking kind, length and CRC before trusting anything.
+pub fn read_frame(r: &mut impl Read) -> Result<Frame, MigrateError> {
+    read_frame_into(r, Vec::new())
+}
+
+/// [`read_frame`] into `payload`'s allocation (the previous frame's, so a
+/// stream of page frames does not allocate one buffer per frame).
+pub fn read_frame_into(r: &mut impl Read, mut payload: Vec<u8>) -> Result<Frame, MigrateError> {
+    let mut h = [0u8; FRAME_HEADER];
+    r.read_exact(&mut h).map_err(MigrateError::Connection)?;
+    let kind = Kind::from_u8(h[0])
+        .ok_or_else(|| MigrateError::Protocol(format!("unknown frame kind {}", h[0])))?;
+    if h[1..4] != [0; 3] || h[12..16] != [0; 4] {
+        return Err(MigrateError::Protocol("malformed frame header".into()));
+    }
+    let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    let want = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+    if len > kind.max_len() {
+        return Err(MigrateError::Protocol(format!(
+            "{kind:?} frame of {len} bytes exceeds the limit of {}",
+            kind.max_len()
+        )));
+    }
+    payload.clear();
+    payload.resize(len as usize, 0);
+    r.read_exact(&mut payload)
+        .map_err(MigrateError::Connection)?;
+    if crc(h[0], &payload) != want {
+        return Err(MigrateError::Protocol(format!(
+            "{kind:?} frame checksum mismatch"
+        )));
+    }
+    Ok(Frame { kind, payload })
+}
+
+impl Frame {
+    /// Decodes the payload as `T`, refusing trailing bytes.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, MigrateError> {
+        match postcard::take_from_bytes::<T>(&self.payload) {
+            Ok((v, [])) => Ok(v),
+            Ok(_) => Err(MigrateError::Protocol(format!(
+                "{:?} frame has trailing bytes",
+                self.kind
+            ))),
+            Err(e) => Err(MigrateError::Protocol(format!(
+                "{:?} frame does not decode: {e}",
+                self.kind
+            ))),
+        }
+    }
+
+    /// Fails unless this frame is of kind `want`; a `Refuse` becomes
+    /// [`MigrateError::Refused`] with the peer's reason.
+    pub fn expect(self, want: Kind) -> Result<Frame, MigrateError> {
+        if self.kind == want {
+            return Ok(self);
+        }
+        if self.kind == Kind::Refuse {
+            return Err(MigrateError::Refused(refusal(&self.payload)));
+        }
+        Err(MigrateError::Protocol(format!(
+            "expected a {want:?} frame, got {:?}",
+            self.kind
+        )))
+    }
+}
+
+/// The peer's refusal reason, made printable.
+pub fn refusal(payload: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&payload[..payload.len().min(1024)]);
+    s.chars().filter(|c| !c.is_control()).collect()
+}
+
+/// Encodes the header of a run of `count` pages starting at page `first`.
+pub fn pages_header(first: u64, count: u64) -> [u8; 16] {
+    let mut h = [0u8; 16];
+    h[..8].copy_from_slice(&first.to_le_bytes());
+    h[8..].copy_from_slice(&count.to_le_bytes());
+    h
+}
+
+/// Validates a page-run payload against guest memory of `mem_pages` pages:
+/// returns `(first, count, data)`. `zero` runs carry no data.
+pub fn decode_pages(
+    payload: &[u8],
+    mem_pages: u64,
+    zero: bool,
+) -> Result<(u64, u64, &[u8]), MigrateError> {
+    let bad = |why: &str| MigrateError::Protocol(format!("bad page run: {why}"));
+    if payload.len() < 16 {
+        return Err(bad("short header"));
+    }
+    let first = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
+    let count = u64::from_le_bytes(payload[8..16].try_into().expect("8 bytes"));
+    let data = &payload[16..];
+    match first.checked_add(count) {
+        Some(end) if end <= mem_pages && count > 0 => {}
+        _ => return Err(bad("pages outside guest memory")),
+    }
+    let ok = count <= MAX_PAGES_PER_FRAME
+        && if zero {
+            data.is_empty()
+        } else {
+            data.len() as u64 == count * 4096
+        };
+    if !ok {
+        return Err(bad("length does not match the page count"));
+    }
+    Ok((first, count, data))
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// HMAC-SHA256(key, label ‖ a ‖ b).
+pub fn mac(key: &[u8], label: &[u8], a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(label);
+    m.update(a);
+    m.update(b);
+    m.finalize().into_bytes().to_vec()
+}
+
+/// Checks `tag` = HMAC-SHA256(key, label ‖ a ‖ b) in constant time.
+pub fn verify(key: &[u8], label: &[u8], a: &[u8], b: &[u8], tag: &[u8]) -> bool {
+    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(label);
+    m.update(a);
+    m.update(b);
+    m.verify_slice(tag).is_ok()
+}
+
+/// A fresh random nonce.
+pub fn nonce() -> [u8; NONCE_LEN] {
+    let mut n = [0u8; NONCE_LEN];
+    for c in n.chunks_mut(16) {
+        let s = crate::bootinfo::random_seed();
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&s[0].to_le_bytes());
+        b[8..].copy_from_slice(&s[1].to_le_bytes());
+        c.copy_from_slice(&b[..c.len()]);
+    }
+    n
+}
+
+/// Reads a key file: its bytes (trailing newline dropped), at least
+/// [`MIN_KEY_LEN`] of them.
+pub fn read_key(path: &std::path::Path) -> Result<Vec<u8>, MigrateError> {
+    let mut k = std::fs::read(path).map_err(|source| MigrateError::Key {
+        path: path.display().to_string(),
+        why: source.to_string(),
+    })?;
+    while k.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        k.pop();
+    }
+    if k.len() < MIN_KEY_LEN {
+        return Err(MigrateError::Key {
+            path: path.display().to_string(),
+            why: format!("it holds {} bytes; use at least {MIN_KEY_LEN} random bytes (e.g. `head -c 32 /dev/urandom | base64 > FILE`)", k.len()),
+        });
+    }
+    Ok(k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_reject_corruption() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, Kind::Refuse, b"no").unwrap();
+        let f = read_frame(&mut &buf[..]).unwrap();
+        assert_eq!((f.kind, &f.payload[..]), (Kind::Refuse, &b"no"[..]));
+        let mut two = Vec::new();
+        write_frame2(&mut two, Kind::Refuse, b"n", b"o").unwrap();
+        assert_eq!(two, buf);
+        for i in 0..buf.len() {
+            let mut b = buf.clone();
+            b[i] ^= 0x40;
+            assert!(read_frame(&mut &b[..]).is_err(), "flip at {i} accepted");
+        }
+        assert!(read_frame(&mut &buf[..buf.len() - 1]).is_err());
+        // An oversized length is refused before anything is allocated.
+        let mut h = buf[..FRAME_HEADER].to_vec();
+        h[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            read_frame(&mut &h[..]),
+            Err(MigrateError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn page_runs_are_bounded() {
+        let mut p = pages_header(2, 1).to_vec();
+        p.extend_from_slice(&[7; 4096]);
+        assert!(decode_pages(&p, 3, false).is_ok());
+        assert!(decode_pages(&p, 2, false).is_err());
+        assert!(decode_pages(&p[..100], 3, false).is_err());
+        let mut big = pages_header(u64::MAX, 2).to_vec();
+        big.extend_from_slice(&[0; 8192]);
+        assert!(decode_pages(&big, 10, false).is_err());
+        assert!(decode_pages(&pages_header(0, 5), 10, true).is_ok());
+        assert!(decode_pages(&pages_header(8, 5), 10, true).is_err());
+    }
+
+    #[test]
+    fn mac_needs_the_key() {
+        let t = mac(b"k1k1k1k1k1k1k1k1", b"src", b"a", b"b");
+        assert!(verify(b"k1k1k1k1k1k1k1k1", b"src", b"a", b"b", &t));
+        assert!(!verify(b"k2k2k2k2k2k2k2k2", b"src", b"a", b"b", &t));
+        assert!(!verify(b"k1k1k1k1k1k1k1k1", b"dst", b"a", b"b", &t));
+    }
+}

@@ -1,0 +1,326 @@
+//! The source's sending half: one attempt over one connection — handshake,
+//! pre-copy rounds, the stopped guest's last pages and state, commit.
+//! Runs on the migration thread; the vCPU thread is reached only through
+//! [`Step`] requests.
+
+use super::dirty::DirtySet;
+use super::protocol::{self, Kind};
+use super::source::{step, Handoff, Step};
+use super::{ms, MigrateError, MigrateRequest, Progress, Summary};
+use crate::control::Control;
+use duet_abi::PAGE_SIZE;
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+use vm_memory::{Bytes, GuestAddress};
+
+/// Pre-copy rounds after the full copy, at most.
+pub const MAX_ROUNDS: u32 = 30;
+/// Rounds in a row that do not get the dirty set 10% below its best so far
+/// before stop-and-copy.
+pub const STALL_ROUNDS: u32 = 3;
+/// Socket timeout for every read and write.
+const IO_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long to retry connecting while the destination starts.
+const CONNECT_FOR: Duration = Duration::from_secs(5);
+
+/// One attempt: what it sends with and what it counted.
+pub(super) struct Attempt<'a> {
+    ctl: &'a Control,
+    req: &'a MigrateRequest,
+    key: &'a [u8],
+    h: &'a Handoff,
+    bytes: u64,
+    progress: &'a mut dyn FnMut(&Progress),
+    buf: Vec<u8>,
+}
+
+fn connect(addr: &str) -> Result<TcpStream, MigrateError> {
+    let deadline = Instant::now() + CONNECT_FOR;
+    let addrs: Vec<_> = addr
+        .to_socket_addrs()
+        .map_err(MigrateError::Connection)?
+        .collect();
+    loop {
+        let mut last = None;
+        for a in &addrs {
+            match TcpStream::connect_timeout(a, IO_TIMEOUT) {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        let e = last.unwrap_or_else(|| std::io::Error::other("no address"));
+        if e.kind() != std::io::ErrorKind::ConnectionRefused || Instant::now() > deadline {
+            return Err(MigrateError::Connection(e));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl<'a> Attempt<'a> {
+    /// An attempt for `req` with the vCPU thread's hand-over `h`.
+    pub(super) fn new(
+        ctl: &'a Control,
+        req: &'a MigrateRequest,
+        key: &'a [u8],
+        h: &'a Handoff,
+        progress: &'a mut dyn FnMut(&Progress),
+    ) -> Self {
+        Attempt {
+            ctl,
+            req,
+            key,
+            h,
+            bytes: 0,
+            progress,
+            buf: Vec::new(),
+        }
+    }
+
+    fn cut(&self, s: &TcpStream, phase: &str) -> Result<(), MigrateError> {
+        if self.req.fail_at.as_deref() == Some(phase) {
+            let _ = s.shutdown(Shutdown::Both);
+            return Err(MigrateError::Injected(phase.into()));
+        }
+        Ok(())
+    }
+
+    fn frame(&mut self, s: &mut TcpStream, kind: Kind, payload: &[u8]) -> Result<(), MigrateError> {
+        self.bytes += (protocol::FRAME_HEADER + payload.len()) as u64;
+        protocol::write_frame(s, kind, payload)
+    }
+
+    /// Runs the attempt to commit (or the first failure).
+    pub(super) fn run(&mut self) -> Result<Summary, MigrateError> {
+        let t0 = Instant::now();
+        let mut s = connect(&self.req.addr)?;
+        s.set_nodelay(true).map_err(MigrateError::Connection)?;
+        s.set_read_timeout(Some(IO_TIMEOUT))
+            .map_err(MigrateError::Connection)?;
+        s.set_write_timeout(Some(IO_TIMEOUT))
+            .map_err(MigrateError::Connection)?;
+        self.handshake(&mut s)?;
+        self.cut(&s, "handshake")?;
+
+        // Round 0: every populated page; the destination starts zeroed.
+        let start = Instant::now();
+        for &(first, count) in &self.h.resident {
+            self.send_run(&mut s, first, count, true)?;
+        }
+        self.cut(&s, "precopy")?;
+        let (rounds, forced_stop, pending) = self.precopy(&mut s, start)?;
+
+        // Stop: the vCPU thread pauses the guest after its last exit.
+        step(self.ctl, Step::Stop)?;
+        let stopped = self
+            .ctl
+            .migration
+            .lock()
+            .stopped
+            .take()
+            .ok_or_else(|| MigrateError::State("no state captured".into()))?;
+        // Pages dirty when pre-copy ended, and since.
+        let mut dirty = pending;
+        dirty.merge(&self.collect()?);
+        let final_pages = dirty.count();
+        for (first, count) in dirty.runs(protocol::MAX_PAGES_PER_FRAME) {
+            self.send_run(&mut s, first, count, false)?;
+        }
+        self.cut(&s, "stop")?;
+        for chunk in stopped.blob.chunks(protocol::MAX_CONTROL_PAYLOAD as usize) {
+            self.frame(&mut s, Kind::State, chunk)?;
+        }
+        let end = protocol::StateEnd {
+            len: stopped.blob.len() as u64,
+            crc: crc32fast::hash(&stopped.blob),
+            paused_wall_ns: stopped.paused_wall_ns,
+        };
+        protocol::send(&mut s, Kind::StateEnd, &end)?;
+        let sent = stopped.paused_at.elapsed();
+        protocol::read_frame(&mut s)?.expect(Kind::Ready)?;
+        log::debug!(
+            "stopped: {final_pages} pages + {} KiB state sent {:.2} ms after pause, ready at {:.2} ms",
+            stopped.blob.len() >> 10,
+            ms(sent),
+            ms(stopped.paused_at.elapsed())
+        );
+        self.cut(&s, "commit")?;
+
+        // From here the destination may own the guest.
+        let unknown = |e: MigrateError| MigrateError::Unknown(e.to_string());
+        protocol::write_frame(&mut s, Kind::Commit, &[]).map_err(unknown)?;
+        let ack: protocol::CommitAck = protocol::read_frame(&mut s)
+            .and_then(|f| f.expect(Kind::CommitAck))
+            .and_then(|f| f.decode())
+            .map_err(unknown)?;
+        let acked = Instant::now();
+        Ok(Summary {
+            to: self.req.addr.clone(),
+            total_ms: ms(acked - t0),
+            downtime_ms: ack.resume_wall_ns.saturating_sub(stopped.paused_wall_ns) as f64 / 1e6,
+            downtime_src_ms: ms(acked - stopped.paused_at),
+            bytes: self.bytes,
+            rounds,
+            forced_stop,
+            final_pages,
+        })
+    }
+
+    fn handshake(&mut self, s: &mut TcpStream) -> Result<(), MigrateError> {
+        let mut hello = self.h.hello.clone();
+        hello.nonce = protocol::nonce();
+        if let Some(f) = &self.req.fake {
+            match f.split_once('=').map(|(k, v)| (k, v.parse::<u64>())) {
+                Some(("abi", Ok(v))) => hello.abi = v as u32,
+                Some(("tsc_khz", Ok(v))) => hello.tsc_khz = v,
+                _ => {
+                    return Err(MigrateError::State(format!(
+                        "DUET_MIGRATE_FAKE={f}: use abi=N or tsc_khz=N"
+                    )))
+                }
+            }
+        }
+        protocol::send(s, Kind::Hello, &hello)?;
+        let ch: protocol::Challenge = protocol::read_frame(s)?.expect(Kind::Challenge)?.decode()?;
+        if !protocol::verify(self.key, b"dst", &hello.nonce, &ch.nonce, &ch.mac) {
+            let why = "the destination does not hold the migration key";
+            let _ = protocol::write_frame(s, Kind::Refuse, why.as_bytes());
+            return Err(MigrateError::Rejected(why.into()));
+        }
+        let auth = protocol::Auth {
+            mac: protocol::mac(self.key, b"src", &hello.nonce, &ch.nonce),
+        };
+        protocol::send(s, Kind::Auth, &auth)?;
+        protocol::read_frame(s)?.expect(Kind::Accept)?;
+        Ok(())
+    }
+
+    /// Dirty rounds until the rest fits the downtime budget or stops
+    /// shrinking. Returns the rounds, whether stop-and-copy was forced, and
+    /// the dirty set not yet sent (it goes with the guest stopped).
+    fn precopy(
+        &mut self,
+        s: &mut TcpStream,
+        start: Instant,
+    ) -> Result<(u32, bool, DirtySet), MigrateError> {
+        let budget = self.req.max_downtime_ms as f64;
+        let mut round = 0;
+        let mut stalls = 0;
+        let mut best = u64::MAX;
+        let mut round_start = start;
+        loop {
+            // Wait until the destination has applied the round: socket
+            // buffers must not hide a backlog that would land in the downtime,
+            // and the bandwidth measured is then end to end.
+            protocol::write_frame(s, Kind::Sync, &[])?;
+            protocol::read_frame(s)?.expect(Kind::SyncAck)?;
+            let dirty = self.collect()?;
+            let n = dirty.count();
+            let elapsed = start.elapsed().as_secs_f64().max(1e-6);
+            let bw = self.bytes as f64 / elapsed;
+            let mib = (1u64 << 20) as f64;
+            let p = Progress {
+                round,
+                sent_mib: self.bytes as f64 / mib,
+                dirty_pages: n,
+                dirty_rate_mib_s: (n * PAGE_SIZE) as f64
+                    / mib
+                    / round_start.elapsed().as_secs_f64().max(1e-6),
+                bandwidth_mib_s: bw / mib,
+                est_downtime_ms: (n * PAGE_SIZE) as f64 / bw * 1e3,
+            };
+            (self.progress)(&p);
+            if n < best - best / 10 {
+                best = n;
+                stalls = 0;
+            } else {
+                stalls += 1;
+            }
+            if p.est_downtime_ms <= budget {
+                return Ok((round, false, dirty));
+            }
+            if round >= MAX_ROUNDS || stalls >= STALL_ROUNDS {
+                return Ok((round, true, dirty));
+            }
+            round += 1;
+            round_start = Instant::now();
+            for (first, count) in dirty.runs(protocol::MAX_PAGES_PER_FRAME) {
+                self.send_run(s, first, count, false)?;
+            }
+        }
+    }
+
+    fn collect(&self) -> Result<DirtySet, MigrateError> {
+        let pages = self.h.size / PAGE_SIZE;
+        let bits = self
+            .h
+            .vm
+            .get_dirty_log(0, self.h.size as usize)
+            .map_err(|e| MigrateError::State(format!("KVM_GET_DIRTY_LOG failed: {e}")))?;
+        let mut d = DirtySet::from_kvm(bits, pages);
+        d.add(self.h.host_dirty.take());
+        Ok(d)
+    }
+
+    /// Sends pages `first..first+count` (at most a frame's worth): non-zero
+    /// sub-runs as pages, zero ones as zero runs (skipped when `fresh`: the
+    /// destination's memory starts zeroed).
+    fn send_run(
+        &mut self,
+        s: &mut TcpStream,
+        first: u64,
+        count: u64,
+        fresh: bool,
+    ) -> Result<(), MigrateError> {
+        // One buffer for the whole attempt (taken out so `self` stays free).
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize((protocol::MAX_PAGES_PER_FRAME * PAGE_SIZE) as usize, 0);
+        let r = self.send_pages(s, first, count, fresh, &mut buf);
+        self.buf = buf;
+        r
+    }
+
+    fn send_pages(
+        &mut self,
+        s: &mut TcpStream,
+        first: u64,
+        count: u64,
+        fresh: bool,
+        buf: &mut [u8],
+    ) -> Result<(), MigrateError> {
+        let mut at = first;
+        let end = first + count;
+        while at < end {
+            let n = (end - at).min(protocol::MAX_PAGES_PER_FRAME);
+            let data = &mut buf[..(n * PAGE_SIZE) as usize];
+            self.h
+                .mem
+                .read_slice(data, GuestAddress(at * PAGE_SIZE))
+                .map_err(|e| MigrateError::State(format!("reading guest memory: {e}")))?;
+            let zero: Vec<bool> = data
+                .chunks(PAGE_SIZE as usize)
+                .map(|p| p.iter().all(|&b| b == 0))
+                .collect();
+            let mut i = 0u64;
+            while i < n {
+                let z = zero[i as usize];
+                let mut j = i + 1;
+                while j < n && zero[j as usize] == z {
+                    j += 1;
+                }
+                if z && !fresh {
+                    let h = protocol::pages_header(at + i, j - i);
+                    self.frame(s, Kind::ZeroPages, &h)?;
+                } else if !z {
+                    let lo = (i * PAGE_SIZE) as usize;
+                    let hi = (j * PAGE_SIZE) as usize;
+                    let head = protocol::pages_header(at + i, j - i);
+                    self.bytes += (protocol::FRAME_HEADER + 16 + hi - lo) as u64;
+                    protocol::write_frame2(s, Kind::Pages, &head, &buf[lo..hi])?;
+                }
+                i = j;
+            }
+            at += n;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,329 @@
+//! The source side: the vCPU thread's steps ([`on_request`]) and the
+//! migration thread that drives the attempt ([`migrate`]).
+//!
+//! The migration thread never touches the VM: it reads guest memory through
+//! a clone of the memory object and reads the dirty log through a duplicate
+//! of the VM fd, both handed over by the vCPU thread at [`Step::Start`].
+//! Pausing, capturing state and resuming are requests the vCPU thread
+//! serves between two `KVM_RUN`s (so an in-flight hypercall completes first).
+
+use super::dirty::HostDirty;
+use super::protocol;
+use super::{wall_ns, MigrateError, MigrateRequest, Progress, Slot, Summary};
+use crate::control::{Control, Request, Response};
+use crate::snapshot::format::{self, Header, StateFile, Tag};
+use crate::snapshot::persist::{GuestClock, Persist};
+use crate::snapshot::{cpu_signature, MonitorState, SnapshotError};
+use crate::vm::Vm;
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
+use kvm_ioctls::VmFd;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Instant;
+use vm_memory::GuestMemoryMmap;
+
+/// A step the vCPU thread performs for the migration thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Start dirty tracking and hand over memory access.
+    Start,
+    /// Pause the guest and capture its state.
+    Stop,
+    /// The attempt ended.
+    End(End),
+}
+
+/// How an attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The destination acknowledged commit: stop this guest for good.
+    Committed(String),
+    /// Failed before commit: run on as before.
+    Abort,
+    /// Commit not acknowledged: stay paused.
+    Unknown,
+}
+
+/// What the vCPU thread hands over at [`Step::Start`].
+pub struct Handoff {
+    pub(super) mem: GuestMemoryMmap<()>,
+    pub(super) vm: VmFd,
+    pub(super) size: u64,
+    pub(super) host_dirty: Arc<HostDirty>,
+    pub(super) resident: Vec<(u64, u64)>,
+    pub(super) hello: protocol::Hello,
+}
+
+/// The state captured at [`Step::Stop`].
+pub(super) struct Stopped {
+    pub(super) blob: Vec<u8>,
+    pub(super) paused_wall_ns: u64,
+    pub(super) paused_at: Instant,
+}
+
+/// Shared between the two threads (inside [`Slot`]).
+#[derive(Default)]
+pub struct SlotState {
+    pub(super) active: bool,
+    pub(super) handoff: Option<Handoff>,
+    pub(super) stopped: Option<Stopped>,
+    pub(super) was_paused: bool,
+    /// Paused for migration: `resume` is refused until the attempt ends.
+    pub(super) held: bool,
+    pub(super) migrated_to: Option<String>,
+}
+
+impl Slot {
+    /// Whether the guest is held paused by a migration (resume refused).
+    pub fn held(&self) -> bool {
+        self.lock().held
+    }
+
+    /// vCPU thread: the address the guest migrated to, once committed.
+    pub fn migrated(&self) -> Option<String> {
+        self.lock().migrated_to.take()
+    }
+
+    /// vCPU thread, after the guest ended: waits until no migration thread
+    /// reads guest memory any more, so the memory can be unmapped.
+    pub fn wait_idle(&self) {
+        let mut s = self.lock();
+        while s.active {
+            s = self.idle.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn release(&self) {
+        let mut s = self.lock();
+        s.active = false;
+        s.handoff = None;
+        s.stopped = None;
+        self.idle.notify_all();
+    }
+}
+
+fn set_dirty_log(vm: &Vm, on: bool) -> Result<(), String> {
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        flags: if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+        guest_phys_addr: 0,
+        memory_size: vm.mem.size(),
+        userspace_addr: vm.mem.host_base(),
+    };
+    // SAFETY: the same region `register_memory` registered (our own mapping,
+    // alive as long as the VM); only the flags change.
+    unsafe { vm._vm.set_user_memory_region(region) }
+        .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION (dirty log {on}) failed: {e}"))?;
+    vm.mem.host_dirty.set(on);
+    Ok(())
+}
+
+/// vCPU thread: serves one migration step.
+pub(crate) fn on_request(vm: &mut Vm, step: Step) -> Response {
+    let r = match step {
+        Step::Start => start(vm),
+        Step::Stop => stop(vm),
+        Step::End(end) => finish(vm, end),
+    };
+    match r {
+        Ok(()) => Response {
+            state: Some(if vm.paused { "paused" } else { "running" }.into()),
+            ..Response::ok()
+        },
+        Err(e) => Response::err(e),
+    }
+}
+
+fn start(vm: &mut Vm) -> Result<(), String> {
+    if vm.ctl.migration.lock().active {
+        return Err("a migration is already in progress".into());
+    }
+    // SAFETY: dup of our own open VM fd; the new fd is owned by the VmFd below.
+    let fd = unsafe { libc::dup(vm._vm.as_raw_fd()) };
+    if fd < 0 {
+        return Err(format!(
+            "cannot duplicate the VM fd: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: `fd` is a fresh duplicate of a KVM VM fd, owned by nobody else.
+    let vm_fd = unsafe { vm._kvm.create_vmfd_from_rawfd(fd) }
+        .map_err(|e| format!("cannot wrap the VM fd: {e}"))?;
+    let mut resident = Vec::new();
+    crate::snapshot::memfile::for_each_resident(&vm.mem, |p, n| {
+        resident.push((p, n));
+        Ok(())
+    })
+    .map_err(|e| format!("cannot list guest memory: {e}"))?;
+    let (vendor, features) = cpu_signature(&vm.vcpu.cpuid);
+    let tsc_khz = vm
+        .vcpu
+        .get_tsc_khz()
+        .map_err(|e| format!("KVM_GET_TSC_KHZ failed: {e}"))?;
+    let hello = protocol::Hello {
+        magic: protocol::MAGIC,
+        protocol: protocol::PROTOCOL_VERSION,
+        abi: duet_abi::ABI_VERSION,
+        vendor,
+        features,
+        tsc_khz: u64::from(tsc_khz),
+        mem_size: vm.mem.size(),
+        devices: device_lines(vm),
+        nonce: [0; protocol::NONCE_LEN],
+    };
+    // Tracking starts before the migration thread reads the first page.
+    set_dirty_log(vm, true)?;
+    let mut s = vm.ctl.migration.lock();
+    s.active = true;
+    s.was_paused = vm.paused;
+    s.handoff = Some(Handoff {
+        mem: vm.mem.inner().clone(),
+        vm: vm_fd,
+        size: vm.mem.size(),
+        host_dirty: vm.mem.host_dirty.clone(),
+        resident,
+        hello,
+    });
+    Ok(())
+}
+
+fn device_lines(vm: &Vm) -> Vec<String> {
+    vm.devices
+        .infos()
+        .iter()
+        .map(|d| format!("kind {} flags {:#x}", d.kind, d.flags))
+        .collect()
+}
+
+/// Captures what a snapshot's state file holds, minus the memory pages.
+fn capture(vm: &mut Vm) -> Result<Vec<u8>, SnapshotError> {
+    vm.complete_io().map_err(SnapshotError::Kvm)?;
+    let vcpu = vm.vcpu.save()?;
+    let kvm_clock = vm
+        ._vm
+        .get_clock()
+        .map_err(|e| SnapshotError::Kvm(format!("KVM_GET_CLOCK failed: {e}")))?;
+    let (vendor, features) = cpu_signature(&vcpu.cpuid);
+    let monitor = MonitorState {
+        exits: vm.exits,
+        heap: vm.heap.clone(),
+        page_tables: vm.pt.save()?,
+        generation: vm.generation,
+        clone_index: vm.clone_index,
+    };
+    let mut state = StateFile {
+        header: Header {
+            format_version: format::FORMAT_VERSION,
+            abi_version: duet_abi::ABI_VERSION,
+            vendor,
+            features,
+            tsc_khz: u64::from(vcpu.tsc_khz),
+            snapshot_id: crate::bootinfo::random_seed()[0],
+        },
+        sections: Vec::new(),
+    };
+    state.put(Tag::Vcpu, &vcpu)?;
+    state.put(Tag::KvmClock, &kvm_clock)?;
+    state.put(Tag::Clock, &GuestClock { page: vm.clock }.save()?)?;
+    state.put(Tag::Monitor, &monitor)?;
+    state
+        .sections
+        .push((Tag::Image as u32, vm.image.bytes().to_vec()));
+    state.put(Tag::Devices, &vm.devices.save()?)?;
+    state.put(Tag::Memory, &vm.mem.save()?)?;
+    Ok(state.encode())
+}
+
+fn stop(vm: &mut Vm) -> Result<(), String> {
+    if !vm.ctl.migration.lock().active {
+        return Err("no migration in progress".into());
+    }
+    let paused_at = Instant::now();
+    let paused_wall_ns = wall_ns();
+    vm.paused = true;
+    let blob = capture(vm).map_err(|e| e.to_string())?;
+    let mut s = vm.ctl.migration.lock();
+    s.held = true;
+    s.stopped = Some(Stopped {
+        blob,
+        paused_wall_ns,
+        paused_at,
+    });
+    Ok(())
+}
+
+fn finish(vm: &mut Vm, end: End) -> Result<(), String> {
+    let was_paused = {
+        let mut s = vm.ctl.migration.lock();
+        s.held = false;
+        s.was_paused
+    };
+    match end {
+        End::Committed(to) => {
+            vm.paused = true;
+            vm.ctl.migration.lock().migrated_to = Some(to);
+            Ok(())
+        }
+        End::Abort => {
+            vm.paused = was_paused;
+            set_dirty_log(vm, false)
+        }
+        End::Unknown => {
+            vm.paused = true;
+            set_dirty_log(vm, false)
+        }
+    }
+}
+
+pub(super) fn step(ctl: &Control, s: Step) -> Result<(), MigrateError> {
+    let r = ctl.request(Request::Migration(s));
+    if r.ok {
+        Ok(())
+    } else {
+        Err(MigrateError::State(
+            r.error.unwrap_or_else(|| "the vCPU thread refused".into()),
+        ))
+    }
+}
+
+/// Migrates the guest behind `ctl` as `req` says, reporting each round to
+/// `progress`. On any failure before commit the guest runs on here.
+pub fn migrate(
+    ctl: &Control,
+    req: &MigrateRequest,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Summary, MigrateError> {
+    let key = protocol::read_key(std::path::Path::new(&req.key_file))?;
+    if let Some(p) = &req.fail_at {
+        if !super::FAIL_PHASES.contains(&p.as_str()) {
+            return Err(MigrateError::State(format!(
+                "DUET_MIGRATE_FAIL={p}: phases are {:?}",
+                super::FAIL_PHASES
+            )));
+        }
+    }
+    step(ctl, Step::Start)?;
+    let handoff = ctl.migration.lock().handoff.take();
+    let result = match handoff {
+        Some(h) => {
+            let mut a = super::sender::Attempt::new(ctl, req, &key, &h, progress);
+            let r = a.run();
+            drop(h);
+            r
+        }
+        None => Err(MigrateError::State(
+            "the vCPU thread handed over nothing".into(),
+        )),
+    };
+    let end = match &result {
+        Ok(s) => End::Committed(s.to.clone()),
+        Err(MigrateError::Unknown(_)) => End::Unknown,
+        Err(_) => End::Abort,
+    };
+    let ended = step(ctl, Step::End(end));
+    ctl.migration.release();
+    if let (Ok(_), Err(e)) = (&result, ended) {
+        log::warn!("after commit: {e}");
+    }
+    result
+}

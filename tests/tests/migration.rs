@@ -1,0 +1,418 @@
+//! Live migration between two monitors: over loopback and across two
+//! network namespaces; cuts at every phase; refusals; a dirtying guest.
+
+use duet_monitor::migration::FAIL_PHASES;
+use duet_monitor::migration::MAX_ROUNDS;
+use duet_tests::{duet, duet_cmd, image, run_cmd, status, temp_dir, wait_path, Background, Output};
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+fn counts(out: &str) -> Vec<u64> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("count ")?.parse().ok())
+        .collect()
+}
+
+fn key(dir: &Path, name: &str, fill: u8) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, [fill; 32]).unwrap();
+    p
+}
+
+/// A loopback address with a port nobody listens on right now.
+fn free_addr() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Starts `app` with a control socket, optionally through a command prefix
+/// (`ip netns exec NS`).
+fn start_source(dir: &Path, prefix: &[&str], app: &str, args: &[&str]) -> (Background, PathBuf) {
+    let sock = dir.join("src.sock");
+    let img = image(app);
+    let bin = duet_tests::paths().bin.clone();
+    let mut v: Vec<&str> = prefix.to_vec();
+    if !prefix.is_empty() {
+        v.push(s(&bin));
+    }
+    v.extend(["run", s(&img), "--api", s(&sock), "--"]);
+    v.extend_from_slice(args);
+    let r = if prefix.is_empty() {
+        Background::start(&v)
+    } else {
+        Background::start_program(&v)
+    };
+    wait_path(&sock);
+    (r, sock)
+}
+
+fn start_dest(prefix: &[&str], addr: &str, key: &Path, api: Option<&Path>) -> Background {
+    let bin = duet_tests::paths().bin.clone();
+    let mut v: Vec<&str> = prefix.to_vec();
+    if !prefix.is_empty() {
+        v.push(s(&bin));
+    }
+    v.extend(["run", "--incoming", addr, "--migration-key-file", s(key)]);
+    if let Some(a) = api {
+        v.extend(["--api", s(a)]);
+    }
+    if prefix.is_empty() {
+        Background::start(&v)
+    } else {
+        Background::start_program(&v)
+    }
+}
+
+/// `duet ctl SOCK migrate ADDR` with extra options and test-hook variables.
+fn migrate(sock: &Path, addr: &str, key: &Path, opts: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut v = vec![
+        "ctl",
+        s(sock),
+        "migrate",
+        addr,
+        "--migration-key-file",
+        s(key),
+    ];
+    v.extend_from_slice(opts);
+    let mut c = duet_cmd(&v);
+    for (k, val) in env {
+        c.env(k, val);
+    }
+    run_cmd(c, Duration::from_secs(60))
+}
+
+/// The monitor's exit status once a guest left.
+const MIGRATED: i32 = status::MIGRATED as i32;
+
+#[test]
+fn counter_migrates_over_loopback_with_nothing_lost_or_repeated() {
+    let tmp = temp_dir("mig-loop");
+    let k = key(&tmp, "key", 7);
+    let (src, sock) = start_source(&tmp, &[], "counter", &["400", "3000"]);
+    src.wait_for("count 10\n");
+    let addr = free_addr();
+    let dapi = tmp.join("dst.sock");
+    let dst = start_dest(&[], &addr, &k, Some(&dapi));
+    let m = migrate(&sock, &addr, &k, &[], &[]);
+    m.expect_status(0)
+        .expect_stdout("round 0:")
+        .expect_stdout("migrated to");
+    // The destination runs it now, one generation on.
+    wait_path(&dapi);
+    let st = duet(&["ctl", s(&dapi), "status"]);
+    st.expect_status(0).expect_stdout("\"generation\": 1");
+    let a = src.finish();
+    a.expect_status(MIGRATED).expect_stderr("guest migrated to");
+    let b = dst.finish();
+    b.expect_status(0).expect_stdout("counter done");
+    let mut all = counts(&a.stdout);
+    let after = counts(&b.stdout);
+    assert!(!after.is_empty(), "nothing ran on the destination: {b:#?}");
+    all.extend(after);
+    assert_eq!(all, (0..400).collect::<Vec<_>>(), "{a:#?}\n{b:#?}");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn a_cut_at_any_phase_leaves_the_source_running_and_a_retry_succeeds() {
+    let tmp = temp_dir("mig-cut");
+    let k = key(&tmp, "key", 9);
+    let (src, sock) = start_source(&tmp, &[], "counter", &["1500", "2000"]);
+    src.wait_for("count 5\n");
+    for phase in FAIL_PHASES {
+        let addr = free_addr();
+        let dst = start_dest(&[], &addr, &k, None);
+        let m = migrate(&sock, &addr, &k, &[], &[("DUET_MIGRATE_FAIL", phase)]);
+        m.expect_status(i32::from(status::MONITOR_ERROR))
+            .expect_stderr(&format!("cut at phase `{phase}`"))
+            .expect_stderr("keeps running");
+        let d = dst.finish();
+        d.expect_status(i32::from(status::MONITOR_ERROR))
+            .expect_stderr("nothing runs here");
+        assert!(counts(&d.stdout).is_empty(), "the destination ran: {d:#?}");
+        // The source goes on counting.
+        let last = *counts(&src.stdout()).last().unwrap();
+        src.wait_for(&format!("count {}\n", last + 3));
+        let st = duet(&["ctl", s(&sock), "status"]);
+        st.expect_status(0).expect_stdout("\"running\"");
+    }
+    let addr = free_addr();
+    let dst = start_dest(&[], &addr, &k, None);
+    migrate(&sock, &addr, &k, &[], &[]).expect_status(0);
+    let a = src.finish();
+    a.expect_status(MIGRATED);
+    let b = dst.finish();
+    b.expect_status(0).expect_stdout("counter done");
+    let mut all = counts(&a.stdout);
+    all.extend(counts(&b.stdout));
+    assert_eq!(all, (0..1500).collect::<Vec<_>>());
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// Sends `bytes` to a destination and expects it to refuse them.
+fn garbage(k: &Path, bytes: &[u8], why: &str) {
+    let addr = free_addr();
+    let dst = start_dest(&[], &addr, k, None);
+    let mut c = loop {
+        match TcpStream::connect(&addr) {
+            Ok(c) => break c,
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    let _ = c.write_all(bytes);
+    drop(c);
+    let d = dst.finish();
+    d.expect_status(i32::from(status::MONITOR_ERROR))
+        .expect_stderr(why);
+    assert!(d.stdout.is_empty(), "{d:#?}");
+}
+
+#[test]
+fn wrong_key_garbage_and_incompatible_guests_are_refused() {
+    let tmp = temp_dir("mig-refuse");
+    let k = key(&tmp, "key", 1);
+    let other = key(&tmp, "other", 2);
+    let (src, sock) = start_source(&tmp, &[], "counter", &["1200", "2000"]);
+    src.wait_for("count 5\n");
+    let refused = |key: &Path, env: &[(&str, &str)], why: &str| {
+        let addr = free_addr();
+        let dst = start_dest(&[], &addr, &k, None);
+        let m = migrate(&sock, &addr, key, &[], env);
+        m.expect_status(i32::from(status::MONITOR_ERROR))
+            .expect_stderr(why)
+            .expect_stderr("keeps running");
+        let d = dst.finish();
+        d.expect_status(i32::from(status::MONITOR_ERROR))
+            .expect_stderr(why);
+        assert!(d.stdout.is_empty(), "the destination ran: {d:#?}");
+    };
+    refused(&other, &[], "does not hold the migration key");
+    refused(&k, &[("DUET_MIGRATE_FAKE", "abi=99")], "ABI version 99");
+    refused(&k, &[("DUET_MIGRATE_FAKE", "tsc_khz=1000")], "TSC");
+
+    garbage(&k, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "protocol error");
+    // A well-formed header announcing a 4 GiB frame.
+    let mut big = vec![1u8, 0, 0, 0];
+    big.extend_from_slice(&u32::MAX.to_le_bytes());
+    big.extend_from_slice(&[0; 8]);
+    garbage(&k, &big, "exceeds the limit");
+    // A frame whose checksum is wrong.
+    let mut bad = vec![1u8, 0, 0, 0, 4, 0, 0, 0, 1, 2, 3, 4, 0, 0, 0, 0];
+    bad.extend_from_slice(b"junk");
+    garbage(&k, &bad, "checksum mismatch");
+    // Connect and hang up.
+    garbage(&k, b"", "connection");
+
+    // The source never noticed.
+    let a = src.finish();
+    a.expect_status(0).expect_stdout("counter done");
+    assert_eq!(counts(&a.stdout), (0..1200).collect::<Vec<_>>());
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn a_dirtying_guest_converges_or_falls_back_within_the_round_bound() {
+    let tmp = temp_dir("mig-dirty");
+    let k = key(&tmp, "key", 3);
+    // (rate MiB/s, downtime budget ms): a gentle writer, and one that out-runs
+    // a zero budget so only stop-and-copy can end pre-copy.
+    for (i, (rate, budget)) in [("32", "5"), ("0", "0")].into_iter().enumerate() {
+        let dir = tmp.join(i.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let (src, sock) = start_source(&dir, &[], "dirty", &["16", rate, "2500"]);
+        src.wait_for("dirty tick 2\n");
+        let addr = free_addr();
+        let dst = start_dest(&[], &addr, &k, None);
+        let m = migrate(&sock, &addr, &k, &["--max-downtime", budget], &[]);
+        m.expect_status(0).expect_stdout("migrated to");
+        let rounds = m.stdout.lines().filter(|l| l.starts_with("round ")).count() as u32;
+        assert!(rounds <= MAX_ROUNDS + 1, "{rounds} rounds: {m:#?}");
+        // A zero budget is only met by an empty dirty set (the guest did
+        // not run during a round: the machine is shared); otherwise pre-copy
+        // must have given up and stopped the guest.
+        let last = m.stdout.lines().rfind(|l| l.starts_with("round ")).unwrap();
+        if budget == "0" && !last.contains(" 0 dirty pages") {
+            m.expect_stdout("stop-and-copy");
+        }
+        src.finish().expect_status(MIGRATED);
+        dst.finish().expect_status(0).expect_stdout("dirty ok");
+    }
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// Two network namespaces joined by a veth pair, deleted when dropped.
+struct Hosts {
+    a: String,
+    b: String,
+}
+
+fn ip(args: &[&str]) {
+    let st = Command::new("ip").args(args).status().expect("run ip");
+    assert!(st.success(), "ip {args:?} failed");
+}
+
+impl Hosts {
+    fn new() -> Hosts {
+        let id = std::process::id();
+        let h = Hosts {
+            a: format!("duet-mig-a-{id}"),
+            b: format!("duet-mig-b-{id}"),
+        };
+        ip(&["netns", "add", &h.a]);
+        ip(&["netns", "add", &h.b]);
+        let (va, vb) = (
+            format!("dma{}", id % 100_000),
+            format!("dmb{}", id % 100_000),
+        );
+        // Created inside A so the host namespace never holds either end.
+        ip(&[
+            "-n", &h.a, "link", "add", &va, "type", "veth", "peer", "name", &vb, "netns", &h.b,
+        ]);
+        ip(&["-n", &h.a, "addr", "add", "10.203.0.1/24", "dev", &va]);
+        ip(&["-n", &h.b, "addr", "add", "10.203.0.2/24", "dev", &vb]);
+        for (ns, dev) in [(&h.a, &va), (&h.b, &vb)] {
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        h
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+#[test]
+fn counter_migrates_between_two_network_namespaces() {
+    let tmp = temp_dir("mig-netns");
+    let k = key(&tmp, "key", 5);
+    let hosts = Hosts::new();
+    let (src, sock) = start_source(
+        &tmp,
+        &["ip", "netns", "exec", &hosts.a],
+        "counter",
+        &["400", "3000"],
+    );
+    src.wait_for("count 10\n");
+    let addr = "10.203.0.2:47123";
+    let dst = start_dest(&["ip", "netns", "exec", &hosts.b], addr, &k, None);
+    migrate(&sock, addr, &k, &[], &[])
+        .expect_status(0)
+        .expect_stdout("migrated to 10.203.0.2:47123");
+    let a = src.finish();
+    a.expect_status(MIGRATED);
+    let b = dst.finish();
+    b.expect_status(0).expect_stdout("counter done");
+    let mut all = counts(&a.stdout);
+    all.extend(counts(&b.stdout));
+    assert_eq!(all, (0..400).collect::<Vec<_>>());
+    drop(hosts);
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn a_destination_crash_is_survived_and_a_lost_ack_leaves_the_source_paused() {
+    let tmp = temp_dir("mig-crash");
+    let k = key(&tmp, "key", 4);
+    let (src, sock) = start_source(&tmp, &[], "counter", &["600", "3000"]);
+    src.wait_for("count 5\n");
+    let hook = |what| ["env", what];
+
+    // The destination dies in the middle of pre-copy.
+    let addr = free_addr();
+    let dst = start_dest(&hook("DUET_MIGRATE_DEST_FAIL=crash"), &addr, &k, None);
+    migrate(&sock, &addr, &k, &[], &[])
+        .expect_status(i32::from(status::MONITOR_ERROR))
+        .expect_stderr("keeps running");
+    let d = dst.finish();
+    assert_eq!(d.status, None, "the destination should have died: {d:#?}");
+    let last = *counts(&src.stdout()).last().unwrap();
+    src.wait_for(&format!("count {}\n", last + 3));
+
+    // Commit reaches the destination but its ack is lost: the destination
+    // runs the guest, the source keeps it paused and says so.
+    let addr = free_addr();
+    let dst = start_dest(&hook("DUET_MIGRATE_DEST_FAIL=ack"), &addr, &k, None);
+    migrate(&sock, &addr, &k, &[], &[])
+        .expect_status(i32::from(status::MONITOR_ERROR))
+        .expect_stderr("not acknowledged")
+        .expect_stderr("stays paused");
+    duet(&["ctl", s(&sock), "status"]).expect_stdout("\"paused\"");
+    let held = src.stdout();
+    let b = dst.finish();
+    b.expect_status(0).expect_stdout("counter done");
+    // The source printed nothing more while the destination ran the guest
+    // to the end: it never ran in two places, and no value was lost or
+    // repeated across the move.
+    assert_eq!(src.stdout(), held);
+    let mut all = counts(&held);
+    all.extend(counts(&b.stdout));
+    assert_eq!(all, (0..600).collect::<Vec<_>>());
+    // `resume` on the source is the operator's call; here it is just stopped.
+    drop(src);
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// `(tick, generation, monotonic µs, wall s)` lines of the migrant app.
+fn ticks(out: &str) -> Vec<[u64; 4]> {
+    out.lines()
+        .filter_map(|l| {
+            let v: Vec<u64> = l
+                .strip_prefix("tick ")?
+                .split(' ')
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            v.try_into().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn the_guest_sees_a_new_generation_and_its_clocks_carry_on() {
+    let tmp = temp_dir("mig-clock");
+    let k = key(&tmp, "key", 6);
+    let (src, sock) = start_source(&tmp, &[], "migrant", &["300", "3000"]);
+    src.wait_for("tick 10 ");
+    let addr = free_addr();
+    let dst = start_dest(&[], &addr, &k, None);
+    migrate(&sock, &addr, &k, &[], &[]).expect_status(0);
+    let a = src.finish();
+    a.expect_status(MIGRATED);
+    let b = dst.finish();
+    b.expect_status(0).expect_stdout("migrant done");
+    let (before, after) = (ticks(&a.stdout), ticks(&b.stdout));
+    assert!(before.iter().all(|t| t[1] == 0), "{a:#?}");
+    assert!(
+        !after.is_empty() && after.iter().all(|t| t[1] == 1),
+        "{b:#?}"
+    );
+    let all: Vec<[u64; 4]> = before.into_iter().chain(after).collect();
+    assert_eq!(
+        all.iter().map(|t| t[0]).collect::<Vec<_>>(),
+        (0..300).collect::<Vec<_>>()
+    );
+    // Monotonic time never goes back, across the move included.
+    assert!(all.windows(2).all(|w| w[1][2] >= w[0][2]), "{all:?}");
+    // Wall time on the destination is the host's.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let last = all.last().unwrap()[3];
+    assert!(
+        last.abs_diff(now) < 60,
+        "guest wall time {last}, host {now}"
+    );
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
