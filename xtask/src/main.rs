@@ -5,7 +5,6 @@
 //! is written once.
 
 mod bench;
-mod bench_migrate;
 mod build;
 
 use anyhow::Result;
@@ -42,14 +41,8 @@ enum Cmd {
     Rustflags,
     /// Benchmark boot, hypercalls, the clock, block and network I/O, each
     /// beside a floor measured in the same run:
-    /// `cargo xtask bench [boot|hypercall|clock|block|net|qemu|all] [--runs N] [--json PATH]`.
+    /// `cargo xtask bench [boot|hypercall|clock|block|net|snapshot|migrate|qemu|all] [--runs N] [--json PATH]`.
     Bench(bench::BenchArgs),
-    /// Live-migration figures over loopback (64 MiB, 256 MiB, 1 GiB; idle and dirtying).
-    BenchMigrate {
-        /// Repetitions of each configuration (interleaved).
-        #[arg(long, default_value_t = 3)]
-        reps: u32,
-    },
     /// Build every image, then run every test (unit and end-to-end).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -98,6 +91,5 @@ fn main() -> Result<()> {
         }
         Cmd::Bench(a) => bench::run(&a),
         Cmd::Test { rest } => build::test(&rest),
-        Cmd::BenchMigrate { reps } => bench_migrate::run(reps),
     }
 }

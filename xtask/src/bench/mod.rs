@@ -17,6 +17,7 @@ mod clones;
 mod group;
 mod host;
 mod hypercall;
+mod migrate;
 mod net;
 mod netns;
 mod progress;
@@ -182,6 +183,10 @@ pub const SECTIONS: &[Section] = &[
     Section {
         name: "snapshot",
         run: snapshot::run,
+    },
+    Section {
+        name: "migrate",
+        run: migrate::run,
     },
     Section {
         name: "qemu",
