@@ -120,23 +120,7 @@ impl PageTables {
         end: u64,
         access: Access,
     ) -> Result<(), PagingError> {
-        if start >= end {
-            return Ok(());
-        }
-        if start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
-            return Err(PagingError::Misaligned(start));
-        }
-        let mut a = start;
-        while a < end {
-            let pd = self.pd(mem, a)?;
-            let pt = self.child(mem, pd, (a >> 21) & 511)?;
-            mem.write_plain_unchecked_policy(
-                Gpa(pt + ((a >> 12) & 511) * 8),
-                &(a | access.bits()),
-            )?;
-            a += PAGE_SIZE;
-        }
-        Ok(())
+        self.map_pages(mem, start, end, access, false)
     }
 
     /// Maps `[start, end)` with 2 MiB pages.
@@ -147,20 +131,37 @@ impl PageTables {
         end: u64,
         access: Access,
     ) -> Result<(), PagingError> {
+        self.map_pages(mem, start, end, access, true)
+    }
+
+    /// Maps `[start, end)` with pages of one size: 2 MiB leaves in the page
+    /// directory when `large`, else 4 KiB leaves in page tables.
+    fn map_pages(
+        &mut self,
+        mem: &GuestMem,
+        start: u64,
+        end: u64,
+        access: Access,
+        large: bool,
+    ) -> Result<(), PagingError> {
+        let size = if large { LARGE_PAGE_SIZE } else { PAGE_SIZE };
         if start >= end {
             return Ok(());
         }
-        if start % LARGE_PAGE_SIZE != 0 || end % LARGE_PAGE_SIZE != 0 {
+        if start % size != 0 || end % size != 0 {
             return Err(PagingError::Misaligned(start));
         }
         let mut a = start;
         while a < end {
             let pd = self.pd(mem, a)?;
-            mem.write_plain_unchecked_policy(
-                Gpa(pd + ((a >> 21) & 511) * 8),
-                &(a | access.bits() | PS),
-            )?;
-            a += LARGE_PAGE_SIZE;
+            let (slot, leaf) = if large {
+                (pd + ((a >> 21) & 511) * 8, a | access.bits() | PS)
+            } else {
+                let pt = self.child(mem, pd, (a >> 21) & 511)?;
+                (pt + ((a >> 12) & 511) * 8, a | access.bits())
+            };
+            mem.write_plain_unchecked_policy(Gpa(slot), &leaf)?;
+            a += size;
         }
         Ok(())
     }
