@@ -201,7 +201,8 @@ impl PageTables {
             let slot = Gpa(pd + ((a >> 21) & 511) * 8);
             let e: u64 = mem.read_plain(slot)?;
             let whole = a % LARGE_PAGE_SIZE == 0 && a + LARGE_PAGE_SIZE <= end;
-            if e & PS != 0 && whole {
+            // A whole 2 MiB page (or one made inaccessible as a whole) stays large.
+            if whole && (e & PS != 0 || e == 0) {
                 // The whole 2 MiB page changes: keep it large.
                 let bits = access.bits();
                 let v = if bits == 0 { 0 } else { a | bits | PS };
@@ -282,5 +283,31 @@ mod tests {
         assert!(pt
             .map_2m(&mem, 0x1000, 0x20_0000, Access::UserWrite)
             .is_err());
+    }
+
+    #[test]
+    fn map_range_mixes_page_sizes_and_protect_splits() {
+        let mem = GuestMem::new(16 << 20).unwrap();
+        let mut pt = PageTables::new();
+        pt.map_range(&mem, 0x30_0000, 0xa0_1000, Access::UserWrite)
+            .unwrap();
+        assert_eq!(pt.leaf(&mem, 0x30_0000).unwrap() & PS, 0);
+        assert_eq!(pt.leaf(&mem, 0x40_0000).unwrap() & PS, PS);
+        assert_eq!(pt.leaf(&mem, 0xa0_0000).unwrap() & PS, 0);
+        assert_eq!(pt.leaf(&mem, 0xa0_1000), None);
+        pt.protect(&mem, 0x40_3000, 0x40_5000, Access::UserRead)
+            .unwrap();
+        assert_eq!(pt.leaf(&mem, 0x40_3000), Some(0x40_3000 | P | US | NX));
+        assert_eq!(pt.leaf(&mem, 0x40_5000), Some(0x40_5000 | P | RW | US | NX));
+        assert_eq!(pt.leaf(&mem, 0x40_2000), Some(0x40_2000 | P | RW | US | NX));
+        pt.protect(&mem, 0x60_0000, 0x80_0000, Access::None)
+            .unwrap();
+        assert_eq!(pt.leaf(&mem, 0x60_0000), None);
+        pt.protect(&mem, 0x60_0000, 0x80_0000, Access::UserWrite)
+            .unwrap();
+        assert_eq!(
+            pt.leaf(&mem, 0x70_0000),
+            Some(0x60_0000 | P | RW | US | NX | PS)
+        );
     }
 }
