@@ -35,6 +35,17 @@ fn s(p: &Path) -> &str {
 /// Starts `app` with a control socket, optionally through a command prefix
 /// (`ip netns exec NS`).
 fn start_source(dir: &Path, prefix: &[&str], app: &str, args: &[&str]) -> (Background, PathBuf) {
+    start_source_with(dir, prefix, &[], app, args)
+}
+
+/// As [`start_source`], with monitor options (`--disk ...`) before `--`.
+fn start_source_with(
+    dir: &Path,
+    prefix: &[&str],
+    opts: &[&str],
+    app: &str,
+    args: &[&str],
+) -> (Background, PathBuf) {
     let sock = dir.join("src.sock");
     let img = image(app);
     let bin = duet_tests::paths().bin.clone();
@@ -42,7 +53,9 @@ fn start_source(dir: &Path, prefix: &[&str], app: &str, args: &[&str]) -> (Backg
     if !prefix.is_empty() {
         v.push(s(&bin));
     }
-    v.extend(["run", s(&img), "--api", s(&sock), "--"]);
+    v.extend(["run", s(&img), "--api", s(&sock)]);
+    v.extend_from_slice(opts);
+    v.push("--");
     v.extend_from_slice(args);
     let r = if prefix.is_empty() {
         Background::start(&v)
@@ -54,6 +67,17 @@ fn start_source(dir: &Path, prefix: &[&str], app: &str, args: &[&str]) -> (Backg
 }
 
 fn start_dest(prefix: &[&str], addr: &str, key: &Path, api: Option<&Path>) -> Background {
+    start_dest_with(prefix, addr, key, api, &[])
+}
+
+/// As [`start_dest`], with monitor options (`--disk ...`).
+fn start_dest_with(
+    prefix: &[&str],
+    addr: &str,
+    key: &Path,
+    api: Option<&Path>,
+    opts: &[&str],
+) -> Background {
     let bin = duet_tests::paths().bin.clone();
     let mut v: Vec<&str> = prefix.to_vec();
     if !prefix.is_empty() {
@@ -63,6 +87,7 @@ fn start_dest(prefix: &[&str], addr: &str, key: &Path, api: Option<&Path>) -> Ba
     if let Some(a) = api {
         v.extend(["--api", s(a)]);
     }
+    v.extend_from_slice(opts);
     if prefix.is_empty() {
         Background::start(&v)
     } else {
@@ -414,5 +439,116 @@ fn the_guest_sees_a_new_generation_and_its_clocks_carry_on() {
         last.abs_diff(now) < 60,
         "guest wall time {last}, host {now}"
     );
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// Whether some process holds an advisory lock on `path` (util-linux flock).
+fn locked(path: &Path) -> bool {
+    let st = Command::new("flock")
+        .args(["-n", "-s", s(path), "true"])
+        .status()
+        .expect("flock(1) runs");
+    !st.success()
+}
+
+#[test]
+fn a_guest_with_a_disk_migrates_on_shared_storage_its_writes_intact() {
+    let tmp = temp_dir("mig-disk");
+    let k = key(&tmp, "key", 3);
+    let disk = tmp.join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let (src, sock) = start_source_with(&tmp, &[], &["--disk", s(&disk)], "diskmig", &["64"]);
+    src.wait_for("writing\n");
+    assert!(locked(&disk), "the source does not lock its disk");
+
+    // --copy-disks is refused up front; the guest goes on.
+    let addr = free_addr();
+    migrate(&sock, &addr, &k, &["--copy-disks"], &[])
+        .expect_status(i32::from(status::MONITOR_ERROR))
+        .expect_stderr("--copy-disks is not supported yet")
+        .expect_stderr("keeps running");
+
+    // Cut after the source flushed and dropped its lock, and after the
+    // destination opened the disk: the source takes its disk back and
+    // keeps writing; the destination never ran the guest.
+    for phase in ["stop", "commit"] {
+        let addr = free_addr();
+        let dst = start_dest(&[], &addr, &k, None);
+        let m = migrate(&sock, &addr, &k, &[], &[("DUET_MIGRATE_FAIL", phase)]);
+        m.expect_status(i32::from(status::MONITOR_ERROR))
+            .expect_stderr(&format!("cut at phase `{phase}`"))
+            .expect_stderr("keeps running");
+        let d = dst.finish();
+        d.expect_status(i32::from(status::MONITOR_ERROR));
+        assert!(!d.stdout.contains("disk"), "the destination ran: {d:#?}");
+        assert!(
+            locked(&disk),
+            "the source did not take its disk back after a cut at {phase}"
+        );
+        duet(&["ctl", s(&sock), "status"])
+            .expect_status(0)
+            .expect_stdout("\"running\"");
+    }
+
+    // A destination `--disk` mapping the wrong number of disks is refused.
+    let addr = free_addr();
+    let other = tmp.join("other.img");
+    std::fs::File::create(&other)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let dst = start_dest_with(
+        &[],
+        &addr,
+        &k,
+        None,
+        &["--disk", s(&disk), "--disk", s(&other)],
+    );
+    migrate(&sock, &addr, &k, &[], &[])
+        .expect_status(i32::from(status::MONITOR_ERROR))
+        .expect_stderr("maps 2");
+    dst.finish().expect_status(i32::from(status::MONITOR_ERROR));
+
+    // The destination maps the disk through its own path (a hard link:
+    // the same file on "shared storage" under another name).
+    let link = tmp.join("link.img");
+    std::fs::hard_link(&disk, &link).unwrap();
+    let addr = free_addr();
+    let dst = start_dest_with(&[], &addr, &k, None, &["--disk", s(&link)]);
+    migrate(&sock, &addr, &k, &[], &[])
+        .expect_status(0)
+        .expect_stdout("migrated to");
+    let a = src.finish();
+    a.expect_status(MIGRATED);
+    let b = dst.finish();
+    b.expect_status(0).expect_stdout("disk intact after");
+    assert!(!a.stdout.contains("disk intact"), "{a:#?}");
+    // What the guest wrote is in the file.
+    let bytes = std::fs::read(&disk).unwrap();
+    assert!(bytes[..64 * 512].iter().any(|&x| x != 0));
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn a_guest_with_a_disk_migrates_to_the_path_the_source_sends() {
+    let tmp = temp_dir("mig-disk-path");
+    let k = key(&tmp, "key", 4);
+    let disk = tmp.join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let (src, sock) = start_source_with(&tmp, &[], &["--disk", s(&disk)], "diskmig", &["16"]);
+    src.wait_for("writing\n");
+    let addr = free_addr();
+    let dst = start_dest(&[], &addr, &k, None);
+    migrate(&sock, &addr, &k, &[], &[]).expect_status(0);
+    src.finish().expect_status(MIGRATED);
+    dst.finish()
+        .expect_status(0)
+        .expect_stdout("disk intact after");
     std::fs::remove_dir_all(&tmp).unwrap();
 }

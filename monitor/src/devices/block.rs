@@ -161,7 +161,26 @@ pub struct BlockDevice {
 
 /// Opens and checks every disk, in order; the guest sees them as devices
 /// `first_id..`. Fails on the first bad disk, before anything else starts.
+/// Each disk is locked ([`BlockDevice::lock`]).
 pub fn open_all(specs: &[DiskSpec], first_id: usize) -> Result<Vec<BlockDevice>, BlockError> {
+    open_checked(specs, first_id, true)
+}
+
+/// As [`open_all`] but without taking the advisory locks: a migration
+/// destination opens the disks while the paused source may still hold them,
+/// and locks them ([`BlockDevice::lock`]) only once the guest is its own.
+pub fn open_all_unlocked(
+    specs: &[DiskSpec],
+    first_id: usize,
+) -> Result<Vec<BlockDevice>, BlockError> {
+    open_checked(specs, first_id, false)
+}
+
+fn open_checked(
+    specs: &[DiskSpec],
+    first_id: usize,
+    lock: bool,
+) -> Result<Vec<BlockDevice>, BlockError> {
     if first_id + specs.len() > MAX_DEVICES {
         return Err(BlockError::TooMany);
     }
@@ -183,7 +202,9 @@ pub fn open_all(specs: &[DiskSpec], first_id: usize) -> Result<Vec<BlockDevice>,
                 return Err(BlockError::DuplicateName(dev.name));
             }
         }
-        dev.lock()?;
+        if lock {
+            dev.lock()?;
+        }
         out.push((dev, id));
     }
     Ok(out.into_iter().map(|(d, _)| d).collect())
@@ -273,8 +294,9 @@ impl BlockDevice {
 
     /// Takes an advisory lock on the file (after the duplicate check: a
     /// second lock from this process would conflict with the first), so two
-    /// monitors never write one image at once.
-    fn lock(&self) -> Result<(), BlockError> {
+    /// monitors never write one image at once. Taking it again while held
+    /// succeeds.
+    pub fn lock(&self) -> Result<(), BlockError> {
         let op = if self.readonly {
             libc::LOCK_SH
         } else {
@@ -285,6 +307,13 @@ impl BlockDevice {
             return Err(BlockError::Locked(self.path.clone()));
         }
         Ok(())
+    }
+
+    /// Drops the advisory lock (a migrating source, once the guest is
+    /// paused and the disk flushed, so the destination can take it).
+    pub fn unlock(&self) {
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
     }
 
     /// The device's boot-info entry.

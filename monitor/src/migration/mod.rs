@@ -51,6 +51,9 @@ pub enum MigrateError {
     /// The two hosts cannot run the same guest.
     #[error("incompatible: {0}")]
     Incompatible(String),
+    /// The request asks for something this duet cannot do.
+    #[error("{0}")]
+    Unsupported(String),
     /// The guest could not be paused, captured or rebuilt.
     #[error("guest state: {0}")]
     State(String),
@@ -75,7 +78,8 @@ pub struct MigrateRequest {
     pub max_downtime_ms: u64,
     /// The shared key file (absolute path).
     pub key_file: String,
-    /// Stream disk contents too (no-op without disks).
+    /// Stream disk contents too: not supported yet (refused with
+    /// [`MigrateError::Unsupported`]).
     #[serde(default)]
     pub copy_disks: bool,
     /// Test hook: cut the connection at this phase.

@@ -229,7 +229,16 @@ fn capture(vm: &mut Vm) -> Result<Vec<u8>, SnapshotError> {
     state
         .sections
         .push((Tag::Image as u32, vm.image.bytes().to_vec()));
-    state.put(Tag::Devices, &vm.devices.save()?)?;
+    // Disk paths go absolute: the destination does not share our directory.
+    let mut devices = vm.devices.save()?;
+    for d in &mut devices {
+        if let crate::devices::DeviceState::Block { spec, .. } = d {
+            if let Ok(p) = std::path::absolute(&spec.path) {
+                spec.path = p;
+            }
+        }
+    }
+    state.put(Tag::Devices, &devices)?;
     state.put(Tag::Memory, &vm.mem.save()?)?;
     Ok(state.encode())
 }
@@ -242,6 +251,11 @@ fn stop(vm: &mut Vm) -> Result<(), String> {
     let paused_wall_ns = wall_ns();
     vm.paused = true;
     let blob = capture(vm).map_err(|e| e.to_string())?;
+    // The disk flush marker: every write the guest made is durable before
+    // StateEnd leaves. Then the locks go, so the destination can take them
+    // at commit; an abort takes them back ([`finish`]).
+    vm.devices.flush_disks()?;
+    vm.devices.unlock_disks();
     let mut s = vm.ctl.migration.lock();
     s.held = true;
     s.stopped = Some(Stopped {
@@ -266,12 +280,23 @@ fn finish(vm: &mut Vm, end: End) -> Result<(), String> {
         }
         End::Abort => {
             vm.paused = was_paused;
+            relock(vm);
             set_dirty_log(vm, false)
         }
         End::Unknown => {
             vm.paused = true;
+            relock(vm);
             set_dirty_log(vm, false)
         }
+    }
+}
+
+/// Takes the disks' locks back after an attempt that did not commit. The
+/// destination locks only after commit, so this fails only if another
+/// process took a disk meanwhile (or the destination after a lost ack).
+fn relock(vm: &Vm) {
+    if let Err(e) = vm.devices.lock_disks() {
+        log::error!("after the failed migration: {e}");
     }
 }
 
@@ -301,6 +326,11 @@ pub fn migrate(
                 super::FAIL_PHASES
             )));
         }
+    }
+    if req.copy_disks {
+        return Err(MigrateError::Unsupported(
+            "--copy-disks is not supported yet: put the guest's disks on storage both hosts share and migrate without it (the destination reopens each disk by its path, or by its own `--disk` given to `duet run --incoming`)".into(),
+        ));
     }
     step(ctl, Step::Start)?;
     let handoff = ctl.migration.lock().handoff.take();
