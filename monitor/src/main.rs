@@ -156,7 +156,7 @@ enum CtlCmd {
         /// Downtime budget in milliseconds (pre-copy goes on until the rest fits).
         #[arg(long, value_name = "MS", default_value_t = 5)]
         max_downtime: u64,
-        /// Stream disk contents too: not supported yet (refused; use shared storage).
+        /// Copy the disk contents to the destination's files (its `--disk` options) instead of sharing them.
         #[arg(long)]
         copy_disks: bool,
         /// The key shared with the destination.

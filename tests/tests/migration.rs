@@ -464,13 +464,6 @@ fn a_guest_with_a_disk_migrates_on_shared_storage_its_writes_intact() {
     src.wait_for("writing\n");
     assert!(locked(&disk), "the source does not lock its disk");
 
-    // --copy-disks is refused up front; the guest goes on.
-    let addr = free_addr();
-    migrate(&sock, &addr, &k, &["--copy-disks"], &[])
-        .expect_status(i32::from(status::MONITOR_ERROR))
-        .expect_stderr("--copy-disks is not supported yet")
-        .expect_stderr("keeps running");
-
     // Cut after the source flushed and dropped its lock, and after the
     // destination opened the disk: the source takes its disk back and
     // keeps writing; the destination never ran the guest.
@@ -550,5 +543,71 @@ fn a_guest_with_a_disk_migrates_to_the_path_the_source_sends() {
     dst.finish()
         .expect_status(0)
         .expect_stdout("disk intact after");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn copy_disks_moves_the_contents_and_leaves_the_source_file_untouched() {
+    let tmp = temp_dir("mig-copy");
+    let k = key(&tmp, "key", 5);
+    let disk = tmp.join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    // The copy starts as garbage: zero runs must be written too.
+    let copy = tmp.join("copy.img");
+    std::fs::write(&copy, vec![0xaa; 1 << 20]).unwrap();
+    let (src, sock) = start_source_with(&tmp, &[], &["--disk", s(&disk)], "diskmig", &["64"]);
+    src.wait_for("writing\n");
+
+    // Without a destination-side path the destination refuses.
+    let addr = free_addr();
+    let dst = start_dest(&[], &addr, &k, None);
+    migrate(&sock, &addr, &k, &["--copy-disks"], &[])
+        .expect_status(i32::from(status::MONITOR_ERROR))
+        .expect_stderr("--copy-disks")
+        .expect_stderr("keeps running");
+    dst.finish().expect_status(i32::from(status::MONITOR_ERROR));
+
+    // A cut mid-copy: the source goes on with its disk.
+    let addr = free_addr();
+    let dst = start_dest_with(&[], &addr, &k, None, &["--disk", s(&copy)]);
+    migrate(
+        &sock,
+        &addr,
+        &k,
+        &["--copy-disks"],
+        &[("DUET_MIGRATE_FAIL", "precopy")],
+    )
+    .expect_status(i32::from(status::MONITOR_ERROR))
+    .expect_stderr("keeps running");
+    dst.finish().expect_status(i32::from(status::MONITOR_ERROR));
+    assert!(locked(&disk), "the source lost its disk lock");
+    duet(&["ctl", s(&sock), "status"])
+        .expect_status(0)
+        .expect_stdout("\"running\"");
+
+    let addr = free_addr();
+    let dst = start_dest_with(&[], &addr, &k, None, &["--disk", s(&copy)]);
+    migrate(&sock, &addr, &k, &["--copy-disks"], &[])
+        .expect_status(0)
+        .expect_stdout("migrated to");
+    src.finish().expect_status(MIGRATED);
+    let at_commit = std::fs::read(&disk).unwrap();
+    let b = dst.finish();
+    b.expect_status(0).expect_stdout("disk intact after");
+    let after = std::fs::read(&disk).unwrap();
+    let copied = std::fs::read(&copy).unwrap();
+    assert!(at_commit == after, "the source's file changed after commit");
+    let (m, e) = (64 * 512, 65 * 512);
+    assert_eq!(&copied[m..m + 5], b"moved", "the marker is not in the copy");
+    assert!(
+        !after[m..e].starts_with(b"moved"),
+        "the marker went to the source's file"
+    );
+    assert!(copied[..m] == after[..m], "the written sectors differ");
+    assert!(copied[e..] == after[e..], "the rest of the copy differs");
+    assert!(after[..m].iter().any(|&x| x != 0));
     std::fs::remove_dir_all(&tmp).unwrap();
 }

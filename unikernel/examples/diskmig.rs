@@ -2,8 +2,10 @@
 //! keeps rewriting N sectors (default 64), each with the number of the
 //! write that last touched it, and remembers what it wrote. Once its
 //! identity generation changes (it was moved) it reads every sector back
-//! and prints `disk intact after W writes` or `disk corrupt at sector S`.
-//! It prints `writing` once every sector was written once.
+//! and prints `disk intact after W writes` or `disk corrupt at sector S`;
+//! intact, it first writes `moved` into sector N (so a test can tell which
+//! file the migrated guest writes). It prints `writing` once every sector
+//! was written once.
 #![no_std]
 #![no_main]
 
@@ -34,7 +36,7 @@ fn main() -> i32 {
         .and_then(|a| a.parse().ok())
         .unwrap_or(64);
     let sz = disk.sector_size() as usize;
-    if (n * sz) as u64 > disk.capacity() {
+    if ((n + 1) * sz) as u64 > disk.capacity() {
         duet::println!("disk too small");
         return 2;
     }
@@ -73,6 +75,16 @@ fn main() -> i32 {
             duet::println!("disk corrupt at sector {slot}");
             return 1;
         }
+    }
+    let mut marker = vec![0u8; sz];
+    marker[..5].copy_from_slice(b"moved");
+    if disk
+        .write_at((n * sz) as u64, &marker)
+        .and_then(|_| disk.flush())
+        .is_err()
+    {
+        duet::println!("marker write failed");
+        return 1;
     }
     duet::println!("disk intact after {w} writes");
     0

@@ -151,6 +151,9 @@ pub fn parse_spec(s: &str) -> Result<DiskSpec, BlockError> {
 
 /// An attached disk.
 pub struct BlockDevice {
+    /// Where the guest wrote while a migration copies the disk
+    /// (`--copy-disks`), in 4 KiB units of the disk; off otherwise.
+    dirty: std::sync::Arc<crate::migration::dirty::HostDirty>,
     file: File,
     path: String,
     name: String,
@@ -282,6 +285,7 @@ impl BlockDevice {
             });
         }
         let dev = BlockDevice {
+            dirty: Default::default(),
             file,
             path,
             name,
@@ -367,7 +371,13 @@ impl BlockDevice {
     ) -> Result<u64, Error> {
         let dir = if write { FileIo::Write } else { FileIo::Read };
         let want: u64 = segs.iter().map(|s| s.1).sum();
-        match mem.file_io(dir, self.file.as_fd(), offset, segs) {
+        let r = mem.file_io(dir, self.file.as_fd(), offset, segs);
+        if write {
+            // After the write (even a failed one: some bytes may have
+            // landed), so a copy that read the old bytes sends them again.
+            self.dirty.mark(offset, want as usize);
+        }
+        match r {
             Err(MemError::OutOfRange { .. }) | Err(MemError::NotWritable { .. }) => {
                 Err(Error::Fault)
             }
@@ -379,6 +389,23 @@ impl BlockDevice {
             }
             Ok(Err(e)) => Err(self.host_error("I/O", e)),
         }
+    }
+
+    /// What a migration that copies this disk needs: a second descriptor to
+    /// read it with, its capacity, and its write tracking.
+    pub fn copy_source(
+        &self,
+    ) -> std::io::Result<(
+        File,
+        u64,
+        std::sync::Arc<crate::migration::dirty::HostDirty>,
+    )> {
+        Ok((self.file.try_clone()?, self.capacity, self.dirty.clone()))
+    }
+
+    /// The disk's write tracking (see [`BlockDevice::copy_source`]).
+    pub fn write_tracking(&self) -> &crate::migration::dirty::HostDirty {
+        &self.dirty
     }
 
     /// Makes every write so far durable: returns once `fdatasync` has.

@@ -18,8 +18,11 @@ use duet_abi::boot::DeviceKind;
 use duet_abi::PAGE_SIZE;
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::Kvm;
+use std::fs::File;
 use std::io::BufReader;
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -106,6 +109,12 @@ fn compatible(kvm: &Kvm, h: &protocol::Hello, disks: &[DiskSpec]) -> Result<(), 
             }
         }
     }
+    if h.copy_disks && disks.len() != nblock {
+        return Err(format!(
+            "the source copies the guest's {nblock} disk(s) (--copy-disks) but `duet run --incoming` was given {} `--disk` option(s); give one `--disk PATH` per disk, in the source's order, naming the copies here",
+            disks.len()
+        ));
+    }
     if !disks.is_empty() && disks.len() != nblock {
         return Err(format!(
             "the guest has {nblock} disk(s) but `--disk` on `--incoming` maps {}; give one `--disk` per disk, in the source's order, or none to reopen the source's paths",
@@ -163,6 +172,51 @@ fn map_disks(
         return Err("more `--disk` options on `--incoming` than the guest has disks".into());
     }
     Ok(devices)
+}
+
+/// The capacity in a disk's Hello line (`... capacity N`).
+fn line_capacity(line: &str) -> Option<u64> {
+    line.split_once(" capacity ")?.1.parse().ok()
+}
+
+/// Opens (creating if need be) and locks the destination's copies of the
+/// disks for `--copy-disks`, sized to the source's disks.
+fn open_copies(h: &protocol::Hello, disks: &[DiskSpec]) -> Result<Vec<(File, u64)>, String> {
+    let mut out = Vec::new();
+    for (line, spec) in h.devices.iter().zip(disks) {
+        let shown = spec.path.display();
+        let cap = line_capacity(line)
+            .filter(|c| *c > 0 && c % protocol::DISK_ALIGN == 0)
+            .ok_or_else(|| format!("the source's disk line `{line}` has no valid capacity"))?;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&spec.path)
+            .map_err(|e| {
+                format!("cannot open the disk copy {shown}: {e}; check the path and its directory")
+            })?;
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(format!(
+                "the disk copy {shown} is in use by another process; give a free file"
+            ));
+        }
+        let meta = f
+            .metadata()
+            .map_err(|e| format!("disk copy {shown}: {e}"))?;
+        if meta.is_file() {
+            f.set_len(cap)
+                .map_err(|e| format!("cannot size the disk copy {shown} to {cap} bytes: {e}"))?;
+        } else {
+            return Err(format!(
+                "the disk copy {shown} is not a regular file; give a file path"
+            ));
+        }
+        out.push((f, cap));
+    }
+    Ok(out)
 }
 
 fn refuse(s: &mut TcpStream, why: String) -> MigrateError {
@@ -247,6 +301,16 @@ fn receive(
     if let Err(why) = compatible(&kvm, &hello, disks) {
         return Err(refuse(s, format!("incompatible: {why}")));
     }
+    // --copy-disks: the copies are ours from the start (locked now).
+    let copies = if hello.copy_disks {
+        match open_copies(&hello, disks) {
+            Ok(c) => c,
+            Err(why) => return Err(refuse(s, why)),
+        }
+    } else {
+        Vec::new()
+    };
+    let capacities: Vec<u64> = copies.iter().map(|c| c.1).collect();
     protocol::write_frame(s, Kind::Accept, &[])?;
 
     // Pre-copy and stop: pages until the state arrives.
@@ -272,6 +336,19 @@ fn receive(
                 } else {
                     mem.inner().write_slice(data, at).map_err(state_err)?;
                 }
+                spare = f.payload;
+            }
+            Kind::Disk | Kind::DiskZero => {
+                let zero = f.kind == Kind::DiskZero;
+                let (i, offset, len, data) = protocol::decode_disk(&f.payload, &capacities, zero)?;
+                let file = &copies[i].0;
+                let w = if zero {
+                    let z = vec![0u8; len as usize];
+                    file.write_all_at(&z, offset)
+                } else {
+                    file.write_all_at(data, offset)
+                };
+                w.map_err(|e| MigrateError::State(format!("writing disk copy {i}: {e}")))?;
                 spare = f.payload;
             }
             Kind::State => {
@@ -313,6 +390,10 @@ fn receive(
         return Err(MigrateError::Protocol("the memory state is invalid".into()));
     }
     mem.set_writable(ms.writable);
+    for (f, _) in &copies {
+        f.sync_data()
+            .map_err(|e| MigrateError::State(format!("flushing a disk copy: {e}")))?;
+    }
     let devices: Vec<DeviceState> = state.get(Tag::Devices).map_err(state_err)?;
     let devices = map_disks(devices, disks).map_err(MigrateError::State)?;
     let mut vm = build(&state, &devices, mem, kvm, ctl).map_err(state_err)?;
@@ -326,8 +407,11 @@ fn receive(
     // Commit: from here the guest is ours; before it, nothing ran.
     protocol::read_frame(&mut r)?.expect(Kind::Commit)?;
     // The source dropped its disk locks at stop (after flushing); the
-    // guest is ours now, so take them. Failing means another process
-    // opened a disk meanwhile: the guest runs anyway (it is nowhere else).
+    // guest is ours now, so take them. (Copies: the lock moves from the
+    // descriptor that wrote them to the device's.) Failing means another
+    // process opened a disk meanwhile: the guest runs anyway (it is
+    // nowhere else).
+    drop(copies);
     if let Err(e) = vm.devices.lock_disks() {
         log::error!("after commit: {e}; running the guest anyway");
     }

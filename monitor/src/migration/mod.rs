@@ -51,9 +51,6 @@ pub enum MigrateError {
     /// The two hosts cannot run the same guest.
     #[error("incompatible: {0}")]
     Incompatible(String),
-    /// The request asks for something this duet cannot do.
-    #[error("{0}")]
-    Unsupported(String),
     /// The guest could not be paused, captured or rebuilt.
     #[error("guest state: {0}")]
     State(String),
@@ -78,8 +75,8 @@ pub struct MigrateRequest {
     pub max_downtime_ms: u64,
     /// The shared key file (absolute path).
     pub key_file: String,
-    /// Stream disk contents too: not supported yet (refused with
-    /// [`MigrateError::Unsupported`]).
+    /// Copy the disks' contents to the destination's own files (given
+    /// with `--disk` on `duet run --incoming`) instead of sharing them.
     #[serde(default)]
     pub copy_disks: bool,
     /// Test hook: cut the connection at this phase.
