@@ -427,13 +427,10 @@ fn template_cmd(cmd: TemplateCmd, start: Instant) -> anyhow::Result<Outcome> {
 }
 
 fn incoming(addr: String, key: PathBuf, g: GuestArgs, c: Common) -> anyhow::Result<Outcome> {
-    if !g.net.is_empty() {
-        bail!("--net with --incoming: network devices cannot migrate yet; migrate guests without --net");
-    }
     let kvm_device = c.kvm_device;
-    let disks = g.disks;
+    let (disks, nets) = (g.disks, g.net);
     let f = runner::run(
-        move |ctl| migration::destination::incoming(&addr, &key, &kvm_device, &disks, ctl),
+        move |ctl| migration::destination::incoming(&addr, &key, &kvm_device, &disks, &nets, ctl),
         c.api,
     )
     .context("no guest arrived; nothing runs here")?;

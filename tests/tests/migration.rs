@@ -611,3 +611,125 @@ fn copy_disks_moves_the_contents_and_leaves_the_source_file_untouched() {
     assert!(after[..m].iter().any(|&x| x != 0));
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+/// One network namespace holding a bridge (10.0.0.1/24, the client's
+/// address) that joins two persistent TAPs: tap0 for the source monitor,
+/// tap1 for the destination. Deleted when dropped (even on failure).
+struct Bridged {
+    ns: String,
+}
+
+impl Bridged {
+    fn new() -> Bridged {
+        let b = Bridged {
+            ns: format!("duet-mig-br-{}", std::process::id()),
+        };
+        ip(&["netns", "add", &b.ns]);
+        let n = b.ns.as_str();
+        ip(&["-n", n, "link", "set", "lo", "up"]);
+        ip(&["-n", n, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", n, "addr", "add", "10.0.0.1/24", "dev", "br0"]);
+        for tap in ["tap0", "tap1"] {
+            ip(&["-n", n, "tuntap", "add", "dev", tap, "mode", "tap"]);
+            ip(&["-n", n, "link", "set", tap, "master", "br0"]);
+            ip(&["-n", n, "link", "set", tap, "up"]);
+        }
+        ip(&["-n", n, "link", "set", "br0", "up"]);
+        b
+    }
+
+    fn exec(&self) -> [&str; 4] {
+        ["ip", "netns", "exec", &self.ns]
+    }
+
+    /// `curl` of the guest's page from the namespace; `None` on failure.
+    fn get(&self) -> Option<String> {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "curl", "-s", "-m", "2"])
+            .arg("http://10.0.0.2/")
+            .output()
+            .expect("run curl");
+        let body = String::from_utf8_lossy(&o.stdout).into_owned();
+        (o.status.success() && body.contains("Hello from a Duet unikernel")).then_some(body)
+    }
+
+    /// Whether the bridge has learnt `mac` on `port`.
+    fn learnt(&self, mac: &str, port: &str) -> bool {
+        let o = Command::new("bridge")
+            .args(["-n", &self.ns, "fdb", "show", "br", "br0"])
+            .output()
+            .expect("run bridge (iproute2)");
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .any(|l| l.starts_with(mac) && l.contains(&format!("dev {port} ")))
+    }
+}
+
+impl Drop for Bridged {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+#[test]
+fn httpd_keeps_answering_across_a_migration_and_announces_its_new_port() {
+    const MAC: &str = "02:00:00:00:00:02";
+    let tmp = temp_dir("mig-nic");
+    let k = key(&tmp, "key", 6);
+    let br = Bridged::new();
+    let (src, sock) = start_source_with(
+        &tmp,
+        &br.exec(),
+        &[
+            "--net",
+            &format!("tap=tap0,mac={MAC}"),
+            "--env",
+            "IP=10.0.0.2/24",
+        ],
+        "httpd",
+        &[],
+    );
+    src.wait_for("httpd: listening");
+    assert!(br.get().is_some(), "no answer before the move");
+    assert!(
+        br.learnt(MAC, "tap0"),
+        "the bridge never saw the guest on tap0"
+    );
+
+    // The destination must bring its own TAP.
+    let addr = free_addr();
+    let dst = start_dest(&br.exec(), &addr, &k, None);
+    migrate(&sock, &addr, &k, &[], &[])
+        .expect_status(i32::from(status::MONITOR_ERROR))
+        .expect_stderr("`--net` option(s)")
+        .expect_stderr("keeps running");
+    dst.finish().expect_status(i32::from(status::MONITOR_ERROR));
+    assert!(br.get().is_some(), "no answer after the refused move");
+
+    let addr = free_addr();
+    let dapi = tmp.join("dst.sock");
+    let dst = start_dest_with(&br.exec(), &addr, &k, Some(&dapi), &["--net", "tap=tap1"]);
+    migrate(&sock, &addr, &k, &[], &[])
+        .expect_status(0)
+        .expect_stdout("migrated to");
+    src.finish().expect_status(MIGRATED);
+    // The guest announces itself on its own: no client traffic yet.
+    let mut seen = false;
+    for _ in 0..500 {
+        if br.learnt(MAC, "tap1") {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(seen, "no gratuitous ARP: the bridge did not learn tap1");
+    // Clients may retry while the move settles.
+    let answered = (0..10).any(|_| br.get().is_some());
+    assert!(answered, "httpd stopped answering: {}", dst.stdout());
+    duet(&["ctl", s(&dapi), "status"])
+        .expect_status(0)
+        .expect_stdout("\"generation\": 1");
+    drop(dst);
+    drop(br);
+    std::fs::remove_dir_all(&tmp).unwrap();
+}

@@ -7,6 +7,7 @@ use super::protocol::{self, Kind};
 use super::{wall_ns, MigrateError};
 use crate::control::Control;
 use crate::devices::block::DiskSpec;
+use crate::devices::net::NetConfig;
 use crate::devices::DeviceState;
 use crate::loader::Image;
 use crate::memory::GuestMem;
@@ -42,7 +43,12 @@ fn line_kind(line: &str) -> Option<u32> {
 
 /// Checks this host can run a guest described by `h`, with `disks` the
 /// destination's own `--disk` options; the reason otherwise.
-fn compatible(kvm: &Kvm, h: &protocol::Hello, disks: &[DiskSpec]) -> Result<(), String> {
+fn compatible(
+    kvm: &Kvm,
+    h: &protocol::Hello,
+    disks: &[DiskSpec],
+    nets: &[NetConfig],
+) -> Result<(), String> {
     if h.abi != duet_abi::ABI_VERSION {
         return Err(format!(
             "the guest speaks ABI version {}, this duet speaks {}",
@@ -93,21 +99,23 @@ fn compatible(kvm: &Kvm, h: &protocol::Hello, disks: &[DiskSpec]) -> Result<(), 
         return Err(format!("guest memory size {} is invalid", h.mem_size));
     }
     let block = DeviceKind::Block as u32;
-    let mut nblock = 0;
+    let (mut nblock, mut nnet) = (0, 0);
     for line in &h.devices {
         match line_kind(line) {
             Some(k) if k == block => nblock += 1,
-            Some(k) if k == DeviceKind::Net as u32 => {
-                return Err(
-                    "the guest has a network device; network devices cannot migrate yet".into(),
-                )
-            }
+            Some(k) if k == DeviceKind::Net as u32 => nnet += 1,
             _ => {
                 return Err(format!(
                     "the guest has a device ({line}) this duet cannot map"
                 ))
             }
         }
+    }
+    if nnet != nets.len() {
+        return Err(format!(
+            "the guest has {nnet} network device(s) but `duet run --incoming` was given {} `--net` option(s); give one `--net tap=NAME` per device, in the source's order (a TAP backs one monitor only: give this host's own)",
+            nets.len()
+        ));
     }
     if h.copy_disks && disks.len() != nblock {
         return Err(format!(
@@ -124,18 +132,37 @@ fn compatible(kvm: &Kvm, h: &protocol::Hello, disks: &[DiskSpec]) -> Result<(), 
     Ok(())
 }
 
-/// Points the guest's disk records at their paths here: the destination's
+/// Points the guest's device records at their paths here: the destination's
 /// `--disk` options in order when given (same read-only flag and sector size
 /// as on the source), else the source's path, which must be absolute (it
 /// comes from the network: nothing relative is resolved here).
-fn map_disks(
+///
+/// Network devices take this host's TAPs from `nets`, in order; the guest
+/// keeps its MAC address (a `mac=` given here must be the same).
+fn map_devices(
     mut devices: Vec<DeviceState>,
     disks: &[DiskSpec],
+    nets: &[NetConfig],
 ) -> Result<Vec<DeviceState>, String> {
     let mut given = disks.iter();
+    let mut taps = nets.iter();
     for d in &mut devices {
-        let DeviceState::Block { spec, .. } = d else {
-            return Err("the guest has a device other than a disk; it cannot migrate yet".into());
+        let spec = match d {
+            DeviceState::Block { spec, .. } => spec,
+            DeviceState::Net(cfg) => {
+                let mine = taps
+                    .next()
+                    .ok_or("more network devices than `--net` options on `--incoming`")?;
+                if mine.mac.is_some() && mine.mac != cfg.mac {
+                    return Err(format!(
+                        "`--net tap={}` gives a MAC address other than the guest's ({:02x?}); drop `mac=` (the guest keeps its own)",
+                        mine.tap,
+                        cfg.mac.unwrap_or_default()
+                    ));
+                }
+                cfg.tap = mine.tap.clone();
+                continue;
+            }
         };
         let shown = spec.path.display().to_string();
         match given.next() {
@@ -170,6 +197,16 @@ fn map_disks(
     }
     if given.next().is_some() {
         return Err("more `--disk` options on `--incoming` than the guest has disks".into());
+    }
+    if taps.next().is_some() {
+        return Err(
+            "more `--net` options on `--incoming` than the guest has network devices".into(),
+        );
+    }
+    if taps.next().is_some() {
+        return Err(
+            "more `--net` options on `--incoming` than the guest has network devices".into(),
+        );
     }
     Ok(devices)
 }
@@ -228,11 +265,13 @@ fn refuse(s: &mut TcpStream, why: String) -> MigrateError {
 /// for [`Vm::run`], once the source has committed. `disks`, when not empty,
 /// maps the guest's disks (in device order) to paths here; otherwise each
 /// disk is reopened from the path the source sends (shared storage).
+/// `nets` gives this host's TAP for each of the guest's network devices.
 pub fn incoming(
     addr: &str,
     key_file: &Path,
     kvm_device: &Path,
     disks: &[DiskSpec],
+    nets: &[NetConfig],
     ctl: Arc<Control>,
 ) -> Result<Vm, MigrateError> {
     let key = protocol::read_key(key_file)?;
@@ -247,7 +286,7 @@ pub fn incoming(
     s.set_write_timeout(Some(IO_TIMEOUT))
         .map_err(MigrateError::Connection)?;
     s.set_nodelay(true).map_err(MigrateError::Connection)?;
-    match receive(&mut s, &key, kvm, disks, ctl) {
+    match receive(&mut s, &key, kvm, (disks, nets), ctl) {
         Ok(vm) => Ok(vm),
         Err(e) => {
             // Tell the source why (best effort) unless it already knows.
@@ -267,7 +306,7 @@ fn receive(
     s: &mut TcpStream,
     key: &[u8],
     kvm: Kvm,
-    disks: &[DiskSpec],
+    (disks, nets): (&[DiskSpec], &[NetConfig]),
     ctl: Arc<Control>,
 ) -> Result<Vm, MigrateError> {
     // Test hooks (docs/migration.md): die mid-pre-copy, or lose the commit ack.
@@ -298,7 +337,7 @@ fn receive(
                 .into(),
         ));
     }
-    if let Err(why) = compatible(&kvm, &hello, disks) {
+    if let Err(why) = compatible(&kvm, &hello, disks, nets) {
         return Err(refuse(s, format!("incompatible: {why}")));
     }
     // --copy-disks: the copies are ours from the start (locked now).
@@ -395,7 +434,7 @@ fn receive(
             .map_err(|e| MigrateError::State(format!("flushing a disk copy: {e}")))?;
     }
     let devices: Vec<DeviceState> = state.get(Tag::Devices).map_err(state_err)?;
-    let devices = map_disks(devices, disks).map_err(MigrateError::State)?;
+    let devices = map_devices(devices, disks, nets).map_err(MigrateError::State)?;
     let mut vm = build(&state, &devices, mem, kvm, ctl).map_err(state_err)?;
     log::debug!(
         "state of {} KiB loaded in {:.2} ms",
@@ -534,21 +573,50 @@ mod tests {
         }
     }
 
+    fn map(d: Vec<DeviceState>, disks: &[DiskSpec]) -> Result<Vec<DeviceState>, String> {
+        map_devices(d, disks, &[])
+    }
+
+    #[test]
+    fn nics_take_this_hosts_taps_and_keep_their_mac() {
+        let mac = Some([2, 0, 0, 0, 0, 2]);
+        let nic = |tap: &str, mac| {
+            DeviceState::Net(NetConfig {
+                tap: tap.into(),
+                mac,
+            })
+        };
+        let here = NetConfig {
+            tap: "tap1".into(),
+            mac: None,
+        };
+        let m = map_devices(vec![nic("tap0", mac)], &[], std::slice::from_ref(&here)).unwrap();
+        assert_eq!(m, vec![nic("tap1", mac)]);
+        assert!(map_devices(vec![nic("tap0", mac)], &[], &[]).is_err());
+        assert!(map_devices(vec![], &[], std::slice::from_ref(&here)).is_err());
+        let other = NetConfig {
+            mac: Some([2, 0, 0, 0, 0, 9]),
+            ..here
+        };
+        let e = map_devices(vec![nic("tap0", mac)], &[], &[other]).unwrap_err();
+        assert!(e.contains("MAC"), "{e}");
+    }
+
     #[test]
     fn disks_map_by_order_and_relative_paths_from_the_stream_are_refused() {
-        let m = map_disks(vec![rec("/a.img")], &[]).unwrap();
+        let m = map(vec![rec("/a.img")], &[]).unwrap();
         assert_eq!(m, vec![rec("/a.img")]);
-        let m = map_disks(vec![rec("/a.img")], &[disk("/b.img", false, None)]).unwrap();
+        let m = map(vec![rec("/a.img")], &[disk("/b.img", false, None)]).unwrap();
         assert_eq!(m, vec![rec("/b.img")]);
-        let e = map_disks(vec![rec("../a.img")], &[]).unwrap_err();
+        let e = map(vec![rec("../a.img")], &[]).unwrap_err();
         assert!(e.contains("relative"), "{e}");
-        let e = map_disks(vec![rec("/a.img")], &[disk("/b.img", true, None)]).unwrap_err();
+        let e = map(vec![rec("/a.img")], &[disk("/b.img", true, None)]).unwrap_err();
         assert!(e.contains(",ro"), "{e}");
-        let e = map_disks(vec![rec("/a.img")], &[disk("/b", false, Some("x"))]).unwrap_err();
+        let e = map(vec![rec("/a.img")], &[disk("/b", false, Some("x"))]).unwrap_err();
         assert!(e.contains("names must match"), "{e}");
         let two = [disk("/b", false, None), disk("/c", false, None)];
-        assert!(map_disks(vec![rec("/a.img")], &two).is_err());
-        assert!(map_disks(vec![rec("/a.img"), rec("/c.img")], &two[..1]).is_err());
+        assert!(map(vec![rec("/a.img")], &two).is_err());
+        assert!(map(vec![rec("/a.img"), rec("/c.img")], &two[..1]).is_err());
     }
 
     #[test]
