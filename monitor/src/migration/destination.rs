@@ -220,7 +220,9 @@ fn line_capacity(line: &str) -> Option<u64> {
 /// disks for `--copy-disks`, sized to the source's disks.
 fn open_copies(h: &protocol::Hello, disks: &[DiskSpec]) -> Result<Vec<(File, u64)>, String> {
     let mut out = Vec::new();
-    for (line, spec) in h.devices.iter().zip(disks) {
+    let block = DeviceKind::Block as u32;
+    let lines = h.devices.iter().filter(|l| line_kind(l) == Some(block));
+    for (line, spec) in lines.zip(disks) {
         let shown = spec.path.display();
         let cap = line_capacity(line)
             .filter(|c| *c > 0 && c % protocol::DISK_ALIGN == 0)
@@ -621,6 +623,9 @@ mod tests {
 
     #[test]
     fn device_lines_parse() {
+        assert_eq!(line_capacity("kind 1 flags 0x0 capacity 4096"), Some(4096));
+        assert_eq!(line_capacity("kind 1 flags 0x0 capacity -1"), None);
+        assert_eq!(line_capacity("kind 2 flags 0x0"), None);
         assert_eq!(line_kind("kind 1 flags 0x0"), Some(1));
         assert_eq!(line_kind("kind x"), None);
         assert_eq!(line_kind(""), None);
