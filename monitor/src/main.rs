@@ -156,7 +156,7 @@ enum CtlCmd {
         /// Downtime budget in milliseconds (pre-copy goes on until the rest fits).
         #[arg(long, value_name = "MS", default_value_t = 5)]
         max_downtime: u64,
-        /// Stream disk contents too (guests with disks; no-op otherwise).
+        /// Copy the disk contents to the destination's files (its `--disk` options) instead of sharing them.
         #[arg(long)]
         copy_disks: bool,
         /// The key shared with the destination.
@@ -426,10 +426,11 @@ fn template_cmd(cmd: TemplateCmd, start: Instant) -> anyhow::Result<Outcome> {
     }
 }
 
-fn incoming(addr: String, key: PathBuf, c: Common) -> anyhow::Result<Outcome> {
+fn incoming(addr: String, key: PathBuf, g: GuestArgs, c: Common) -> anyhow::Result<Outcome> {
     let kvm_device = c.kvm_device;
+    let (disks, nets) = (g.disks, g.net);
     let f = runner::run(
-        move |ctl| migration::destination::incoming(&addr, &key, &kvm_device, ctl),
+        move |ctl| migration::destination::incoming(&addr, &key, &kvm_device, &disks, &nets, ctl),
         c.api,
     )
     .context("no guest arrived; nothing runs here")?;
@@ -442,7 +443,7 @@ fn dispatch(cmd: Command, start: Instant) -> anyhow::Result<Outcome> {
             let (Some(addr), Some(key)) = (a.incoming, a.migration_key_file) else {
                 bail!("--incoming needs --migration-key-file");
             };
-            incoming(addr, key, a.common)
+            incoming(addr, key, a.guest, a.common)
         }
         Command::Run(a) => match (a.image, a.template) {
             (Some(image), None) => boot(image, a.guest, a.common, start, None),

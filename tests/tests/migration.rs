@@ -35,6 +35,17 @@ fn s(p: &Path) -> &str {
 /// Starts `app` with a control socket, optionally through a command prefix
 /// (`ip netns exec NS`).
 fn start_source(dir: &Path, prefix: &[&str], app: &str, args: &[&str]) -> (Background, PathBuf) {
+    start_source_with(dir, prefix, &[], app, args)
+}
+
+/// As [`start_source`], with monitor options (`--disk ...`) before `--`.
+fn start_source_with(
+    dir: &Path,
+    prefix: &[&str],
+    opts: &[&str],
+    app: &str,
+    args: &[&str],
+) -> (Background, PathBuf) {
     let sock = dir.join("src.sock");
     let img = image(app);
     let bin = duet_tests::paths().bin.clone();
@@ -42,7 +53,9 @@ fn start_source(dir: &Path, prefix: &[&str], app: &str, args: &[&str]) -> (Backg
     if !prefix.is_empty() {
         v.push(s(&bin));
     }
-    v.extend(["run", s(&img), "--api", s(&sock), "--"]);
+    v.extend(["run", s(&img), "--api", s(&sock)]);
+    v.extend_from_slice(opts);
+    v.push("--");
     v.extend_from_slice(args);
     let r = if prefix.is_empty() {
         Background::start(&v)
@@ -54,6 +67,17 @@ fn start_source(dir: &Path, prefix: &[&str], app: &str, args: &[&str]) -> (Backg
 }
 
 fn start_dest(prefix: &[&str], addr: &str, key: &Path, api: Option<&Path>) -> Background {
+    start_dest_with(prefix, addr, key, api, &[])
+}
+
+/// As [`start_dest`], with monitor options (`--disk ...`).
+fn start_dest_with(
+    prefix: &[&str],
+    addr: &str,
+    key: &Path,
+    api: Option<&Path>,
+    opts: &[&str],
+) -> Background {
     let bin = duet_tests::paths().bin.clone();
     let mut v: Vec<&str> = prefix.to_vec();
     if !prefix.is_empty() {
@@ -63,6 +87,7 @@ fn start_dest(prefix: &[&str], addr: &str, key: &Path, api: Option<&Path>) -> Ba
     if let Some(a) = api {
         v.extend(["--api", s(a)]);
     }
+    v.extend_from_slice(opts);
     if prefix.is_empty() {
         Background::start(&v)
     } else {
@@ -414,5 +439,297 @@ fn the_guest_sees_a_new_generation_and_its_clocks_carry_on() {
         last.abs_diff(now) < 60,
         "guest wall time {last}, host {now}"
     );
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// Whether some process holds an advisory lock on `path` (util-linux flock).
+fn locked(path: &Path) -> bool {
+    let st = Command::new("flock")
+        .args(["-n", "-s", s(path), "true"])
+        .status()
+        .expect("flock(1) runs");
+    !st.success()
+}
+
+#[test]
+fn a_guest_with_a_disk_migrates_on_shared_storage_its_writes_intact() {
+    let tmp = temp_dir("mig-disk");
+    let k = key(&tmp, "key", 3);
+    let disk = tmp.join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let (src, sock) = start_source_with(&tmp, &[], &["--disk", s(&disk)], "diskmig", &["64"]);
+    src.wait_for("writing\n");
+    assert!(locked(&disk), "the source does not lock its disk");
+
+    // Cut after the source flushed and dropped its lock, and after the
+    // destination opened the disk: the source takes its disk back and
+    // keeps writing; the destination never ran the guest.
+    for phase in ["stop", "commit"] {
+        let addr = free_addr();
+        let dst = start_dest(&[], &addr, &k, None);
+        let m = migrate(&sock, &addr, &k, &[], &[("DUET_MIGRATE_FAIL", phase)]);
+        m.expect_status(i32::from(status::MONITOR_ERROR))
+            .expect_stderr(&format!("cut at phase `{phase}`"))
+            .expect_stderr("keeps running");
+        let d = dst.finish();
+        d.expect_status(i32::from(status::MONITOR_ERROR));
+        assert!(!d.stdout.contains("disk"), "the destination ran: {d:#?}");
+        assert!(
+            locked(&disk),
+            "the source did not take its disk back after a cut at {phase}"
+        );
+        duet(&["ctl", s(&sock), "status"])
+            .expect_status(0)
+            .expect_stdout("\"running\"");
+    }
+
+    // A destination `--disk` mapping the wrong number of disks is refused.
+    let addr = free_addr();
+    let other = tmp.join("other.img");
+    std::fs::File::create(&other)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let dst = start_dest_with(
+        &[],
+        &addr,
+        &k,
+        None,
+        &["--disk", s(&disk), "--disk", s(&other)],
+    );
+    migrate(&sock, &addr, &k, &[], &[])
+        .expect_status(i32::from(status::MONITOR_ERROR))
+        .expect_stderr("maps 2");
+    dst.finish().expect_status(i32::from(status::MONITOR_ERROR));
+
+    // The destination maps the disk through its own path (a hard link:
+    // the same file on "shared storage" under another name).
+    let link = tmp.join("link.img");
+    std::fs::hard_link(&disk, &link).unwrap();
+    let addr = free_addr();
+    let dst = start_dest_with(&[], &addr, &k, None, &["--disk", s(&link)]);
+    migrate(&sock, &addr, &k, &[], &[])
+        .expect_status(0)
+        .expect_stdout("migrated to");
+    let a = src.finish();
+    a.expect_status(MIGRATED);
+    let b = dst.finish();
+    b.expect_status(0).expect_stdout("disk intact after");
+    assert!(!a.stdout.contains("disk intact"), "{a:#?}");
+    // What the guest wrote is in the file.
+    let bytes = std::fs::read(&disk).unwrap();
+    assert!(bytes[..64 * 512].iter().any(|&x| x != 0));
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn a_guest_with_a_disk_migrates_to_the_path_the_source_sends() {
+    let tmp = temp_dir("mig-disk-path");
+    let k = key(&tmp, "key", 4);
+    let disk = tmp.join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let (src, sock) = start_source_with(&tmp, &[], &["--disk", s(&disk)], "diskmig", &["16"]);
+    src.wait_for("writing\n");
+    let addr = free_addr();
+    let dst = start_dest(&[], &addr, &k, None);
+    migrate(&sock, &addr, &k, &[], &[]).expect_status(0);
+    src.finish().expect_status(MIGRATED);
+    dst.finish()
+        .expect_status(0)
+        .expect_stdout("disk intact after");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn copy_disks_moves_the_contents_and_leaves_the_source_file_untouched() {
+    let tmp = temp_dir("mig-copy");
+    let k = key(&tmp, "key", 5);
+    let disk = tmp.join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    // The copy starts as garbage: zero runs must be written too.
+    let copy = tmp.join("copy.img");
+    std::fs::write(&copy, vec![0xaa; 1 << 20]).unwrap();
+    let (src, sock) = start_source_with(&tmp, &[], &["--disk", s(&disk)], "diskmig", &["64"]);
+    src.wait_for("writing\n");
+
+    // Without a destination-side path the destination refuses.
+    let addr = free_addr();
+    let dst = start_dest(&[], &addr, &k, None);
+    migrate(&sock, &addr, &k, &["--copy-disks"], &[])
+        .expect_status(i32::from(status::MONITOR_ERROR))
+        .expect_stderr("--copy-disks")
+        .expect_stderr("keeps running");
+    dst.finish().expect_status(i32::from(status::MONITOR_ERROR));
+
+    // A cut mid-copy: the source goes on with its disk.
+    let addr = free_addr();
+    let dst = start_dest_with(&[], &addr, &k, None, &["--disk", s(&copy)]);
+    migrate(
+        &sock,
+        &addr,
+        &k,
+        &["--copy-disks"],
+        &[("DUET_MIGRATE_FAIL", "precopy")],
+    )
+    .expect_status(i32::from(status::MONITOR_ERROR))
+    .expect_stderr("keeps running");
+    dst.finish().expect_status(i32::from(status::MONITOR_ERROR));
+    assert!(locked(&disk), "the source lost its disk lock");
+    duet(&["ctl", s(&sock), "status"])
+        .expect_status(0)
+        .expect_stdout("\"running\"");
+
+    let addr = free_addr();
+    let dst = start_dest_with(&[], &addr, &k, None, &["--disk", s(&copy)]);
+    migrate(&sock, &addr, &k, &["--copy-disks"], &[])
+        .expect_status(0)
+        .expect_stdout("migrated to");
+    src.finish().expect_status(MIGRATED);
+    let at_commit = std::fs::read(&disk).unwrap();
+    let b = dst.finish();
+    b.expect_status(0).expect_stdout("disk intact after");
+    let after = std::fs::read(&disk).unwrap();
+    let copied = std::fs::read(&copy).unwrap();
+    assert!(at_commit == after, "the source's file changed after commit");
+    let (m, e) = (64 * 512, 65 * 512);
+    assert_eq!(&copied[m..m + 5], b"moved", "the marker is not in the copy");
+    assert!(
+        !after[m..e].starts_with(b"moved"),
+        "the marker went to the source's file"
+    );
+    assert!(copied[..m] == after[..m], "the written sectors differ");
+    assert!(copied[e..] == after[e..], "the rest of the copy differs");
+    assert!(after[..m].iter().any(|&x| x != 0));
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// One network namespace holding a bridge (10.0.0.1/24, the client's
+/// address) that joins two persistent TAPs: tap0 for the source monitor,
+/// tap1 for the destination. Deleted when dropped (even on failure).
+struct Bridged {
+    ns: String,
+}
+
+impl Bridged {
+    fn new() -> Bridged {
+        let b = Bridged {
+            ns: format!("duet-mig-br-{}", std::process::id()),
+        };
+        ip(&["netns", "add", &b.ns]);
+        let n = b.ns.as_str();
+        ip(&["-n", n, "link", "set", "lo", "up"]);
+        ip(&["-n", n, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", n, "addr", "add", "10.0.0.1/24", "dev", "br0"]);
+        for tap in ["tap0", "tap1"] {
+            ip(&["-n", n, "tuntap", "add", "dev", tap, "mode", "tap"]);
+            ip(&["-n", n, "link", "set", tap, "master", "br0"]);
+            ip(&["-n", n, "link", "set", tap, "up"]);
+        }
+        ip(&["-n", n, "link", "set", "br0", "up"]);
+        b
+    }
+
+    fn exec(&self) -> [&str; 4] {
+        ["ip", "netns", "exec", &self.ns]
+    }
+
+    /// `curl` of the guest's page from the namespace; `None` on failure.
+    fn get(&self) -> Option<String> {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "curl", "-s", "-m", "2"])
+            .arg("http://10.0.0.2/")
+            .output()
+            .expect("run curl");
+        let body = String::from_utf8_lossy(&o.stdout).into_owned();
+        (o.status.success() && body.contains("Hello from a Duet unikernel")).then_some(body)
+    }
+
+    /// Whether the bridge has learnt `mac` on `port`.
+    fn learnt(&self, mac: &str, port: &str) -> bool {
+        let o = Command::new("bridge")
+            .args(["-n", &self.ns, "fdb", "show", "br", "br0"])
+            .output()
+            .expect("run bridge (iproute2)");
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .any(|l| l.starts_with(mac) && l.contains(&format!("dev {port} ")))
+    }
+}
+
+impl Drop for Bridged {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+#[test]
+fn httpd_keeps_answering_across_a_migration_and_announces_its_new_port() {
+    const MAC: &str = "02:00:00:00:00:02";
+    let tmp = temp_dir("mig-nic");
+    let k = key(&tmp, "key", 6);
+    let br = Bridged::new();
+    let (src, sock) = start_source_with(
+        &tmp,
+        &br.exec(),
+        &[
+            "--net",
+            &format!("tap=tap0,mac={MAC}"),
+            "--env",
+            "IP=10.0.0.2/24",
+        ],
+        "httpd",
+        &[],
+    );
+    src.wait_for("httpd: listening");
+    assert!(br.get().is_some(), "no answer before the move");
+    assert!(
+        br.learnt(MAC, "tap0"),
+        "the bridge never saw the guest on tap0"
+    );
+
+    // The destination must bring its own TAP.
+    let addr = free_addr();
+    let dst = start_dest(&br.exec(), &addr, &k, None);
+    migrate(&sock, &addr, &k, &[], &[])
+        .expect_status(i32::from(status::MONITOR_ERROR))
+        .expect_stderr("`--net` option(s)")
+        .expect_stderr("keeps running");
+    dst.finish().expect_status(i32::from(status::MONITOR_ERROR));
+    assert!(br.get().is_some(), "no answer after the refused move");
+
+    let addr = free_addr();
+    let dapi = tmp.join("dst.sock");
+    let dst = start_dest_with(&br.exec(), &addr, &k, Some(&dapi), &["--net", "tap=tap1"]);
+    migrate(&sock, &addr, &k, &[], &[])
+        .expect_status(0)
+        .expect_stdout("migrated to");
+    src.finish().expect_status(MIGRATED);
+    // The guest announces itself on its own: no client traffic yet.
+    let mut seen = false;
+    for _ in 0..500 {
+        if br.learnt(MAC, "tap1") {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(seen, "no gratuitous ARP: the bridge did not learn tap1");
+    // Clients may retry while the move settles.
+    let answered = (0..10).any(|_| br.get().is_some());
+    assert!(answered, "httpd stopped answering: {}", dst.stdout());
+    duet(&["ctl", s(&dapi), "status"])
+        .expect_status(0)
+        .expect_stdout("\"generation\": 1");
+    drop(dst);
+    drop(br);
     std::fs::remove_dir_all(&tmp).unwrap();
 }

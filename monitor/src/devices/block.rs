@@ -151,6 +151,9 @@ pub fn parse_spec(s: &str) -> Result<DiskSpec, BlockError> {
 
 /// An attached disk.
 pub struct BlockDevice {
+    /// Where the guest wrote while a migration copies the disk
+    /// (`--copy-disks`), in 4 KiB units of the disk; off otherwise.
+    dirty: std::sync::Arc<crate::migration::dirty::HostDirty>,
     file: File,
     path: String,
     name: String,
@@ -161,7 +164,26 @@ pub struct BlockDevice {
 
 /// Opens and checks every disk, in order; the guest sees them as devices
 /// `first_id..`. Fails on the first bad disk, before anything else starts.
+/// Each disk is locked ([`BlockDevice::lock`]).
 pub fn open_all(specs: &[DiskSpec], first_id: usize) -> Result<Vec<BlockDevice>, BlockError> {
+    open_checked(specs, first_id, true)
+}
+
+/// As [`open_all`] but without taking the advisory locks: a migration
+/// destination opens the disks while the paused source may still hold them,
+/// and locks them ([`BlockDevice::lock`]) only once the guest is its own.
+pub fn open_all_unlocked(
+    specs: &[DiskSpec],
+    first_id: usize,
+) -> Result<Vec<BlockDevice>, BlockError> {
+    open_checked(specs, first_id, false)
+}
+
+fn open_checked(
+    specs: &[DiskSpec],
+    first_id: usize,
+    lock: bool,
+) -> Result<Vec<BlockDevice>, BlockError> {
     if first_id + specs.len() > MAX_DEVICES {
         return Err(BlockError::TooMany);
     }
@@ -183,7 +205,9 @@ pub fn open_all(specs: &[DiskSpec], first_id: usize) -> Result<Vec<BlockDevice>,
                 return Err(BlockError::DuplicateName(dev.name));
             }
         }
-        dev.lock()?;
+        if lock {
+            dev.lock()?;
+        }
         out.push((dev, id));
     }
     Ok(out.into_iter().map(|(d, _)| d).collect())
@@ -261,6 +285,7 @@ impl BlockDevice {
             });
         }
         let dev = BlockDevice {
+            dirty: Default::default(),
             file,
             path,
             name,
@@ -273,8 +298,9 @@ impl BlockDevice {
 
     /// Takes an advisory lock on the file (after the duplicate check: a
     /// second lock from this process would conflict with the first), so two
-    /// monitors never write one image at once.
-    fn lock(&self) -> Result<(), BlockError> {
+    /// monitors never write one image at once. Taking it again while held
+    /// succeeds.
+    pub fn lock(&self) -> Result<(), BlockError> {
         let op = if self.readonly {
             libc::LOCK_SH
         } else {
@@ -285,6 +311,13 @@ impl BlockDevice {
             return Err(BlockError::Locked(self.path.clone()));
         }
         Ok(())
+    }
+
+    /// Drops the advisory lock (a migrating source, once the guest is
+    /// paused and the disk flushed, so the destination can take it).
+    pub fn unlock(&self) {
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
     }
 
     /// The device's boot-info entry.
@@ -338,7 +371,13 @@ impl BlockDevice {
     ) -> Result<u64, Error> {
         let dir = if write { FileIo::Write } else { FileIo::Read };
         let want: u64 = segs.iter().map(|s| s.1).sum();
-        match mem.file_io(dir, self.file.as_fd(), offset, segs) {
+        let r = mem.file_io(dir, self.file.as_fd(), offset, segs);
+        if write {
+            // After the write (even a failed one: some bytes may have
+            // landed), so a copy that read the old bytes sends them again.
+            self.dirty.mark(offset, want as usize);
+        }
+        match r {
             Err(MemError::OutOfRange { .. }) | Err(MemError::NotWritable { .. }) => {
                 Err(Error::Fault)
             }
@@ -350,6 +389,23 @@ impl BlockDevice {
             }
             Ok(Err(e)) => Err(self.host_error("I/O", e)),
         }
+    }
+
+    /// What a migration that copies this disk needs: a second descriptor to
+    /// read it with, its capacity, and its write tracking.
+    pub fn copy_source(
+        &self,
+    ) -> std::io::Result<(
+        File,
+        u64,
+        std::sync::Arc<crate::migration::dirty::HostDirty>,
+    )> {
+        Ok((self.file.try_clone()?, self.capacity, self.dirty.clone()))
+    }
+
+    /// The disk's write tracking (see [`BlockDevice::copy_source`]).
+    pub fn write_tracking(&self) -> &crate::migration::dirty::HostDirty {
+        &self.dirty
     }
 
     /// Makes every write so far durable: returns once `fdatasync` has.

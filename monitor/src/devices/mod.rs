@@ -74,13 +74,29 @@ impl Device {
         state: &DeviceState,
         id: usize,
     ) -> Result<Device, crate::snapshot::SnapshotError> {
+        Self::reattach(state, id, true)
+    }
+
+    /// As [`Device::restore`]; `lock` false leaves disks unlocked (a
+    /// migration destination locks them after commit: [`Devices::lock_disks`]).
+    pub fn reattach(
+        state: &DeviceState,
+        id: usize,
+        lock: bool,
+    ) -> Result<Device, crate::snapshot::SnapshotError> {
         use crate::snapshot::SnapshotError;
         match state {
             DeviceState::Block { spec, capacity } => {
                 if !spec.path.exists() {
                     return Err(SnapshotError::MissingFile(spec.path.display().to_string()));
                 }
-                let mut disks = block::open_all(std::slice::from_ref(spec), id)
+                let one = std::slice::from_ref(spec);
+                let opened = if lock {
+                    block::open_all(one, id)
+                } else {
+                    block::open_all_unlocked(one, id)
+                };
+                let mut disks = opened
                     .map_err(|e| SnapshotError::Invalid(format!("reattaching a disk: {e}")))?;
                 let disk = disks.pop().expect("one disk opened");
                 if disk.info().capacity != *capacity {
@@ -116,6 +132,38 @@ impl Devices {
     /// The device with id `id`.
     pub fn get_mut(&mut self, id: u32) -> Option<&mut Device> {
         self.list.get_mut(id as usize)
+    }
+
+    /// Makes every disk's writes durable (`fdatasync`), e.g. before a
+    /// migration's state leaves; the first failure names the disk.
+    pub fn flush_disks(&self) -> Result<(), String> {
+        for d in &self.list {
+            if let Device::Block(b) = d {
+                b.flush().map_err(|e| {
+                    format!("flushing disk {} failed ({e:?})", b.spec().path.display())
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes every disk's advisory lock (see [`block::BlockDevice::lock`]).
+    pub fn lock_disks(&self) -> Result<(), block::BlockError> {
+        for d in &self.list {
+            if let Device::Block(b) = d {
+                b.lock()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops every disk's advisory lock.
+    pub fn unlock_disks(&self) {
+        for d in &self.list {
+            if let Device::Block(b) = d {
+                b.unlock();
+            }
+        }
     }
 
     /// The block device with id `id`, or [`duet_abi::hypercall::Error::NoDev`].

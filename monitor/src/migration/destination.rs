@@ -6,17 +6,24 @@
 use super::protocol::{self, Kind};
 use super::{wall_ns, MigrateError};
 use crate::control::Control;
+use crate::devices::block::DiskSpec;
+use crate::devices::net::NetConfig;
+use crate::devices::DeviceState;
 use crate::loader::Image;
 use crate::memory::GuestMem;
 use crate::snapshot::format::{StateFile, Tag};
 use crate::snapshot::persist::{self, ClockArgs, GuestClock, MemState, Persist, VcpuState};
 use crate::snapshot::{cpu_signature, MonitorState};
 use crate::vm::Vm;
+use duet_abi::boot::DeviceKind;
 use duet_abi::PAGE_SIZE;
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::Kvm;
+use std::fs::File;
 use std::io::BufReader;
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,8 +36,19 @@ fn state_err(e: impl std::fmt::Display) -> MigrateError {
     MigrateError::State(e.to_string())
 }
 
-/// Checks this host can run a guest described by `h`; the reason otherwise.
-fn compatible(kvm: &Kvm, h: &protocol::Hello) -> Result<(), String> {
+/// The device kind of one of Hello's device lines (`kind K flags F`).
+fn line_kind(line: &str) -> Option<u32> {
+    line.strip_prefix("kind ")?.split(' ').next()?.parse().ok()
+}
+
+/// Checks this host can run a guest described by `h`, with `disks` the
+/// destination's own `--disk` options; the reason otherwise.
+fn compatible(
+    kvm: &Kvm,
+    h: &protocol::Hello,
+    disks: &[DiskSpec],
+    nets: &[NetConfig],
+) -> Result<(), String> {
     if h.abi != duet_abi::ABI_VERSION {
         return Err(format!(
             "the guest speaks ABI version {}, this duet speaks {}",
@@ -80,13 +98,164 @@ fn compatible(kvm: &Kvm, h: &protocol::Hello) -> Result<(), String> {
     {
         return Err(format!("guest memory size {} is invalid", h.mem_size));
     }
-    if !h.devices.is_empty() {
+    let block = DeviceKind::Block as u32;
+    let (mut nblock, mut nnet) = (0, 0);
+    for line in &h.devices {
+        match line_kind(line) {
+            Some(k) if k == block => nblock += 1,
+            Some(k) if k == DeviceKind::Net as u32 => nnet += 1,
+            _ => {
+                return Err(format!(
+                    "the guest has a device ({line}) this duet cannot map"
+                ))
+            }
+        }
+    }
+    if nnet != nets.len() {
         return Err(format!(
-            "the guest has devices ({}) this duet cannot map",
-            h.devices.join(", ")
+            "the guest has {nnet} network device(s) but `duet run --incoming` was given {} `--net` option(s); give one `--net tap=NAME` per device, in the source's order (a TAP backs one monitor only: give this host's own)",
+            nets.len()
+        ));
+    }
+    if h.copy_disks && disks.len() != nblock {
+        return Err(format!(
+            "the source copies the guest's {nblock} disk(s) (--copy-disks) but `duet run --incoming` was given {} `--disk` option(s); give one `--disk PATH` per disk, in the source's order, naming the copies here",
+            disks.len()
+        ));
+    }
+    if !disks.is_empty() && disks.len() != nblock {
+        return Err(format!(
+            "the guest has {nblock} disk(s) but `--disk` on `--incoming` maps {}; give one `--disk` per disk, in the source's order, or none to reopen the source's paths",
+            disks.len()
         ));
     }
     Ok(())
+}
+
+/// Points the guest's device records at their paths here: the destination's
+/// `--disk` options in order when given (same read-only flag and sector size
+/// as on the source), else the source's path, which must be absolute (it
+/// comes from the network: nothing relative is resolved here).
+///
+/// Network devices take this host's TAPs from `nets`, in order; the guest
+/// keeps its MAC address (a `mac=` given here must be the same).
+fn map_devices(
+    mut devices: Vec<DeviceState>,
+    disks: &[DiskSpec],
+    nets: &[NetConfig],
+) -> Result<Vec<DeviceState>, String> {
+    let mut given = disks.iter();
+    let mut taps = nets.iter();
+    for d in &mut devices {
+        let spec = match d {
+            DeviceState::Block { spec, .. } => spec,
+            DeviceState::Net(cfg) => {
+                let mine = taps
+                    .next()
+                    .ok_or("more network devices than `--net` options on `--incoming`")?;
+                if mine.mac.is_some() && mine.mac != cfg.mac {
+                    return Err(format!(
+                        "`--net tap={}` gives a MAC address other than the guest's ({:02x?}); drop `mac=` (the guest keeps its own)",
+                        mine.tap,
+                        cfg.mac.unwrap_or_default()
+                    ));
+                }
+                cfg.tap = mine.tap.clone();
+                continue;
+            }
+        };
+        let shown = spec.path.display().to_string();
+        match given.next() {
+            Some(mine) => {
+                if (mine.readonly, mine.sector_size) != (spec.readonly, spec.sector_size) {
+                    return Err(format!(
+                        "disk {shown} is attached {} with {}-byte sectors on the source; give the same `,ro` and `,sector=` in `--disk {}`",
+                        if spec.readonly { "read-only" } else { "read-write" },
+                        spec.sector_size,
+                        mine.path.display()
+                    ));
+                }
+                if mine.name.is_some() && mine.name != spec.name {
+                    return Err(format!(
+                        "`--disk {}` names the disk {:?} but the source's disk {shown} is {:?}; device names must match",
+                        mine.path.display(),
+                        mine.name.as_deref().unwrap_or_default(),
+                        spec.name.as_deref().unwrap_or_default()
+                    ));
+                }
+                spec.path = mine.path.clone();
+            }
+            None if disks.is_empty() => {
+                if !spec.path.is_absolute() {
+                    return Err(format!(
+                        "the source sent the relative disk path {shown:?}; map it with `--disk PATH` on `--incoming`"
+                    ));
+                }
+            }
+            None => return Err("more disks than `--disk` options on `--incoming`".into()),
+        }
+    }
+    if given.next().is_some() {
+        return Err("more `--disk` options on `--incoming` than the guest has disks".into());
+    }
+    if taps.next().is_some() {
+        return Err(
+            "more `--net` options on `--incoming` than the guest has network devices".into(),
+        );
+    }
+    if taps.next().is_some() {
+        return Err(
+            "more `--net` options on `--incoming` than the guest has network devices".into(),
+        );
+    }
+    Ok(devices)
+}
+
+/// The capacity in a disk's Hello line (`... capacity N`).
+fn line_capacity(line: &str) -> Option<u64> {
+    line.split_once(" capacity ")?.1.parse().ok()
+}
+
+/// Opens (creating if need be) and locks the destination's copies of the
+/// disks for `--copy-disks`, sized to the source's disks.
+fn open_copies(h: &protocol::Hello, disks: &[DiskSpec]) -> Result<Vec<(File, u64)>, String> {
+    let mut out = Vec::new();
+    let block = DeviceKind::Block as u32;
+    let lines = h.devices.iter().filter(|l| line_kind(l) == Some(block));
+    for (line, spec) in lines.zip(disks) {
+        let shown = spec.path.display();
+        let cap = line_capacity(line)
+            .filter(|c| *c > 0 && c % protocol::DISK_ALIGN == 0)
+            .ok_or_else(|| format!("the source's disk line `{line}` has no valid capacity"))?;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&spec.path)
+            .map_err(|e| {
+                format!("cannot open the disk copy {shown}: {e}; check the path and its directory")
+            })?;
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(format!(
+                "the disk copy {shown} is in use by another process; give a free file"
+            ));
+        }
+        let meta = f
+            .metadata()
+            .map_err(|e| format!("disk copy {shown}: {e}"))?;
+        if meta.is_file() {
+            f.set_len(cap)
+                .map_err(|e| format!("cannot size the disk copy {shown} to {cap} bytes: {e}"))?;
+        } else {
+            return Err(format!(
+                "the disk copy {shown} is not a regular file; give a file path"
+            ));
+        }
+        out.push((f, cap));
+    }
+    Ok(out)
 }
 
 fn refuse(s: &mut TcpStream, why: String) -> MigrateError {
@@ -95,11 +264,16 @@ fn refuse(s: &mut TcpStream, why: String) -> MigrateError {
 }
 
 /// Waits on `addr` for one incoming guest and returns it, built and ready
-/// for [`Vm::run`], once the source has committed.
+/// for [`Vm::run`], once the source has committed. `disks`, when not empty,
+/// maps the guest's disks (in device order) to paths here; otherwise each
+/// disk is reopened from the path the source sends (shared storage).
+/// `nets` gives this host's TAP for each of the guest's network devices.
 pub fn incoming(
     addr: &str,
     key_file: &Path,
     kvm_device: &Path,
+    disks: &[DiskSpec],
+    nets: &[NetConfig],
     ctl: Arc<Control>,
 ) -> Result<Vm, MigrateError> {
     let key = protocol::read_key(key_file)?;
@@ -114,7 +288,7 @@ pub fn incoming(
     s.set_write_timeout(Some(IO_TIMEOUT))
         .map_err(MigrateError::Connection)?;
     s.set_nodelay(true).map_err(MigrateError::Connection)?;
-    match receive(&mut s, &key, kvm, ctl) {
+    match receive(&mut s, &key, kvm, (disks, nets), ctl) {
         Ok(vm) => Ok(vm),
         Err(e) => {
             // Tell the source why (best effort) unless it already knows.
@@ -130,7 +304,13 @@ pub fn incoming(
 }
 
 /// One attempt on an accepted connection.
-fn receive(s: &mut TcpStream, key: &[u8], kvm: Kvm, ctl: Arc<Control>) -> Result<Vm, MigrateError> {
+fn receive(
+    s: &mut TcpStream,
+    key: &[u8],
+    kvm: Kvm,
+    (disks, nets): (&[DiskSpec], &[NetConfig]),
+    ctl: Arc<Control>,
+) -> Result<Vm, MigrateError> {
     // Test hooks (docs/migration.md): die mid-pre-copy, or lose the commit ack.
     let hook = std::env::var("DUET_MIGRATE_DEST_FAIL").ok();
     // Handshake: prove we hold the key, make the source prove it, then check.
@@ -159,9 +339,19 @@ fn receive(s: &mut TcpStream, key: &[u8], kvm: Kvm, ctl: Arc<Control>) -> Result
                 .into(),
         ));
     }
-    if let Err(why) = compatible(&kvm, &hello) {
+    if let Err(why) = compatible(&kvm, &hello, disks, nets) {
         return Err(refuse(s, format!("incompatible: {why}")));
     }
+    // --copy-disks: the copies are ours from the start (locked now).
+    let copies = if hello.copy_disks {
+        match open_copies(&hello, disks) {
+            Ok(c) => c,
+            Err(why) => return Err(refuse(s, why)),
+        }
+    } else {
+        Vec::new()
+    };
+    let capacities: Vec<u64> = copies.iter().map(|c| c.1).collect();
     protocol::write_frame(s, Kind::Accept, &[])?;
 
     // Pre-copy and stop: pages until the state arrives.
@@ -187,6 +377,19 @@ fn receive(s: &mut TcpStream, key: &[u8], kvm: Kvm, ctl: Arc<Control>) -> Result
                 } else {
                     mem.inner().write_slice(data, at).map_err(state_err)?;
                 }
+                spare = f.payload;
+            }
+            Kind::Disk | Kind::DiskZero => {
+                let zero = f.kind == Kind::DiskZero;
+                let (i, offset, len, data) = protocol::decode_disk(&f.payload, &capacities, zero)?;
+                let file = &copies[i].0;
+                let w = if zero {
+                    let z = vec![0u8; len as usize];
+                    file.write_all_at(&z, offset)
+                } else {
+                    file.write_all_at(data, offset)
+                };
+                w.map_err(|e| MigrateError::State(format!("writing disk copy {i}: {e}")))?;
                 spare = f.payload;
             }
             Kind::State => {
@@ -228,7 +431,13 @@ fn receive(s: &mut TcpStream, key: &[u8], kvm: Kvm, ctl: Arc<Control>) -> Result
         return Err(MigrateError::Protocol("the memory state is invalid".into()));
     }
     mem.set_writable(ms.writable);
-    let mut vm = build(&state, mem, kvm, ctl).map_err(state_err)?;
+    for (f, _) in &copies {
+        f.sync_data()
+            .map_err(|e| MigrateError::State(format!("flushing a disk copy: {e}")))?;
+    }
+    let devices: Vec<DeviceState> = state.get(Tag::Devices).map_err(state_err)?;
+    let devices = map_devices(devices, disks, nets).map_err(MigrateError::State)?;
+    let mut vm = build(&state, &devices, mem, kvm, ctl).map_err(state_err)?;
     log::debug!(
         "state of {} KiB loaded in {:.2} ms",
         blob.len() >> 10,
@@ -238,6 +447,15 @@ fn receive(s: &mut TcpStream, key: &[u8], kvm: Kvm, ctl: Arc<Control>) -> Result
 
     // Commit: from here the guest is ours; before it, nothing ran.
     protocol::read_frame(&mut r)?.expect(Kind::Commit)?;
+    // The source dropped its disk locks at stop (after flushing); the
+    // guest is ours now, so take them. (Copies: the lock moves from the
+    // descriptor that wrote them to the device's.) Failing means another
+    // process opened a disk meanwhile: the guest runs anyway (it is
+    // nowhere else).
+    drop(copies);
+    if let Err(e) = vm.devices.lock_disks() {
+        log::error!("after commit: {e}; running the guest anyway");
+    }
     let ack = protocol::CommitAck {
         resume_wall_ns: wall_ns(),
         load_ns: loaded_at.elapsed().as_nanos() as u64,
@@ -256,6 +474,7 @@ fn receive(s: &mut TcpStream, key: &[u8], kvm: Kvm, ctl: Arc<Control>) -> Result
 /// restore does), then bumps the generation and rewrites clock and identity.
 fn build(
     st: &StateFile,
+    devices: &[DeviceState],
     mem: GuestMem,
     kvm: Kvm,
     ctl: Arc<Control>,
@@ -265,7 +484,6 @@ fn build(
     let kvm_clock: kvm_bindings::kvm_clock_data = st.get(Tag::KvmClock)?;
     let clock: persist::ClockState = st.get(Tag::Clock)?;
     let monitor: MonitorState = st.get(Tag::Monitor)?;
-    let devices: Vec<crate::devices::DeviceState> = st.get(Tag::Devices)?;
     let image = Image::parse(st.raw(Tag::Image)?.to_vec(), mem.size())?;
     let tsc_at_save = vcpu_state
         .tsc()
@@ -286,7 +504,15 @@ fn build(
         .set_clock(&kc)
         .map_err(|e| E::Kvm(format!("KVM_SET_CLOCK failed: {e}")))?;
     let pt = crate::paging::PageTables::restore((), &monitor.page_tables)?;
-    let devices = crate::devices::Devices::restore((), &devices)?;
+    if devices.len() > duet_abi::boot::MAX_DEVICES {
+        return Err(E::Invalid(format!("{} devices is too many", devices.len())));
+    }
+    let list = devices
+        .iter()
+        .enumerate()
+        .map(|(id, d)| crate::devices::Device::reattach(d, id, false))
+        .collect::<Result<Vec<_>, _>>()?;
+    let devices = crate::devices::Devices { list };
     let mut msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
         index: persist::MSR_IA32_TSC,
         ..Default::default()
@@ -327,4 +553,81 @@ fn build(
     vm.write_identity()
         .map_err(|e| E::Invalid(format!("writing the identity page: {e}")))?;
     Ok(vm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(path: &str, readonly: bool, name: Option<&str>) -> DiskSpec {
+        DiskSpec {
+            path: path.into(),
+            readonly,
+            name: name.map(Into::into),
+            sector_size: 512,
+        }
+    }
+
+    fn rec(path: &str) -> DeviceState {
+        DeviceState::Block {
+            spec: disk(path, false, Some("disk0")),
+            capacity: 1 << 20,
+        }
+    }
+
+    fn map(d: Vec<DeviceState>, disks: &[DiskSpec]) -> Result<Vec<DeviceState>, String> {
+        map_devices(d, disks, &[])
+    }
+
+    #[test]
+    fn nics_take_this_hosts_taps_and_keep_their_mac() {
+        let mac = Some([2, 0, 0, 0, 0, 2]);
+        let nic = |tap: &str, mac| {
+            DeviceState::Net(NetConfig {
+                tap: tap.into(),
+                mac,
+            })
+        };
+        let here = NetConfig {
+            tap: "tap1".into(),
+            mac: None,
+        };
+        let m = map_devices(vec![nic("tap0", mac)], &[], std::slice::from_ref(&here)).unwrap();
+        assert_eq!(m, vec![nic("tap1", mac)]);
+        assert!(map_devices(vec![nic("tap0", mac)], &[], &[]).is_err());
+        assert!(map_devices(vec![], &[], std::slice::from_ref(&here)).is_err());
+        let other = NetConfig {
+            mac: Some([2, 0, 0, 0, 0, 9]),
+            ..here
+        };
+        let e = map_devices(vec![nic("tap0", mac)], &[], &[other]).unwrap_err();
+        assert!(e.contains("MAC"), "{e}");
+    }
+
+    #[test]
+    fn disks_map_by_order_and_relative_paths_from_the_stream_are_refused() {
+        let m = map(vec![rec("/a.img")], &[]).unwrap();
+        assert_eq!(m, vec![rec("/a.img")]);
+        let m = map(vec![rec("/a.img")], &[disk("/b.img", false, None)]).unwrap();
+        assert_eq!(m, vec![rec("/b.img")]);
+        let e = map(vec![rec("../a.img")], &[]).unwrap_err();
+        assert!(e.contains("relative"), "{e}");
+        let e = map(vec![rec("/a.img")], &[disk("/b.img", true, None)]).unwrap_err();
+        assert!(e.contains(",ro"), "{e}");
+        let e = map(vec![rec("/a.img")], &[disk("/b", false, Some("x"))]).unwrap_err();
+        assert!(e.contains("names must match"), "{e}");
+        let two = [disk("/b", false, None), disk("/c", false, None)];
+        assert!(map(vec![rec("/a.img")], &two).is_err());
+        assert!(map(vec![rec("/a.img"), rec("/c.img")], &two[..1]).is_err());
+    }
+
+    #[test]
+    fn device_lines_parse() {
+        assert_eq!(line_capacity("kind 1 flags 0x0 capacity 4096"), Some(4096));
+        assert_eq!(line_capacity("kind 1 flags 0x0 capacity -1"), None);
+        assert_eq!(line_capacity("kind 2 flags 0x0"), None);
+        assert_eq!(line_kind("kind 1 flags 0x0"), Some(1));
+        assert_eq!(line_kind("kind x"), None);
+        assert_eq!(line_kind(""), None);
+    }
 }

@@ -75,7 +75,8 @@ pub struct MigrateRequest {
     pub max_downtime_ms: u64,
     /// The shared key file (absolute path).
     pub key_file: String,
-    /// Stream disk contents too (no-op without disks).
+    /// Copy the disks' contents to the destination's own files (given
+    /// with `--disk` on `duet run --incoming`) instead of sharing them.
     #[serde(default)]
     pub copy_disks: bool,
     /// Test hook: cut the connection at this phase.

@@ -17,7 +17,7 @@ use std::io::{Read, Write};
 /// Identifies a Duet migration stream (first field of [`Hello`]).
 pub const MAGIC: [u8; 8] = *b"DUETMIG\0";
 /// This protocol's version; both sides must speak the same.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Frame header size.
 pub const FRAME_HEADER: usize = 16;
 /// Pages per [`Kind::Pages`] frame at most.
@@ -26,6 +26,12 @@ pub const MAX_PAGES_PER_FRAME: u64 = 256;
 pub const MAX_CONTROL_PAYLOAD: u32 = 1 << 20;
 /// Largest page payload: a 16-byte run header and the pages.
 pub const MAX_PAGES_PAYLOAD: u32 = 16 + (MAX_PAGES_PER_FRAME as u32) * 4096;
+/// Largest disk run per [`Kind::Disk`] or [`Kind::DiskZero`] frame (bytes).
+pub const MAX_DISK_RUN: u64 = 1 << 20;
+/// Disk run header: disk `u32`, zero `u32`, offset `u64`, length `u64`.
+pub const DISK_HEADER: usize = 24;
+/// Disk runs are aligned to this (the smallest sector size).
+pub const DISK_ALIGN: u64 = 512;
 /// Largest device/vCPU state blob accepted in total (it carries the image).
 pub const MAX_STATE: u64 = 256 << 20;
 /// Key files: at least this many bytes of secret.
@@ -66,6 +72,12 @@ pub enum Kind {
     Sync = 13,
     /// Destination → source: everything before the Sync is in guest memory (empty).
     SyncAck = 14,
+    /// Source → destination (`--copy-disks`): a run of disk bytes
+    /// ([`disk_header`], then the bytes).
+    Disk = 15,
+    /// Source → destination (`--copy-disks`): a run of zero disk bytes
+    /// ([`disk_header`] only).
+    DiskZero = 16,
 }
 
 impl Kind {
@@ -73,7 +85,7 @@ impl Kind {
         use Kind::*;
         [
             Hello, Challenge, Auth, Accept, Refuse, Pages, ZeroPages, State, StateEnd, Ready,
-            Commit, CommitAck, Sync, SyncAck,
+            Commit, CommitAck, Sync, SyncAck, Disk, DiskZero,
         ]
         .into_iter()
         .find(|k| *k as u8 == v)
@@ -82,6 +94,7 @@ impl Kind {
     fn max_len(self) -> u32 {
         match self {
             Kind::Pages => MAX_PAGES_PAYLOAD,
+            Kind::Disk => DISK_HEADER as u32 + MAX_DISK_RUN as u32,
             _ => MAX_CONTROL_PAYLOAD,
         }
     }
@@ -104,8 +117,12 @@ pub struct Hello {
     pub tsc_khz: u64,
     /// Guest memory size.
     pub mem_size: u64,
-    /// One line per device-table entry.
+    /// One line per device-table entry (`kind K flags F`, disks add
+    /// `capacity N`).
     pub devices: Vec<String>,
+    /// The disks' contents follow ([`Kind::Disk`]) to the destination's
+    /// own copies (`--copy-disks`).
+    pub copy_disks: bool,
     /// The source's challenge nonce.
     pub nonce: [u8; NONCE_LEN],
 }
@@ -321,6 +338,50 @@ pub fn decode_pages(
     Ok((first, count, data))
 }
 
+/// A disk run's header: disk index, byte offset, byte length.
+pub fn disk_header(disk: u32, offset: u64, len: u64) -> [u8; DISK_HEADER] {
+    let mut h = [0u8; DISK_HEADER];
+    h[..4].copy_from_slice(&disk.to_le_bytes());
+    h[8..16].copy_from_slice(&offset.to_le_bytes());
+    h[16..24].copy_from_slice(&len.to_le_bytes());
+    h
+}
+
+/// Checks a [`Kind::Disk`] / [`Kind::DiskZero`] payload against the disks'
+/// capacities: returns (disk, offset, length, data). Every number comes
+/// from the network: index in range, aligned, at most [`MAX_DISK_RUN`],
+/// inside the disk, and the data exactly as long as said (none for zero).
+pub fn decode_disk<'a>(
+    payload: &'a [u8],
+    capacities: &[u64],
+    zero: bool,
+) -> Result<(usize, u64, u64, &'a [u8]), MigrateError> {
+    let bad = |why: &str| MigrateError::Protocol(format!("bad disk run: {why}"));
+    if payload.len() < DISK_HEADER {
+        return Err(bad("short header"));
+    }
+    let disk = u32::from_le_bytes(payload[..4].try_into().expect("4 bytes")) as usize;
+    if payload[4..8] != [0; 4] {
+        return Err(bad("reserved bytes set"));
+    }
+    let offset = u64::from_le_bytes(payload[8..16].try_into().expect("8 bytes"));
+    let len = u64::from_le_bytes(payload[16..24].try_into().expect("8 bytes"));
+    let data = &payload[DISK_HEADER..];
+    let cap = *capacities.get(disk).ok_or_else(|| bad("no such disk"))?;
+    if offset % DISK_ALIGN != 0 || len % DISK_ALIGN != 0 || len == 0 || len > MAX_DISK_RUN {
+        return Err(bad("unaligned or oversized run"));
+    }
+    match offset.checked_add(len) {
+        Some(end) if end <= cap => {}
+        _ => return Err(bad("run outside the disk")),
+    }
+    let want = if zero { 0 } else { len };
+    if data.len() as u64 != want {
+        return Err(bad("length does not match the run"));
+    }
+    Ok((disk, offset, len, data))
+}
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// HMAC-SHA256(key, label ‖ a ‖ b).
@@ -399,6 +460,31 @@ mod tests {
             read_frame(&mut &h[..]),
             Err(MigrateError::Protocol(_))
         ));
+    }
+
+    #[test]
+    fn disk_runs_are_bounded() {
+        let caps = [8192u64];
+        let mut p = disk_header(0, 512, 1024).to_vec();
+        p.extend_from_slice(&[1; 1024]);
+        assert_eq!(decode_disk(&p, &caps, false).unwrap().1, 512);
+        assert!(decode_disk(&p, &caps, true).is_err());
+        assert!(decode_disk(&p, &[1024], false).is_err());
+        assert!(decode_disk(&p, &[], false).is_err());
+        let z = disk_header(0, 0, 8192);
+        assert!(decode_disk(&z, &caps, true).is_ok());
+        for h in [
+            disk_header(1, 0, 512),
+            disk_header(0, 100, 512),
+            disk_header(0, 0, 0),
+            disk_header(0, u64::MAX - 511, 512),
+            disk_header(0, 0, MAX_DISK_RUN + 512),
+        ] {
+            assert!(decode_disk(&h, &caps, true).is_err(), "{h:?}");
+        }
+        let mut r = z.to_vec();
+        r[5] = 1;
+        assert!(decode_disk(&r, &caps, true).is_err());
     }
 
     #[test]

@@ -32,7 +32,12 @@ pub(super) struct Attempt<'a> {
     bytes: u64,
     progress: &'a mut dyn FnMut(&Progress),
     buf: Vec<u8>,
+    /// Disk bytes read for one frame (`--copy-disks`).
+    dbuf: Vec<u8>,
 }
+
+/// Disks are tracked and copied in units of this many bytes.
+const DISK_UNIT: u64 = 4096;
 
 fn connect(addr: &str) -> Result<TcpStream, MigrateError> {
     let deadline = Instant::now() + CONNECT_FOR;
@@ -73,6 +78,7 @@ impl<'a> Attempt<'a> {
             bytes: 0,
             progress,
             buf: Vec::new(),
+            dbuf: Vec::new(),
         }
     }
 
@@ -106,8 +112,18 @@ impl<'a> Attempt<'a> {
         for &(first, count) in &self.h.resident {
             self.send_run(&mut s, first, count, true)?;
         }
+        // And every disk whole (the destination's copy may hold anything).
+        for i in 0..self.h.disks.len() {
+            let units = self.h.disks[i].capacity.div_ceil(DISK_UNIT);
+            let per = protocol::MAX_DISK_RUN / DISK_UNIT;
+            let mut first = 0;
+            while first < units {
+                self.send_disk_run(&mut s, i, first, per.min(units - first))?;
+                first += per;
+            }
+        }
         self.cut(&s, "precopy")?;
-        let (rounds, forced_stop, pending) = self.precopy(&mut s, start)?;
+        let (rounds, forced_stop, pending, pending_disks) = self.precopy(&mut s, start)?;
 
         // Stop: the vCPU thread pauses the guest after its last exit.
         step(self.ctl, Step::Stop)?;
@@ -121,10 +137,17 @@ impl<'a> Attempt<'a> {
         // Pages dirty when pre-copy ended, and since.
         let mut dirty = pending;
         dirty.merge(&self.collect()?);
-        let final_pages = dirty.count();
+        let mut final_pages = dirty.count();
         for (first, count) in dirty.runs(protocol::MAX_PAGES_PER_FRAME) {
             self.send_run(&mut s, first, count, false)?;
         }
+        // The disks' last writes (the guest is stopped: the set is final).
+        let mut disks = pending_disks;
+        for (d, now) in disks.iter_mut().zip(self.collect_disks()) {
+            d.merge(&now);
+        }
+        final_pages += disks.iter().map(DirtySet::count).sum::<u64>();
+        self.send_disk_sets(&mut s, &disks)?;
         self.cut(&s, "stop")?;
         for chunk in stopped.blob.chunks(protocol::MAX_CONTROL_PAYLOAD as usize) {
             self.frame(&mut s, Kind::State, chunk)?;
@@ -196,12 +219,14 @@ impl<'a> Attempt<'a> {
 
     /// Dirty rounds until the rest fits the downtime budget or stops
     /// shrinking. Returns the rounds, whether stop-and-copy was forced, and
-    /// the dirty set not yet sent (it goes with the guest stopped).
+    /// the dirty sets (memory, then each copied disk) not yet sent (they go
+    /// with the guest stopped).
+    #[allow(clippy::type_complexity)]
     fn precopy(
         &mut self,
         s: &mut TcpStream,
         start: Instant,
-    ) -> Result<(u32, bool, DirtySet), MigrateError> {
+    ) -> Result<(u32, bool, DirtySet, Vec<DirtySet>), MigrateError> {
         let budget = self.req.max_downtime_ms as f64;
         let mut round = 0;
         let mut stalls = 0;
@@ -214,7 +239,9 @@ impl<'a> Attempt<'a> {
             protocol::write_frame(s, Kind::Sync, &[])?;
             protocol::read_frame(s)?.expect(Kind::SyncAck)?;
             let dirty = self.collect()?;
-            let n = dirty.count();
+            let disks = self.collect_disks();
+            // Memory pages and disk units alike are 4 KiB to send.
+            let n = dirty.count() + disks.iter().map(DirtySet::count).sum::<u64>();
             let elapsed = start.elapsed().as_secs_f64().max(1e-6);
             let bw = self.bytes as f64 / elapsed;
             let mib = (1u64 << 20) as f64;
@@ -236,16 +263,17 @@ impl<'a> Attempt<'a> {
                 stalls += 1;
             }
             if p.est_downtime_ms <= budget {
-                return Ok((round, false, dirty));
+                return Ok((round, false, dirty, disks));
             }
             if round >= MAX_ROUNDS || stalls >= STALL_ROUNDS {
-                return Ok((round, true, dirty));
+                return Ok((round, true, dirty, disks));
             }
             round += 1;
             round_start = Instant::now();
             for (first, count) in dirty.runs(protocol::MAX_PAGES_PER_FRAME) {
                 self.send_run(s, first, count, false)?;
             }
+            self.send_disk_sets(s, &disks)?;
         }
     }
 
@@ -259,6 +287,79 @@ impl<'a> Attempt<'a> {
         let mut d = DirtySet::from_kvm(bits, pages);
         d.add(self.h.host_dirty.take());
         Ok(d)
+    }
+
+    /// The disk units written since the last call, one set per copied disk.
+    fn collect_disks(&self) -> Vec<DirtySet> {
+        self.h
+            .disks
+            .iter()
+            .map(|d| {
+                let units = d.capacity.div_ceil(DISK_UNIT);
+                let mut set = DirtySet::from_kvm(Vec::new(), units);
+                set.add(d.dirty.take());
+                set
+            })
+            .collect()
+    }
+
+    fn send_disk_sets(&mut self, s: &mut TcpStream, sets: &[DirtySet]) -> Result<(), MigrateError> {
+        for (i, set) in sets.iter().enumerate() {
+            for (first, count) in set.runs(protocol::MAX_DISK_RUN / DISK_UNIT) {
+                self.send_disk_run(s, i, first, count)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends disk `i`'s units `first..first+count` (at most
+    /// [`protocol::MAX_DISK_RUN`] bytes, cut at the disk's end): zero
+    /// sub-runs as [`Kind::DiskZero`], the rest as [`Kind::Disk`].
+    fn send_disk_run(
+        &mut self,
+        s: &mut TcpStream,
+        i: usize,
+        first: u64,
+        count: u64,
+    ) -> Result<(), MigrateError> {
+        use std::os::unix::fs::FileExt;
+        let d = &self.h.disks[i];
+        let offset = first * DISK_UNIT;
+        let end = ((first + count) * DISK_UNIT).min(d.capacity);
+        if offset >= end {
+            return Ok(());
+        }
+        let len = (end - offset) as usize;
+        let mut buf = std::mem::take(&mut self.dbuf);
+        buf.resize(len, 0);
+        if let Err(e) = d.file.read_exact_at(&mut buf, offset) {
+            self.dbuf = buf;
+            return Err(MigrateError::State(format!("reading disk {i}: {e}")));
+        }
+        let zero: Vec<bool> = buf
+            .chunks(DISK_UNIT as usize)
+            .map(|u| u.iter().all(|&b| b == 0))
+            .collect();
+        let mut r = Ok(());
+        let mut a = 0;
+        while a < zero.len() && r.is_ok() {
+            let mut b = a + 1;
+            while b < zero.len() && zero[b] == zero[a] {
+                b += 1;
+            }
+            let lo = a * DISK_UNIT as usize;
+            let hi = (b * DISK_UNIT as usize).min(len);
+            let head = protocol::disk_header(i as u32, offset + lo as u64, (hi - lo) as u64);
+            r = if zero[a] {
+                self.frame(s, Kind::DiskZero, &head)
+            } else {
+                self.bytes += (protocol::FRAME_HEADER + head.len() + hi - lo) as u64;
+                protocol::write_frame2(s, Kind::Disk, &head, &buf[lo..hi])
+            };
+            a = b;
+        }
+        self.dbuf = buf;
+        r
     }
 
     /// Sends pages `first..first+count` (at most a frame's worth): non-zero

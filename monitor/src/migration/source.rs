@@ -25,8 +25,12 @@ use vm_memory::GuestMemoryMmap;
 /// A step the vCPU thread performs for the migration thread.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// Start dirty tracking and hand over memory access.
-    Start,
+    /// Start dirty tracking and hand over memory access (and the disks'
+    /// write tracking when their contents are copied: `--copy-disks`).
+    Start {
+        /// Whether the disks' contents are copied.
+        copy_disks: bool,
+    },
     /// Pause the guest and capture its state.
     Stop,
     /// The attempt ended.
@@ -52,6 +56,18 @@ pub struct Handoff {
     pub(super) host_dirty: Arc<HostDirty>,
     pub(super) resident: Vec<(u64, u64)>,
     pub(super) hello: protocol::Hello,
+    /// The disks whose contents are copied (`--copy-disks`), in device order.
+    pub(super) disks: Vec<DiskCopy>,
+}
+
+/// One disk copied to the destination (`--copy-disks`).
+pub(super) struct DiskCopy {
+    /// A second descriptor of the disk file, read with `pread`.
+    pub(super) file: std::fs::File,
+    /// Its size in bytes.
+    pub(super) capacity: u64,
+    /// The 4 KiB units the guest wrote since tracking started.
+    pub(super) dirty: Arc<HostDirty>,
 }
 
 /// The state captured at [`Step::Stop`].
@@ -68,6 +84,8 @@ pub struct SlotState {
     pub(super) handoff: Option<Handoff>,
     pub(super) stopped: Option<Stopped>,
     pub(super) was_paused: bool,
+    /// The disks' contents are copied: the source keeps its disk locks.
+    pub(super) copy_disks: bool,
     /// Paused for migration: `resume` is refused until the attempt ends.
     pub(super) held: bool,
     pub(super) migrated_to: Option<String>,
@@ -121,7 +139,7 @@ fn set_dirty_log(vm: &Vm, on: bool) -> Result<(), String> {
 /// vCPU thread: serves one migration step.
 pub(crate) fn on_request(vm: &mut Vm, step: Step) -> Response {
     let r = match step {
-        Step::Start => start(vm),
+        Step::Start { copy_disks } => start(vm, copy_disks),
         Step::Stop => stop(vm),
         Step::End(end) => finish(vm, end),
     };
@@ -134,7 +152,7 @@ pub(crate) fn on_request(vm: &mut Vm, step: Step) -> Response {
     }
 }
 
-fn start(vm: &mut Vm) -> Result<(), String> {
+fn start(vm: &mut Vm, copy_disks: bool) -> Result<(), String> {
     if vm.ctl.migration.lock().active {
         return Err("a migration is already in progress".into());
     }
@@ -169,13 +187,37 @@ fn start(vm: &mut Vm) -> Result<(), String> {
         tsc_khz: u64::from(tsc_khz),
         mem_size: vm.mem.size(),
         devices: device_lines(vm),
+        copy_disks,
         nonce: [0; protocol::NONCE_LEN],
     };
-    // Tracking starts before the migration thread reads the first page.
+    let mut disks = Vec::new();
+    if copy_disks {
+        for d in &vm.devices.list {
+            if let crate::devices::Device::Block(b) = d {
+                let (file, capacity, dirty) = b
+                    .copy_source()
+                    .map_err(|e| format!("cannot reopen a disk to copy it: {e}"))?;
+                disks.push(DiskCopy {
+                    file,
+                    capacity,
+                    dirty,
+                });
+            }
+        }
+        if disks.is_empty() {
+            return Err("--copy-disks: the guest has no disks to copy".into());
+        }
+    }
+    // Tracking starts before the migration thread reads the first page
+    // (or disk byte).
     set_dirty_log(vm, true)?;
+    for d in &disks {
+        d.dirty.set(true);
+    }
     let mut s = vm.ctl.migration.lock();
     s.active = true;
     s.was_paused = vm.paused;
+    s.copy_disks = copy_disks;
     s.handoff = Some(Handoff {
         mem: vm.mem.inner().clone(),
         vm: vm_fd,
@@ -183,6 +225,7 @@ fn start(vm: &mut Vm) -> Result<(), String> {
         host_dirty: vm.mem.host_dirty.clone(),
         resident,
         hello,
+        disks,
     });
     Ok(())
 }
@@ -191,7 +234,16 @@ fn device_lines(vm: &Vm) -> Vec<String> {
     vm.devices
         .infos()
         .iter()
-        .map(|d| format!("kind {} flags {:#x}", d.kind, d.flags))
+        .map(|d| {
+            if d.kind == duet_abi::boot::DeviceKind::Block as u32 {
+                format!(
+                    "kind {} flags {:#x} capacity {}",
+                    d.kind, d.flags, d.capacity
+                )
+            } else {
+                format!("kind {} flags {:#x}", d.kind, d.flags)
+            }
+        })
         .collect()
 }
 
@@ -229,7 +281,16 @@ fn capture(vm: &mut Vm) -> Result<Vec<u8>, SnapshotError> {
     state
         .sections
         .push((Tag::Image as u32, vm.image.bytes().to_vec()));
-    state.put(Tag::Devices, &vm.devices.save()?)?;
+    // Disk paths go absolute: the destination does not share our directory.
+    let mut devices = vm.devices.save()?;
+    for d in &mut devices {
+        if let crate::devices::DeviceState::Block { spec, .. } = d {
+            if let Ok(p) = std::path::absolute(&spec.path) {
+                spec.path = p;
+            }
+        }
+    }
+    state.put(Tag::Devices, &devices)?;
     state.put(Tag::Memory, &vm.mem.save()?)?;
     Ok(state.encode())
 }
@@ -242,7 +303,15 @@ fn stop(vm: &mut Vm) -> Result<(), String> {
     let paused_wall_ns = wall_ns();
     vm.paused = true;
     let blob = capture(vm).map_err(|e| e.to_string())?;
+    // The disk flush marker: every write the guest made is durable before
+    // StateEnd leaves. Then the locks go, so the destination can take them
+    // at commit; an abort takes them back ([`finish`]).
+    vm.devices.flush_disks()?;
     let mut s = vm.ctl.migration.lock();
+    if !s.copy_disks {
+        // Shared storage: the destination opens these very files.
+        vm.devices.unlock_disks();
+    }
     s.held = true;
     s.stopped = Some(Stopped {
         blob,
@@ -253,6 +322,12 @@ fn stop(vm: &mut Vm) -> Result<(), String> {
 }
 
 fn finish(vm: &mut Vm, end: End) -> Result<(), String> {
+    // Disk write tracking off, whatever the end.
+    for d in &vm.devices.list {
+        if let crate::devices::Device::Block(b) = d {
+            b.write_tracking().set(false);
+        }
+    }
     let was_paused = {
         let mut s = vm.ctl.migration.lock();
         s.held = false;
@@ -266,12 +341,23 @@ fn finish(vm: &mut Vm, end: End) -> Result<(), String> {
         }
         End::Abort => {
             vm.paused = was_paused;
+            relock(vm);
             set_dirty_log(vm, false)
         }
         End::Unknown => {
             vm.paused = true;
+            relock(vm);
             set_dirty_log(vm, false)
         }
+    }
+}
+
+/// Takes the disks' locks back after an attempt that did not commit. The
+/// destination locks only after commit, so this fails only if another
+/// process took a disk meanwhile (or the destination after a lost ack).
+fn relock(vm: &Vm) {
+    if let Err(e) = vm.devices.lock_disks() {
+        log::error!("after the failed migration: {e}");
     }
 }
 
@@ -302,7 +388,12 @@ pub fn migrate(
             )));
         }
     }
-    step(ctl, Step::Start)?;
+    step(
+        ctl,
+        Step::Start {
+            copy_disks: req.copy_disks,
+        },
+    )?;
     let handoff = ctl.migration.lock().handoff.take();
     let result = match handoff {
         Some(h) => {

@@ -45,7 +45,8 @@ pub(crate) struct TxQueue {
 }
 
 impl TxQueue {
-    fn push<R>(&mut self, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    /// Queues one frame of `len` bytes that `f` fills.
+    pub(crate) fn push<R>(&mut self, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
         if self.used == BATCH {
             self.flush();
         }

@@ -15,6 +15,11 @@
 //! non-blocking `try_*` calls instead and drive the stack with [`wait`]. The interface answers ARP and ping whenever any call
 //! is waiting.
 //!
+//! After a live migration (the identity generation changed) the next poll
+//! of the stack broadcasts a gratuitous ARP (a request and a reply for the
+//! guest's own address), so switches and bridges learn the guest's new
+//! port and neighbours refresh their caches.
+//!
 //! ```ignore
 //! let l = duet::net::TcpListener::bind(80)?;
 //! loop {
@@ -107,6 +112,27 @@ pub(crate) struct Stack {
     /// The DHCP client, when `IP=dhcp`.
     dhcp: Option<SocketHandle>,
     info: NetInfo,
+    /// The identity generation the stack last announced itself in.
+    generation: u64,
+}
+
+/// A gratuitous ARP frame's length (Ethernet header + ARP for IPv4).
+const GARP_LEN: usize = 14 + 28;
+
+/// Fills `f` ([`GARP_LEN`] bytes) with a broadcast gratuitous ARP for
+/// `ip` at `mac`: operation `op` (1 request, 2 reply), sender and target
+/// address both `ip`.
+fn garp(f: &mut [u8], mac: [u8; 6], ip: [u8; 4], op: u8) {
+    f[..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&[0x08, 0x06]);
+    // Ethernet, IPv4, address lengths 6 and 4, the operation.
+    f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, op]);
+    f[22..28].copy_from_slice(&mac);
+    f[28..32].copy_from_slice(&ip);
+    let target: [u8; 6] = if op == 2 { [0xff; 6] } else { [0; 6] };
+    f[32..38].copy_from_slice(&target);
+    f[38..42].copy_from_slice(&ip);
 }
 
 /// How long [`init`] waits for a DHCP lease.
@@ -211,6 +237,7 @@ fn new_stack() -> Result<Stack, NetError> {
         closing: Vec::new(),
         dhcp,
         info,
+        generation: crate::identity().generation,
     })
 }
 
@@ -226,6 +253,11 @@ impl Stack {
     /// One round: fetch frames, run the stack, send what it produced.
     /// Returns whether any socket may have changed.
     fn poll(&mut self) -> bool {
+        let generation = crate::identity().generation;
+        if generation != self.generation {
+            self.generation = generation;
+            self.announce();
+        }
         self.dev.refill();
         let changed = self.iface.poll(now(), &mut self.dev, &mut self.sockets)
             == PollResult::SocketStateChanged;
@@ -243,6 +275,21 @@ impl Stack {
             !done
         });
         changed
+    }
+
+    /// Broadcasts a gratuitous ARP request and reply for the interface's
+    /// address (nothing without one), after the guest moved.
+    fn announce(&mut self) {
+        let ip = self.info.ip.0;
+        if ip.is_unspecified() {
+            return;
+        }
+        for op in [1u8, 2] {
+            self.dev
+                .tx
+                .push(GARP_LEN, |f| garp(f, self.info.mac, ip.octets(), op));
+        }
+        self.dev.tx.flush();
     }
 
     /// Applies a DHCP lease (or its loss) to the interface.

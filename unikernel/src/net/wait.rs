@@ -25,6 +25,7 @@ pub(crate) fn wait_io(
     if wait_mask & bit != 0 && (dev.refill() > 0 || dev.error().is_some()) {
         return bit;
     }
+    let generation = crate::identity().generation;
     loop {
         let ready = match crate::time::poll_raw(deadline_ns.unwrap_or(POLL_FOREVER), wait_mask) {
             Ok(r) => r,
@@ -42,6 +43,11 @@ pub(crate) fn wait_io(
         if deadline_ns.is_some_and(|d| now_ns() >= d) {
             return 0;
         }
-        // Woken early (e.g. the monitor paused us): wait again.
+        // Woken early (e.g. the monitor paused us): wait again, unless
+        // the guest moved meanwhile (a migration or restore): then the
+        // stack must announce itself first (see `Stack::poll`).
+        if crate::identity().generation != generation {
+            return 0;
+        }
     }
 }
