@@ -12,7 +12,7 @@ use crate::devices::DeviceState;
 use crate::loader::Image;
 use crate::memory::GuestMem;
 use crate::snapshot::format::{StateFile, Tag};
-use crate::snapshot::persist::{self, ClockArgs, GuestClock, MemState, Persist, VcpuState};
+use crate::snapshot::persist::MemState;
 use crate::snapshot::{cpu_signature, MonitorState};
 use crate::vm::Vm;
 use duet_abi::boot::DeviceKind;
@@ -480,79 +480,34 @@ fn build(
     ctl: Arc<Control>,
 ) -> Result<Vm, crate::snapshot::SnapshotError> {
     use crate::snapshot::SnapshotError as E;
-    let vcpu_state: VcpuState = st.get(Tag::Vcpu)?;
-    let kvm_clock: kvm_bindings::kvm_clock_data = st.get(Tag::KvmClock)?;
-    let clock: persist::ClockState = st.get(Tag::Clock)?;
     let monitor: MonitorState = st.get(Tag::Monitor)?;
     let image = Image::parse(st.raw(Tag::Image)?.to_vec(), mem.size())?;
-    let tsc_at_save = vcpu_state
-        .tsc()
-        .ok_or_else(|| E::Invalid("the vCPU state has no TSC".into()))?;
-    if cpu_signature(&vcpu_state.cpuid) != (st.header.vendor, st.header.features) {
-        return Err(E::Invalid(
-            "the header and the vCPU state disagree on the CPU".into(),
-        ));
-    }
     let vm_fd = kvm
         .create_vm()
         .map_err(|e| E::Kvm(format!("KVM_CREATE_VM failed: {e}")))?;
     crate::vm::register_memory(&vm_fd, &mem).map_err(|e| E::Kvm(e.to_string()))?;
-    let vcpu = crate::vcpu::Vcpu::restore((&kvm, &vm_fd), &vcpu_state)?;
-    let mut kc = kvm_clock;
-    kc.flags = 0;
-    vm_fd
-        .set_clock(&kc)
-        .map_err(|e| E::Kvm(format!("KVM_SET_CLOCK failed: {e}")))?;
-    let pt = crate::paging::PageTables::restore((), &monitor.page_tables)?;
     if devices.len() > duet_abi::boot::MAX_DEVICES {
         return Err(E::Invalid(format!("{} devices is too many", devices.len())));
     }
+    // Disks are locked only after Commit (the source still holds them).
     let list = devices
         .iter()
         .enumerate()
         .map(|(id, d)| crate::devices::Device::reattach(d, id, false))
         .collect::<Result<Vec<_>, _>>()?;
-    let devices = crate::devices::Devices { list };
-    let mut msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
-        index: persist::MSR_IA32_TSC,
-        ..Default::default()
-    }])
-    .map_err(|e| E::Kvm(format!("{e:?}")))?;
-    let now = Instant::now();
-    vcpu.get_msrs(&mut msrs)
-        .map_err(|e| E::Kvm(format!("KVM_GET_MSRS failed: {e}")))?;
-    let clock = GuestClock::restore(
-        ClockArgs {
-            mem: &mem,
-            tsc_at_save,
-            tsc_now: msrs.as_slice()[0].data,
-            wall_now_ns: wall_ns(),
+    crate::snapshot::assemble(
+        st,
+        crate::snapshot::Parts {
+            kvm,
+            vm_fd,
+            mem,
+            image,
+            devices: crate::devices::Devices { list },
+            ctl,
+            trace: None,
+            clone_index: monitor.clone_index,
         },
-        &clock,
-    )?;
-    let mut vm = Vm {
-        _kvm: kvm,
-        _vm: vm_fd,
-        vcpu,
-        mem,
-        image,
-        devices,
-        trace: None,
-        exits: monitor.exits,
-        pt,
-        clock: clock.page,
-        heap: monitor.heap,
-        clock_anchor: (now, clock.page.base_mono_ns),
-        generation: monitor.generation.wrapping_add(1),
-        clone_index: monitor.clone_index,
-        ctl,
-        started: Instant::now(),
-        snapshot_at_point: None,
-        paused: false,
-    };
-    vm.write_identity()
-        .map_err(|e| E::Invalid(format!("writing the identity page: {e}")))?;
-    Ok(vm)
+    )
 }
 
 #[cfg(test)]

@@ -11,9 +11,9 @@ use super::dirty::HostDirty;
 use super::protocol;
 use super::{wall_ns, MigrateError, MigrateRequest, Progress, Slot, Summary};
 use crate::control::{Control, Request, Response};
-use crate::snapshot::format::{self, Header, StateFile, Tag};
-use crate::snapshot::persist::{GuestClock, Persist};
-use crate::snapshot::{cpu_signature, MonitorState, SnapshotError};
+use crate::snapshot::format::Tag;
+use crate::snapshot::persist::Persist;
+use crate::snapshot::{cpu_signature, SnapshotError};
 use crate::vm::Vm;
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::VmFd;
@@ -247,50 +247,10 @@ fn device_lines(vm: &Vm) -> Vec<String> {
         .collect()
 }
 
-/// Captures what a snapshot's state file holds, minus the memory pages.
+/// Captures what a snapshot's state file holds, minus the memory pages
+/// (those travel as page frames).
 fn capture(vm: &mut Vm) -> Result<Vec<u8>, SnapshotError> {
-    vm.complete_io().map_err(SnapshotError::Kvm)?;
-    let vcpu = vm.vcpu.save()?;
-    let kvm_clock = vm
-        ._vm
-        .get_clock()
-        .map_err(|e| SnapshotError::Kvm(format!("KVM_GET_CLOCK failed: {e}")))?;
-    let (vendor, features) = cpu_signature(&vcpu.cpuid);
-    let monitor = MonitorState {
-        exits: vm.exits,
-        heap: vm.heap.clone(),
-        page_tables: vm.pt.save()?,
-        generation: vm.generation,
-        clone_index: vm.clone_index,
-    };
-    let mut state = StateFile {
-        header: Header {
-            format_version: format::FORMAT_VERSION,
-            abi_version: duet_abi::ABI_VERSION,
-            vendor,
-            features,
-            tsc_khz: u64::from(vcpu.tsc_khz),
-            snapshot_id: crate::bootinfo::random_seed()[0],
-        },
-        sections: Vec::new(),
-    };
-    state.put(Tag::Vcpu, &vcpu)?;
-    state.put(Tag::KvmClock, &kvm_clock)?;
-    state.put(Tag::Clock, &GuestClock { page: vm.clock }.save()?)?;
-    state.put(Tag::Monitor, &monitor)?;
-    state
-        .sections
-        .push((Tag::Image as u32, vm.image.bytes().to_vec()));
-    // Disk paths go absolute: the destination does not share our directory.
-    let mut devices = vm.devices.save()?;
-    for d in &mut devices {
-        if let crate::devices::DeviceState::Block { spec, .. } = d {
-            if let Ok(p) = std::path::absolute(&spec.path) {
-                spec.path = p;
-            }
-        }
-    }
-    state.put(Tag::Devices, &devices)?;
+    let mut state = crate::snapshot::capture_state(vm, crate::bootinfo::random_seed()[0])?;
     state.put(Tag::Memory, &vm.mem.save()?)?;
     Ok(state.encode())
 }

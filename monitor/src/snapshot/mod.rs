@@ -200,13 +200,12 @@ const FEATURE_NAMES: [&str; 6] = [
     "0x80000001 ECX",
 ];
 
-/// Snapshots `vm` into a new directory `dir`. Runs on the vCPU thread with
-/// the guest stopped; the guest can go on afterwards.
-pub fn save(vm: &mut Vm, dir: &Path) -> Result<SaveStats, SnapshotError> {
-    let t0 = Instant::now();
-    if dir.symlink_metadata().is_ok() {
-        return Err(SnapshotError::Exists(dir.display().to_string()));
-    }
+/// Captures every component's state except guest memory, with the guest
+/// stopped between two `KVM_RUN`s (the last hypercall's `out` completed
+/// first). Snapshots add the memory file; migration streams the pages.
+/// Disk paths are made absolute: the state may be used from another
+/// directory or on another host.
+pub(crate) fn capture_state(vm: &mut Vm, id: u64) -> Result<StateFile, SnapshotError> {
     vm.complete_io().map_err(SnapshotError::Kvm)?;
     let vcpu = vm.vcpu.save()?;
     let kvm_clock = vm
@@ -214,7 +213,6 @@ pub fn save(vm: &mut Vm, dir: &Path) -> Result<SaveStats, SnapshotError> {
         .get_clock()
         .map_err(|e| SnapshotError::Kvm(format!("KVM_GET_CLOCK failed: {e}")))?;
     let (vendor, features) = cpu_signature(&vcpu.cpuid);
-    let id = crate::bootinfo::random_seed()[0];
     let monitor = MonitorState {
         exits: vm.exits,
         heap: vm.heap.clone(),
@@ -240,7 +238,27 @@ pub fn save(vm: &mut Vm, dir: &Path) -> Result<SaveStats, SnapshotError> {
     state
         .sections
         .push((Tag::Image as u32, vm.image.bytes().to_vec()));
-    state.put(Tag::Devices, &vm.devices.save()?)?;
+    let mut devices = vm.devices.save()?;
+    for d in &mut devices {
+        if let crate::devices::DeviceState::Block { spec, .. } = d {
+            if let Ok(p) = std::path::absolute(&spec.path) {
+                spec.path = p;
+            }
+        }
+    }
+    state.put(Tag::Devices, &devices)?;
+    Ok(state)
+}
+
+/// Snapshots `vm` into a new directory `dir`. Runs on the vCPU thread with
+/// the guest stopped; the guest can go on afterwards.
+pub fn save(vm: &mut Vm, dir: &Path) -> Result<SaveStats, SnapshotError> {
+    let t0 = Instant::now();
+    if dir.symlink_metadata().is_ok() {
+        return Err(SnapshotError::Exists(dir.display().to_string()));
+    }
+    let id = crate::bootinfo::random_seed()[0];
+    let mut state = capture_state(vm, id)?;
     let mem = &vm.mem;
     let index = format::write_dir(dir, |tmp| {
         let index = memfile::dump(mem, &tmp.join(MEMORY_FILE), id)?;
@@ -337,6 +355,112 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> SnapshotErro
     move |e| SnapshotError::Kvm(format!("{what} failed: {e}"))
 }
 
+/// Everything [`assemble`] needs besides the state: a VM with guest memory
+/// registered, the image and the reattached devices.
+pub(crate) struct Parts {
+    /// The open KVM device.
+    pub kvm: kvm_ioctls::Kvm,
+    /// A new VM whose memory slot is registered.
+    pub vm_fd: kvm_ioctls::VmFd,
+    /// Guest memory, filled (mapped from a file, or received).
+    pub mem: crate::memory::GuestMem,
+    /// The guest's image (symbols, segments).
+    pub image: Image,
+    /// The devices, reopened on this host.
+    pub devices: crate::devices::Devices,
+    /// The control block.
+    pub ctl: Arc<Control>,
+    /// Boot trace, if tracing.
+    pub trace: Option<BootTrace>,
+    /// This guest's clone index.
+    pub clone_index: u32,
+}
+
+/// Builds a runnable [`Vm`] from a captured state (snapshot restore and
+/// migration share it): the vCPU, the KVM clock, page tables, the guest
+/// clock rebased on the TSC now (monotonic time continues, wall time is
+/// this host's), and a new identity (generation + 1, fresh seed).
+pub(crate) fn assemble(st: &StateFile, p: Parts) -> Result<Vm, SnapshotError> {
+    let vcpu_state: VcpuState = st.get(Tag::Vcpu)?;
+    let kvm_clock: kvm_bindings::kvm_clock_data = st.get(Tag::KvmClock)?;
+    let clock: persist::ClockState = st.get(Tag::Clock)?;
+    let monitor: MonitorState = st.get(Tag::Monitor)?;
+    let Some(tsc_at_save) = vcpu_state.tsc() else {
+        return Err(SnapshotError::Invalid("the vCPU state has no TSC".into()));
+    };
+    if cpu_signature(&vcpu_state.cpuid) != (st.header.vendor, st.header.features) {
+        return Err(SnapshotError::Invalid(
+            "the header and the vCPU state disagree on the CPU".into(),
+        ));
+    }
+    let Parts {
+        kvm,
+        vm_fd,
+        mem,
+        image,
+        devices,
+        ctl,
+        mut trace,
+        clone_index,
+    } = p;
+    let vcpu = crate::vcpu::Vcpu::restore((&kvm, &vm_fd), &vcpu_state)?;
+    let mut kc = kvm_clock;
+    kc.flags = 0;
+    vm_fd.set_clock(&kc).map_err(kvm_err("KVM_SET_CLOCK"))?;
+    let pt = crate::paging::PageTables::restore((), &monitor.page_tables)?;
+    if let Some(t) = &mut trace {
+        t.mark("restore vCPU + devices");
+    }
+
+    // The guest TSC now (KVM set it from the saved MSR), to rebase the clock.
+    let mut msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+        index: persist::MSR_IA32_TSC,
+        ..Default::default()
+    }])
+    .map_err(|e| SnapshotError::Kvm(format!("{e:?}")))?;
+    let now = Instant::now();
+    vcpu.get_msrs(&mut msrs).map_err(kvm_err("KVM_GET_MSRS"))?;
+    let tsc_now = msrs.as_slice()[0].data;
+    let wall_now_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let clock = GuestClock::restore(
+        ClockArgs {
+            mem: &mem,
+            tsc_at_save,
+            tsc_now,
+            wall_now_ns,
+        },
+        &clock,
+    )?;
+    if let Some(t) = &mut trace {
+        t.anchor(now, tsc_now, st.header.tsc_khz);
+    }
+    let mut vm = Vm {
+        _kvm: kvm,
+        _vm: vm_fd,
+        vcpu,
+        mem,
+        image,
+        devices,
+        trace,
+        exits: monitor.exits,
+        pt,
+        clock: clock.page,
+        heap: monitor.heap,
+        clock_anchor: (now, clock.page.base_mono_ns),
+        generation: monitor.generation.wrapping_add(1),
+        clone_index,
+        ctl,
+        started: Instant::now(),
+        snapshot_at_point: None,
+        paused: false,
+    };
+    vm.write_identity()
+        .map_err(|e| SnapshotError::Invalid(format!("writing the identity page: {e}")))?;
+    Ok(vm)
+}
+
 /// Builds a VM from `snap`, ready for [`Vm::run`] to resume it.
 pub fn restore(
     snap: &Snapshot,
@@ -350,15 +474,9 @@ pub fn restore(
     };
     let st = &snap.state;
     let vcpu_state: VcpuState = st.get(Tag::Vcpu)?;
-    let kvm_clock: kvm_bindings::kvm_clock_data = st.get(Tag::KvmClock)?;
-    let clock: persist::ClockState = st.get(Tag::Clock)?;
-    let monitor: MonitorState = st.get(Tag::Monitor)?;
     let devices_state: Vec<crate::devices::DeviceState> = st.get(Tag::Devices)?;
     let mem_section: MemSection = st.get(Tag::Memory)?;
     let image_bytes = st.raw(Tag::Image)?.to_vec();
-    let Some(tsc_at_save) = vcpu_state.tsc() else {
-        return Err(SnapshotError::Invalid("the vCPU state has no TSC".into()));
-    };
     let image = Image::parse(image_bytes, mem_section.state.size)?;
     mark(&mut opts.trace, "read + check snapshot");
 
@@ -401,60 +519,20 @@ pub fn restore(
     crate::vm::register_memory(&vm_fd, &mem).map_err(|e| SnapshotError::Kvm(e.to_string()))?;
     mark(&mut opts.trace, "map guest memory");
 
-    let vcpu = crate::vcpu::Vcpu::restore((&kvm, &vm_fd), &vcpu_state)?;
-    let mut kc = kvm_clock;
-    kc.flags = 0;
-    vm_fd.set_clock(&kc).map_err(kvm_err("KVM_SET_CLOCK"))?;
-    let pt = crate::paging::PageTables::restore((), &monitor.page_tables)?;
     let devices = crate::devices::Devices::restore((), &devices_state)?;
-    mark(&mut opts.trace, "restore vCPU + devices");
-
-    // The guest TSC now (KVM set it from the saved MSR), to rebase the clock.
-    let mut msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
-        index: persist::MSR_IA32_TSC,
-        ..Default::default()
-    }])
-    .map_err(|e| SnapshotError::Kvm(format!("{e:?}")))?;
-    let now = Instant::now();
-    vcpu.get_msrs(&mut msrs).map_err(kvm_err("KVM_GET_MSRS"))?;
-    let tsc_now = msrs.as_slice()[0].data;
-    let wall_now_ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let clock = GuestClock::restore(
-        ClockArgs {
-            mem: &mem,
-            tsc_at_save,
-            tsc_now,
-            wall_now_ns,
+    let mut vm = assemble(
+        st,
+        Parts {
+            kvm,
+            vm_fd,
+            mem,
+            image,
+            devices,
+            ctl,
+            trace: opts.trace,
+            clone_index: opts.clone_index,
         },
-        &clock,
     )?;
-    if let Some(t) = &mut opts.trace {
-        t.anchor(now, tsc_now, st.header.tsc_khz);
-    }
-    let mut vm = Vm {
-        _kvm: kvm,
-        _vm: vm_fd,
-        vcpu,
-        mem,
-        image,
-        devices,
-        trace: opts.trace,
-        exits: monitor.exits,
-        pt,
-        clock: clock.page,
-        heap: monitor.heap,
-        clock_anchor: (now, clock.page.base_mono_ns),
-        generation: monitor.generation.wrapping_add(1),
-        clone_index: opts.clone_index,
-        ctl,
-        started: Instant::now(),
-        snapshot_at_point: None,
-        paused: false,
-    };
-    vm.write_identity()
-        .map_err(|e| SnapshotError::Invalid(format!("writing the identity page: {e}")))?;
     mark(&mut vm.trace, "clock + identity");
     Ok(vm)
 }
