@@ -455,11 +455,7 @@ fn locked(path: &Path) -> bool {
 fn a_guest_with_a_disk_migrates_on_shared_storage_its_writes_intact() {
     let tmp = temp_dir("mig-disk");
     let k = key(&tmp, "key", 3);
-    let disk = tmp.join("disk.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
+    let disk = blank_disk(&tmp);
     let (src, sock) = start_source_with(&tmp, &[], &["--disk", s(&disk)], "diskmig", &["64"]);
     src.wait_for("writing\n");
     assert!(locked(&disk), "the source does not lock its disk");
@@ -529,11 +525,7 @@ fn a_guest_with_a_disk_migrates_on_shared_storage_its_writes_intact() {
 fn a_guest_with_a_disk_migrates_to_the_path_the_source_sends() {
     let tmp = temp_dir("mig-disk-path");
     let k = key(&tmp, "key", 4);
-    let disk = tmp.join("disk.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
+    let disk = blank_disk(&tmp);
     let (src, sock) = start_source_with(&tmp, &[], &["--disk", s(&disk)], "diskmig", &["16"]);
     src.wait_for("writing\n");
     let addr = free_addr();
@@ -550,11 +542,7 @@ fn a_guest_with_a_disk_migrates_to_the_path_the_source_sends() {
 fn copy_disks_moves_the_contents_and_leaves_the_source_file_untouched() {
     let tmp = temp_dir("mig-copy");
     let k = key(&tmp, "key", 5);
-    let disk = tmp.join("disk.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
+    let disk = blank_disk(&tmp);
     // The copy starts as garbage: zero runs must be written too.
     let copy = tmp.join("copy.img");
     std::fs::write(&copy, vec![0xaa; 1 << 20]).unwrap();
@@ -732,4 +720,14 @@ fn httpd_keeps_answering_across_a_migration_and_announces_its_new_port() {
     drop(dst);
     drop(br);
     std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// A 1 MiB zero-filled disk image in `dir`.
+fn blank_disk(dir: &std::path::Path) -> std::path::PathBuf {
+    let disk = dir.join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    disk
 }
