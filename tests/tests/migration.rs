@@ -16,6 +16,19 @@ fn counts(out: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Asserts that the source's counts followed by the destination's are
+/// exactly `0..n`: nothing lost or repeated across the move.
+#[track_caller]
+fn assert_continues(source: &str, dest: &str, n: u64) {
+    let mut all = counts(source);
+    all.extend(counts(dest));
+    assert_eq!(
+        all,
+        (0..n).collect::<Vec<_>>(),
+        "source:\n{source}\ndestination:\n{dest}"
+    );
+}
+
 fn key(dir: &Path, name: &str, fill: u8) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, [fill; 32]).unwrap();
@@ -175,9 +188,7 @@ fn a_cut_at_any_phase_leaves_the_source_running_and_a_retry_succeeds() {
     a.expect_status(MIGRATED);
     let b = dst.finish();
     b.expect_status(0).expect_stdout("counter done");
-    let mut all = counts(&a.stdout);
-    all.extend(counts(&b.stdout));
-    assert_eq!(all, (0..1500).collect::<Vec<_>>());
+    assert_continues(&a.stdout, &b.stdout, 1500);
     std::fs::remove_dir_all(&tmp).unwrap();
 }
 
@@ -339,9 +350,7 @@ fn counter_migrates_between_two_network_namespaces() {
     a.expect_status(MIGRATED);
     let b = dst.finish();
     b.expect_status(0).expect_stdout("counter done");
-    let mut all = counts(&a.stdout);
-    all.extend(counts(&b.stdout));
-    assert_eq!(all, (0..400).collect::<Vec<_>>());
+    assert_continues(&a.stdout, &b.stdout, 400);
     drop(hosts);
     std::fs::remove_dir_all(&tmp).unwrap();
 }
@@ -381,9 +390,7 @@ fn a_destination_crash_is_survived_and_a_lost_ack_leaves_the_source_paused() {
     // to the end: it never ran in two places, and no value was lost or
     // repeated across the move.
     assert_eq!(src.stdout(), held);
-    let mut all = counts(&held);
-    all.extend(counts(&b.stdout));
-    assert_eq!(all, (0..600).collect::<Vec<_>>());
+    assert_continues(&held, &b.stdout, 600);
     // `resume` on the source is the operator's call; here it is just stopped.
     drop(src);
     std::fs::remove_dir_all(&tmp).unwrap();
