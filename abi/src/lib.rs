@@ -30,7 +30,10 @@ pub mod poll;
 /// Version of the guest/monitor interface. The monitor reads it from the
 /// image header before boot and the guest checks it in the boot info; both
 /// refuse a mismatch.
-pub const ABI_VERSION: u32 = 1;
+///
+/// History: 1, the first; 2, the identity page gains `requests` (shutdown
+/// requests) and poll's `ready` gains [`poll::READY_SHUTDOWN`].
+pub const ABI_VERSION: u32 = 2;
 
 /// Size of a small page.
 pub const PAGE_SIZE: u64 = 0x1000;

@@ -25,6 +25,7 @@ pub mod migration;
 pub mod paging;
 pub mod report;
 pub mod runner;
+pub mod signals;
 pub mod snapshot;
 pub mod status;
 pub mod template;

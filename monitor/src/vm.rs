@@ -131,6 +131,12 @@ pub struct Vm {
     pub(crate) snapshot_at_point: Option<PathBuf>,
     /// Paused by the control API.
     pub(crate) paused: bool,
+    /// A `SIGTERM` asked the guest to shut down.
+    pub(crate) shutdown_requested: bool,
+    /// ... and its next poll has not yet been told (`READY_SHUTDOWN`).
+    pub(crate) shutdown_unreported: bool,
+    /// How long a guest asked to shut down may take before it is stopped.
+    pub(crate) stop_timeout: std::time::Duration,
 }
 
 /// Registers `mem` as KVM memory slot 0 of `vm`.
@@ -220,6 +226,9 @@ impl Vm {
             started: Instant::now(),
             snapshot_at_point: None,
             paused: false,
+            shutdown_requested: false,
+            shutdown_unreported: false,
+            stop_timeout: crate::signals::DEFAULT_STOP_TIMEOUT,
         };
         let boot_info = vm_.build_guest(cfg, tsc_khz)?;
         mark(&mut vm_.trace, "load image + tables");
@@ -383,6 +392,7 @@ impl Vm {
             clone_index: self.clone_index,
             generation: self.generation,
             seed: bootinfo::random_seed(),
+            requests: 0,
         };
         bootinfo::write_identity(&self.mem, &page)
     }
@@ -397,6 +407,11 @@ impl Vm {
     /// Number of exits handled so far.
     pub fn exits(&self) -> u64 {
         self.exits
+    }
+
+    /// Sets the grace period a guest gets after `SIGTERM` (`--stop-timeout`).
+    pub fn set_stop_timeout(&mut self, d: std::time::Duration) {
+        self.stop_timeout = d;
     }
 
     /// Template mode: at the guest's `snapshot_point()`, snapshot into `dir`

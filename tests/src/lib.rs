@@ -381,6 +381,18 @@ impl Background {
         }
     }
 
+    /// The monitor's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends signal `sig` to the monitor.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill({sig}) failed");
+    }
+
     /// What the guest printed so far.
     pub fn stdout(&self) -> String {
         self.stdout.lock().unwrap().clone()
