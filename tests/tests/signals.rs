@@ -88,10 +88,8 @@ fn httpd_exits_cleanly_on_sigterm() {
     let g = ns.boot("httpd", &[], &[]);
     drop(ns.connect(80));
     // SAFETY: kill(2) on our own child (ip netns exec execs the monitor).
-    assert_eq!(
-        unsafe { libc::kill(g.pid() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
+    let rc = unsafe { libc::kill(g.pid() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
     g.wait(Duration::from_secs(20))
         .expect_status(0)
         .expect_stdout("shutdown requested");
