@@ -11,6 +11,7 @@ use crate::control::Control;
 use crate::cpu;
 use crate::devices::block::{self, BlockError};
 use crate::devices::{self, Device, Devices};
+use crate::exception;
 use crate::heap::{Heap, INITIAL_HEAP};
 use crate::kvm::{self, KvmError};
 use crate::layout;
@@ -250,6 +251,7 @@ impl Vm {
             Access::UserRead,
         )?;
         pt.map_4k(mem, layout::GDT, layout::IST_STACK_TOP, Access::Supervisor)?;
+        exception::install(mem, pt)?;
         pt.map_4k(
             mem,
             layout::CLOCK_PAGE,
@@ -281,7 +283,7 @@ impl Vm {
         let heap_start = image.end();
         let heap_size = INITIAL_HEAP.min(cfg.mem - heap_start);
         pt.map_range(mem, heap_start, heap_start + heap_size, Access::UserWrite)?;
-        cpu::write_tables(mem, &image.vectors)?;
+        cpu::write_tables(mem, &exception::gates())?;
 
         // What the guest may have the monitor write into on its behalf.
         let mut fixed = vec![(layout::STACK_BOTTOM, layout::STACK_TOP)];
@@ -298,7 +300,7 @@ impl Vm {
         let regions = [
             (
                 layout::GDT,
-                layout::IST_STACK_TOP - layout::GDT,
+                layout::MONITOR_END - layout::GDT,
                 RegionKind::Monitor,
             ),
             (layout::CLOCK_PAGE, PAGE_SIZE, RegionKind::Clock),
