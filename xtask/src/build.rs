@@ -124,7 +124,12 @@ pub fn monitor() -> Result<PathBuf> {
 
 /// Builds everything, then runs every host test with the images in place.
 pub fn test(extra: &[String]) -> Result<()> {
-    ensure_tools(&[("curl", "curl"), ("dnsmasq", "dnsmasq-base")])?;
+    // QEMU: the bench smoke pass runs every section, its reference one too.
+    ensure_tools(&[
+        ("curl", "curl"),
+        ("dnsmasq", "dnsmasq-base"),
+        ("qemu-system-x86_64", "qemu-system-x86"),
+    ])?;
     images(&[])?;
     let duet = monitor()?;
     run(cargo()
@@ -134,7 +139,8 @@ pub fn test(extra: &[String]) -> Result<()> {
         .args(["test", "--workspace"])
         .args(extra))?;
     // Benchmarks are not tests: a smoke pass with tiny counts keeps the
-    // harness from rotting; no figure is checked.
+    // harness from rotting; no figure is checked, but a section that fails
+    // or cannot run fails the command.
     crate::bench::smoke()
 }
 
