@@ -31,8 +31,12 @@ pub mod poll;
 /// image header before boot and the guest checks it in the boot info; both
 /// refuse a mismatch.
 ///
-/// History: 1, the first; 2, the identity page gains `requests` (shutdown
-/// requests) and poll's `ready` gains [`poll::READY_SHUTDOWN`].
+/// * 1: the image supplied its exception entry stubs (header `vectors`,
+///   hypercall 4 `Fault`).
+/// * 2: the monitor owns every ring-0 instruction; the header is magic,
+///   version and flags only, and hypercall 4 is reserved; the identity page
+///   gains `requests` (shutdown) and poll's `ready` gains
+///   [`poll::READY_SHUTDOWN`].
 pub const ABI_VERSION: u32 = 2;
 
 /// Size of a small page.

@@ -15,6 +15,7 @@ pub mod control;
 pub mod cpu;
 pub mod cpuid;
 pub mod devices;
+pub mod exception;
 pub mod heap;
 pub mod hypercall;
 pub mod kvm;

@@ -5,6 +5,7 @@
 //! `kvm_run` page (no extra ioctl). Anything else ends the VM with a report.
 
 use crate::control::{Request, Response};
+use crate::exception;
 use crate::hypercall::{self, Flow};
 use crate::report;
 use crate::vm::{ioctl, Vm, VmError};
@@ -294,6 +295,9 @@ impl Vm {
 
     fn run_once(&mut self) -> Exit {
         match self.vcpu.run() {
+            Ok(VcpuExit::IoOut(port, _)) if exception::is_stub_port(port) => {
+                Exit::Stop(exception::on_exit(self, port))
+            }
             Ok(VcpuExit::IoOut(port, data)) => {
                 if !(PORT_BASE..PORT_BASE + PORT_COUNT).contains(&port) {
                     return Exit::Stop(Outcome::Failed(format!(

@@ -11,6 +11,7 @@ use crate::control::Control;
 use crate::cpu;
 use crate::devices::block::{self, BlockError};
 use crate::devices::{self, Device, Devices};
+use crate::exception;
 use crate::heap::{Heap, INITIAL_HEAP};
 use crate::kvm::{self, KvmError};
 use crate::layout;
@@ -259,6 +260,7 @@ impl Vm {
             Access::UserRead,
         )?;
         pt.map_4k(mem, layout::GDT, layout::IST_STACK_TOP, Access::Supervisor)?;
+        exception::install(mem, pt)?;
         pt.map_4k(
             mem,
             layout::CLOCK_PAGE,
@@ -290,7 +292,7 @@ impl Vm {
         let heap_start = image.end();
         let heap_size = INITIAL_HEAP.min(cfg.mem - heap_start);
         pt.map_range(mem, heap_start, heap_start + heap_size, Access::UserWrite)?;
-        cpu::write_tables(mem, &image.vectors)?;
+        cpu::write_tables(mem, &exception::gates())?;
 
         // What the guest may have the monitor write into on its behalf.
         let mut fixed = vec![(layout::STACK_BOTTOM, layout::STACK_TOP)];
@@ -307,7 +309,7 @@ impl Vm {
         let regions = [
             (
                 layout::GDT,
-                layout::IST_STACK_TOP - layout::GDT,
+                layout::MONITOR_END - layout::GDT,
                 RegionKind::Monitor,
             ),
             (layout::CLOCK_PAGE, PAGE_SIZE, RegionKind::Clock),

@@ -180,6 +180,18 @@ pub fn boot(app: &str, opts: &[&str], args: &[&str]) -> Output {
     duet(&v)
 }
 
+/// Panics unless the test runs as root, naming what needs it: a missing
+/// prerequisite fails a test, it never passes it unrun.
+#[track_caller]
+pub fn require_root(what: &str) {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root ({what}); run the suite as root, as `cargo xtask test` does"
+    );
+}
+
 /// The monitor's documented exit statuses.
 pub use duet_monitor::status;
 
