@@ -1,8 +1,7 @@
 //! Live migration between two monitors: over loopback and across two
 //! network namespaces; cuts at every phase; refusals; a dirtying guest.
 
-use duet_monitor::migration::FAIL_PHASES;
-use duet_monitor::migration::MAX_ROUNDS;
+use duet_monitor::contract::migration::{FAIL_PHASES, MAX_ROUNDS};
 use duet_tests::{duet, duet_cmd, image, run_cmd, status, temp_dir, wait_path, Background, Output};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};

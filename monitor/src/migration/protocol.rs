@@ -17,7 +17,7 @@ use std::io::{Read, Write};
 /// Identifies a Duet migration stream (first field of [`Hello`]).
 pub const MAGIC: [u8; 8] = *b"DUETMIG\0";
 /// This protocol's version; both sides must speak the same.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Frame header size.
 pub const FRAME_HEADER: usize = 16;
 /// Pages per [`Kind::Pages`] frame at most.
@@ -117,9 +117,8 @@ pub struct Hello {
     pub tsc_khz: u64,
     /// Guest memory size.
     pub mem_size: u64,
-    /// One line per device-table entry (`kind K flags F`, disks add
-    /// `capacity N`).
-    pub devices: Vec<String>,
+    /// The device table, entry by entry.
+    pub devices: Vec<crate::compat::DeviceSummary>,
     /// The disks' contents follow ([`Kind::Disk`]) to the destination's
     /// own copies (`--copy-disks`).
     pub copy_disks: bool,
