@@ -70,6 +70,11 @@ fn wait(
         if set & (1 << id) == 0 {
             continue;
         }
+        // A virtio device may have a used buffer the guest has not seen.
+        if dev.ready_now() {
+            ready |= 1 << id;
+            continue;
+        }
         match dev.ready_fd() {
             // Devices without an fd complete their work inside the hypercall.
             None => ready |= 1 << id,
