@@ -76,25 +76,32 @@ impl<E: Engine> Core<E> {
         }
     }
 
-    /// Whether a used buffer waits that the guest has not consumed (its
-    /// `used_event`): the poll hypercall's check before it sleeps.
+    /// Whether the driver asked to hear of a used buffer that is there
+    /// already (the used index passed its `used_event`): the poll
+    /// hypercall's check before it sleeps.
     pub fn pending(&self) -> bool {
         let (Some(mem), true) = (&self.mem, self.active()) else {
             return false;
         };
+        if self.features & VIRTIO_RING_F_EVENT_IDX == 0 {
+            return false;
+        }
         self.queues.iter().any(|q| {
             let off = 4 + 2 * u64::from(q.size());
             let mut b = [0u8; 2];
-            let seen = q
+            let event = q
                 .avail_ring()
                 .checked_add(off)
                 .filter(|&a| mem.check(a, 2).is_ok())
-                .map(|a| {
+                .and_then(|a| {
                     use vm_memory::Bytes;
-                    let _ = mem.inner().read_slice(&mut b, vm_memory::GuestAddress(a));
-                    u16::from_le_bytes(b)
+                    mem.inner()
+                        .read_slice(&mut b, vm_memory::GuestAddress(a))
+                        .ok()
+                        .map(|()| u16::from_le_bytes(b))
                 });
-            matches!(seen, Some(s) if s != q.next_used())
+            // As virtio's `vring_need_event`: the index moved past the event.
+            matches!(event, Some(e) if q.next_used().wrapping_sub(e).wrapping_sub(1) < 0x8000)
         })
     }
 
