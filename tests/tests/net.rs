@@ -371,22 +371,27 @@ fn malformed_frames_do_not_crash_guest_or_monitor() {
 
 #[test]
 fn vanishing_tap_is_reported_and_the_monitor_survives() {
-    let ns = Netns::create();
-    let g = boot_httpd(&ns);
-    assert!(http_get(ns.connect(80), "/").contains("200 OK"));
-    ns.ip(&["link", "del", TAP]);
-    // httpd exits with 3 once the device fails: the monitor ran on.
-    let o = g.wait(Duration::from_secs(20));
-    o.expect_status(3)
-        .expect_stderr("tap tap0: receive failed")
-        .expect_stderr("has vanished")
-        .expect_stdout("network device lost: host I/O error");
+    for transport in ["virtio", "hypercall"] {
+        let ns = Netns::create();
+        let g = ns.boot_transport("httpd", transport, &[], &[]);
+        assert!(http_get(ns.connect(80), "/").contains("200 OK"));
+        ns.ip(&["link", "del", TAP]);
+        // httpd exits with 3 once the device fails: the monitor ran on.
+        let o = g.wait(Duration::from_secs(20));
+        o.expect_status(3)
+            .expect_stderr("tap tap0: receive failed")
+            .expect_stderr("has vanished")
+            .expect_stdout("network device lost: host I/O error");
+    }
 }
 
 #[test]
 fn bad_network_calls_get_error_codes() {
     let ns = Netns::create();
-    let o = ns.boot("netbad", &[], &[]).wait(Duration::from_secs(20));
+    // The raw network hypercalls' error codes: a hypercall NIC.
+    let o = ns
+        .boot_transport("netbad", "hypercall", &[], &[])
+        .wait(Duration::from_secs(20));
     o.expect_status(0);
     for line in [
         "send-no-device -> Err(NoDev)",

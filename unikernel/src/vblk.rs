@@ -112,11 +112,22 @@ pub(crate) fn run(id: u32, ops: &mut [Op<'_>]) -> Result<(), Error> {
             }
             // Complete what the device has used.
             let seen = b.seen;
+            let mut broken = false;
             virtio::wait_used(
                 id,
                 || virtio::arm(id, 0, seen),
-                || b.dev.peek_used().is_some(),
+                || {
+                    broken = virtio::needs_reset(id);
+                    broken || b.dev.peek_used().is_some()
+                },
             );
+            if broken && b.dev.peek_used().is_none() {
+                // The monitor stopped the device: what is in flight is lost.
+                for f in flights.drain(..) {
+                    ops[f.op].ret = Err(Error::Io);
+                }
+                return Err(Error::Io);
+            }
             while let Some(t) = b.dev.peek_used() {
                 let Some(i) = flights.iter().position(|f| f.token == t) else {
                     return Err(Error::Io);

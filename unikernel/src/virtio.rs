@@ -203,6 +203,12 @@ impl Transport for DuetTransport {
     }
 }
 
+/// Whether the monitor stopped device `dev` (a broken queue or a failed
+/// host side): it needs a reset, and its requests fail meanwhile.
+pub fn needs_reset(dev: u32) -> bool {
+    transport(dev).is_some_and(|t| get!(t, status) & duet_abi::virtio::STATUS_NEEDS_RESET != 0)
+}
+
 /// Asks the monitor to wake the guest once queue `q` of device `dev` has
 /// used entries past `seen` (the driver's `used_event`).
 pub fn arm(dev: u32, q: usize, seen: u16) {

@@ -163,6 +163,10 @@ impl VirtioNetDev {
             if self.refill() > 0 || self.error.is_some() {
                 return true;
             }
+            if virtio::needs_reset(self.id) {
+                self.error = Some(Error::Io);
+                return true;
+            }
             let now = crate::time::monotonic_ns();
             if deadline_ns.is_some_and(|d| now >= d) {
                 return false;

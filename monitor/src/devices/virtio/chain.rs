@@ -53,6 +53,9 @@ pub enum QueueError {
     /// A ring could not be read or written.
     #[error("the rings are unreadable or the used ring unwritable")]
     Rings,
+    /// The host side of the device failed for good (a vanished TAP).
+    #[error("the host side of the device failed")]
+    Backend,
 }
 
 /// One guest buffer: address and length.

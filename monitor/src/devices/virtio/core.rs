@@ -77,9 +77,12 @@ impl<E: Engine> Core<E> {
     }
 
     /// Whether the driver asked to hear of a used buffer that is there
-    /// already (the used index passed its `used_event`): the poll
-    /// hypercall's check before it sleeps.
+    /// already (the used index passed its `used_event`), or the device
+    /// failed: the poll hypercall's check before it sleeps.
     pub fn pending(&self) -> bool {
+        if self.status & STATUS_NEEDS_RESET != 0 && !self.queues.is_empty() {
+            return true;
+        }
         let (Some(mem), true) = (&self.mem, self.active()) else {
             return false;
         };

@@ -206,6 +206,9 @@ impl Engine for NetEngine {
         let (rx, tx) = q.split_at_mut(TX);
         let sent = self.transmit(&mut tx[0], mem, w)?;
         let got = self.receive(&mut rx[RX], mem, w)?;
+        if self.dev.failed() {
+            return Err(QueueError::Backend);
+        }
         Ok(sent || got)
     }
 

@@ -141,6 +141,8 @@ fn serve<E: Engine>(sh: &Shared<E>) -> bool {
         }
         Err(e) => {
             c.fail(e);
+            // A guest asleep in poll learns of it now.
+            let _ = sh.call.write(1);
             false
         }
     }
