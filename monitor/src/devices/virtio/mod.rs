@@ -21,6 +21,8 @@ pub mod chain;
 pub mod core;
 mod kinds;
 pub mod net;
+#[cfg(test)]
+mod tests;
 pub mod transport;
 pub mod worker;
 
