@@ -721,7 +721,11 @@ fn httpd_keeps_answering_across_a_migration_and_announces_its_new_port() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(seen, "no gratuitous ARP: the bridge did not learn tap1");
+    assert!(
+        seen,
+        "no gratuitous ARP: the bridge did not learn tap1; destination: {}",
+        dst.stdout()
+    );
     // Clients may retry while the move settles.
     let answered = (0..10).any(|_| br.get().is_some());
     assert!(answered, "httpd stopped answering: {}", dst.stdout());

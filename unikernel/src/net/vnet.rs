@@ -159,6 +159,7 @@ impl VirtioNetDev {
     /// or `deadline_ns` passes; true when one did.
     pub(crate) fn wait(&mut self, deadline_ns: Option<u64>) -> bool {
         let spin_until = crate::time::monotonic_ns().saturating_add(virtio::SPIN_NS);
+        let generation = crate::identity().generation;
         loop {
             if self.refill() > 0 || self.error.is_some() {
                 return true;
@@ -188,6 +189,11 @@ impl VirtioNetDev {
             virtio::arm(self.id, 1, tx_event);
             if self.refill() > 0 {
                 return true;
+            }
+            // Moved while spinning (a migration or restore): the stack
+            // announces itself before anything sleeps.
+            if crate::identity().generation != generation {
+                return false;
             }
             let dl = deadline_ns.unwrap_or(duet_abi::poll::POLL_FOREVER);
             let ready = crate::time::poll_raw(dl, 1 << self.id).unwrap_or(0);
