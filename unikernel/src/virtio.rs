@@ -136,6 +136,7 @@ impl Transport for DuetTransport {
 
     fn notify(&mut self, q: u16) {
         let port = doorbell_port(self.dev);
+        crate::hypercall::count_exit();
         // SAFETY: `out` to a doorbell port is open in the TSS I/O bitmap and
         // only tells the monitor's I/O thread (or the run loop) to look.
         unsafe {

@@ -97,18 +97,16 @@ impl Netns {
         })
     }
 
-    /// Boots `image` on the TAP as 10.0.0.2, single-frame if `single`.
-    pub fn boot(&self, duet: &Path, image: &Path, single: bool, args: &[&str]) -> Result<Guest> {
+    /// Boots `image` on the TAP as 10.0.0.2, its NIC on `transport`
+    /// (`virtio` or `hypercall`).
+    pub fn boot(&self, duet: &Path, image: &Path, transport: &str, args: &[&str]) -> Result<Guest> {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.0])
             .arg(duet)
             .arg("run")
             .arg(image)
-            .args(["--net", &format!("tap={TAP}")])
+            .args(["--net", &format!("tap={TAP},transport={transport}")])
             .args(["--env", &format!("IP={GUEST}/24")]);
-        if single {
-            c.args(["--env", "NET_SINGLE=1"]);
-        }
         // SAFETY: prctl is async-signal-safe. The guest dies with the
         // harness even when the harness is killed before its drops run.
         unsafe {
