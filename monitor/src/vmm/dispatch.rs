@@ -76,7 +76,8 @@ impl Vmm {
                 Flow::Continue
             }
             None => Flow::Stop(Outcome::Failed(format!(
-                "guest rang the virtio doorbell of device {dev}, which is not a virtio device"
+                "guest made unknown hypercall {} (the virtio doorbell of device {dev}, which is not a virtio device); it was built for a different Duet ABI or is corrupt",
+                duet_abi::virtio::DOORBELL_BASE as u32 + dev
             ))),
         }
     }
