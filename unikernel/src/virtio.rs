@@ -69,6 +69,12 @@ pub struct DuetTransport {
     dev: u32,
     /// The slot's address (an integer, so the transport is `Send`).
     slot: usize,
+    /// Per queue, the device's `avail_event` when the guest last rang: a
+    /// ring the device has not answered yet (it rewrites `avail_event` once
+    /// awake) need not be repeated. virtio-drivers asks to notify after
+    /// every request the device is past `avail_event`, so a burst would
+    /// otherwise ring once per request until the I/O thread runs.
+    rung: [Option<u16>; duet_abi::virtio::VIRTIO_MAX_QUEUES],
 }
 
 /// The transport of device `dev`, if it is a virtio device.
@@ -85,6 +91,7 @@ pub fn transport(dev: u32) -> Option<DuetTransport> {
     Some(DuetTransport {
         dev,
         slot: (page.start.0 + u64::from(dev) * VIRTIO_SLOT_SIZE) as usize,
+        rung: [None; duet_abi::virtio::VIRTIO_MAX_QUEUES],
     })
 }
 
@@ -135,6 +142,12 @@ impl Transport for DuetTransport {
     }
 
     fn notify(&mut self, q: u16) {
+        let qi = usize::from(q).min(duet_abi::virtio::VIRTIO_MAX_QUEUES - 1);
+        let event = avail_event(self, qi);
+        if event.is_some() && self.rung[qi] == event {
+            return;
+        }
+        self.rung[qi] = event;
         let port = doorbell_port(self.dev);
         crate::hypercall::count_exit();
         // SAFETY: `out` to a doorbell port is open in the TSS I/O bitmap and
@@ -202,6 +215,18 @@ impl Transport for DuetTransport {
     ) -> Result<(), Error> {
         Err(Error::Unsupported)
     }
+}
+
+/// Queue `q`'s `avail_event` (the used ring's last field), if it is set up.
+fn avail_event(t: &DuetTransport, q: usize) -> Option<u16> {
+    let used = get!(t, queues[q].device);
+    let size = u64::from(get!(t, queues[q].size));
+    if used == 0 || get!(t, queues[q].ready) == 0 {
+        return None;
+    }
+    // SAFETY: the used ring the driver set up (heap memory it owns); the
+    // device writes `avail_event`, hence volatile.
+    Some(unsafe { core::ptr::read_volatile((used + 4 + 8 * size) as *const u16) })
 }
 
 /// Whether the monitor stopped device `dev` (a broken queue or a failed

@@ -35,6 +35,40 @@ pub struct BlkEngine {
     bad: LogLimit,
 }
 
+/// What a checked request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Read,
+    Write,
+    Flush,
+    GetId,
+    /// An unknown type: status UNSUPP.
+    Unsupported,
+    /// Outside the disk, misaligned, too big, or a write to a read-only
+    /// disk: status IOERR without touching the file.
+    Refused,
+}
+
+/// A request whose chain has the right shape.
+struct Req {
+    head: u16,
+    op: Op,
+    /// Byte offset on the disk.
+    off: u64,
+    /// The data buffers (device-writable for a read).
+    data: Vec<Seg>,
+    /// Their length.
+    len: u64,
+    /// The status byte.
+    status: Seg,
+}
+
+/// What came of a request: status and bytes written into the chain.
+type Outcome = Result<(u8, u64), ChainError>;
+
+/// A popped request: parsed, or refused (its head, why, its status byte).
+type Popped = Result<Req, (u16, ChainError, Option<Seg>)>;
+
 impl BlkEngine {
     /// An engine over `dev`.
     pub fn new(dev: Arc<BlockDevice>) -> Self {
@@ -44,68 +78,85 @@ impl BlkEngine {
         }
     }
 
-    /// Serves one checked chain; returns the status and the bytes written
-    /// into the chain, or why its shape is refused.
-    fn request(&self, c: &Chain, mem: &IoMem) -> Result<(u8, u64, Seg), ChainError> {
+    /// Reads the header and sorts the buffers of a checked chain.
+    fn parse(&self, c: Chain, mem: &IoMem) -> Result<Req, ChainError> {
         let mut hdr = [0u8; 16];
         if !chain::read_prefix(mem, &c.readable, &mut hdr) {
             return Err(ChainError::Shape("no 16-byte request header"));
         }
-        let status = status_seg(c).ok_or(ChainError::Shape("no status byte"))?;
+        let status = status_seg(&c).ok_or(ChainError::Shape("no status byte"))?;
         let kind = u32::from_le_bytes(hdr[0..4].try_into().unwrap_or_default());
         let sector = u64::from_le_bytes(hdr[8..16].try_into().unwrap_or_default());
         let wlen = c.writable_len() - 1;
-        let data_in = chain::take(&c.writable, wlen);
-        let data_out = chain::skip(&c.readable, 16);
         let out_len = c.readable_len() - 16;
-        let done = |s: u8, written: u64| Ok((s, written, status));
-        match kind {
-            T_IN => {
-                if out_len != 0 {
-                    return Err(ChainError::Shape("a read with device-readable data"));
-                }
-                let Some(off) = sector.checked_mul(VIRTIO_SECTOR) else {
-                    return done(S_IOERR, 0);
-                };
-                if let Err(e) = self.dev.check(false, off, wlen) {
-                    log::debug!("{}: read refused: {e}", self.name());
-                    return done(S_IOERR, 0);
-                }
-                match vectored(self.dev.raw_fd(), &chain::iovecs(mem, &data_in), off, false) {
-                    Ok(()) => {
-                        chain::mark(mem, &data_in, wlen);
-                        done(S_OK, wlen)
-                    }
-                    Err(e) => {
-                        self.dev.host_error("read", e);
-                        // Some bytes may have landed.
-                        chain::mark(mem, &data_in, wlen);
-                        done(S_IOERR, wlen)
-                    }
-                }
+        let (op, data, len) = match kind {
+            T_IN if out_len != 0 => {
+                return Err(ChainError::Shape("a read with device-readable data"))
             }
-            T_OUT => {
-                if wlen != 0 {
-                    return Err(ChainError::Shape("a write with device-writable data"));
-                }
-                let Some(off) = sector.checked_mul(VIRTIO_SECTOR) else {
-                    return done(S_IOERR, 0);
-                };
-                if let Err(e) = self.dev.check(true, off, out_len) {
-                    log::debug!("{}: write refused: {e}", self.name());
-                    return done(S_IOERR, 0);
-                }
-                let r = vectored(self.dev.raw_fd(), &chain::iovecs(mem, &data_out), off, true);
-                self.dev.mark_written(off, out_len);
-                match r {
-                    Ok(()) => done(S_OK, 0),
-                    Err(e) => {
-                        self.dev.host_error("write", e);
-                        done(S_IOERR, 0)
-                    }
-                }
+            T_OUT if wlen != 0 => {
+                return Err(ChainError::Shape("a write with device-writable data"))
             }
-            T_FLUSH => done(
+            T_IN => (Op::Read, chain::take(&c.writable, wlen), wlen),
+            T_OUT => (Op::Write, chain::skip(&c.readable, 16), out_len),
+            T_FLUSH => (Op::Flush, Vec::new(), 0),
+            T_GET_ID => (Op::GetId, chain::take(&c.writable, wlen), wlen),
+            _ => (Op::Unsupported, Vec::new(), 0),
+        };
+        let off = sector.checked_mul(VIRTIO_SECTOR);
+        let op = match (op, off) {
+            (Op::Read | Op::Write, None) => Op::Refused,
+            (Op::Read | Op::Write, Some(o)) => match self.dev.check(op == Op::Write, o, len) {
+                Ok(()) => op,
+                Err(e) => {
+                    log::debug!("{}: request refused: {e}", self.name());
+                    Op::Refused
+                }
+            },
+            (op, _) => op,
+        };
+        Ok(Req {
+            head: c.head,
+            op,
+            off: off.unwrap_or(0),
+            data,
+            len,
+            status,
+        })
+    }
+
+    /// Moves the data of reads or writes `reqs` (contiguous on the disk,
+    /// same direction) with one vectored call.
+    fn transfer(&self, reqs: &[&Req], mem: &IoMem) -> std::io::Result<()> {
+        let write = reqs[0].op == Op::Write;
+        let mut iov = Vec::new();
+        for r in reqs {
+            iov.extend(chain::iovecs(mem, &r.data));
+        }
+        let r = vectored(self.dev.raw_fd(), &iov, reqs[0].off, write);
+        for q in reqs {
+            if write {
+                self.dev.mark_written(q.off, q.len);
+            } else {
+                // After the read (even a failed one: some bytes may have
+                // landed), for a migration's dirty set.
+                chain::mark(mem, &q.data, q.len);
+            }
+        }
+        r
+    }
+
+    /// Serves one request on its own.
+    fn one(&self, r: &Req, mem: &IoMem) -> (u8, u64) {
+        match r.op {
+            Op::Read | Op::Write => match self.transfer(&[r], mem) {
+                Ok(()) if r.op == Op::Read => (S_OK, r.len),
+                Ok(()) => (S_OK, 0),
+                Err(e) => {
+                    self.dev.host_error("I/O", e);
+                    (S_IOERR, 0)
+                }
+            },
+            Op::Flush => (
                 if self.dev.sync().is_ok() {
                     S_OK
                 } else {
@@ -113,14 +164,14 @@ impl BlkEngine {
                 },
                 0,
             ),
-            T_GET_ID => {
+            Op::GetId => {
                 let mut id = [0u8; 20];
                 let name = self.dev.name().as_bytes();
                 let n = name.len().min(20);
                 id[..n].copy_from_slice(&name[..n]);
-                let mut left = wlen.min(20);
+                let mut left = r.len.min(20);
                 let mut at = 0usize;
-                for s in &data_in {
+                for s in &r.data {
                     let k = s.len.min(left);
                     if k == 0 {
                         break;
@@ -129,12 +180,66 @@ impl BlkEngine {
                     at += k as usize;
                     left -= k;
                 }
-                done(S_OK, at as u64)
+                (S_OK, at as u64)
             }
-            _ => done(S_UNSUPP, 0),
+            Op::Unsupported => (S_UNSUPP, 0),
+            Op::Refused => (S_IOERR, 0),
         }
     }
+
+    /// Serves `reqs` in order; runs of reads (or writes) that continue each
+    /// other on the disk go out as one `preadv` (`pwritev`), as the batch
+    /// hypercall merges them. A failed merged call is redone request by
+    /// request, so each gets its own status.
+    fn serve(&self, reqs: &[Popped], mem: &IoMem) -> Vec<Outcome> {
+        let mut out: Vec<Outcome> = Vec::with_capacity(reqs.len());
+        let mut i = 0;
+        while i < reqs.len() {
+            let r = match &reqs[i] {
+                Err((_, e, _)) => {
+                    out.push(Err(*e));
+                    i += 1;
+                    continue;
+                }
+                Ok(r) => r,
+            };
+            if !matches!(r.op, Op::Read | Op::Write) {
+                out.push(Ok(self.one(r, mem)));
+                i += 1;
+                continue;
+            }
+            let mut run = vec![r];
+            let mut end = r.off + r.len;
+            let mut iovs = r.data.len();
+            let mut j = i + 1;
+            while let Some(Ok(n)) = reqs.get(j) {
+                if n.op != r.op || n.off != end || iovs + n.data.len() > MAX_IOV {
+                    break;
+                }
+                end += n.len;
+                iovs += n.data.len();
+                run.push(n);
+                j += 1;
+            }
+            match self.transfer(&run, mem) {
+                Ok(()) => out.extend(
+                    run.iter()
+                        .map(|q| Ok((S_OK, if q.op == Op::Read { q.len } else { 0 }))),
+                ),
+                Err(_) if run.len() > 1 => out.extend(run.iter().map(|q| Ok(self.one(q, mem)))),
+                Err(e) => {
+                    self.dev.host_error("I/O", e);
+                    out.push(Ok((S_IOERR, 0)));
+                }
+            }
+            i = j;
+        }
+        out
+    }
 }
+
+/// Most buffers one vectored call takes (the kernel's `IOV_MAX`).
+const MAX_IOV: usize = 1024;
 
 /// The last device-writable byte: where the status goes.
 fn status_seg(c: &Chain) -> Option<Seg> {
@@ -217,39 +322,45 @@ impl Engine for BlkEngine {
 
     fn process(&mut self, q: &mut [Queue], mem: &IoMem, w: &Writable) -> Result<bool, QueueError> {
         let q = &mut q[0];
-        let mut served = false;
-        for _ in 0..BATCH {
+        let mut reqs = Vec::new();
+        while reqs.len() < BATCH {
             let Some((head, c)) = chain::pop(q, mem, w)? else {
                 break;
             };
-            served = true;
-            let refused = match c {
-                Err(e) => Err((e, None)),
-                Ok(c) => match self.request(&c, mem) {
-                    Ok(r) => Ok(r),
-                    Err(e) => Err((e, status_seg(&c))),
-                },
-            };
-            let written = match refused {
-                Ok((status, n, at)) => {
-                    let _ = mem.write(at.gpa, &[status]);
-                    n + 1
+            reqs.push(match c {
+                Err(e) => Err((head, e, None)),
+                Ok(c) => {
+                    let status = status_seg(&c);
+                    self.parse(c, mem).map_err(|e| (head, e, status))
                 }
-                Err((e, status)) => {
+            });
+        }
+        if reqs.is_empty() {
+            return Ok(false);
+        }
+        let outcomes = self.serve(&reqs, mem);
+        for (r, o) in reqs.iter().zip(outcomes) {
+            let (head, written) = match (r, o) {
+                (Ok(r), Ok((status, n))) => {
+                    let _ = mem.write(r.status.gpa, &[status]);
+                    (r.head, n + 1)
+                }
+                (Err((head, e, status)), _) => {
                     let name = self.name();
                     self.bad.warn(|| format!("{name}: request refused: {e}"));
                     match status {
                         Some(at) => {
                             let _ = mem.write(at.gpa, &[S_IOERR]);
-                            1
+                            (*head, 1)
                         }
-                        None => 0,
+                        None => (*head, 0),
                     }
                 }
+                (Ok(r), Err(_)) => (r.head, 0),
             };
             give_back(q, mem, head, written as u32)?;
         }
-        Ok(served)
+        Ok(true)
     }
 
     fn name(&self) -> String {
