@@ -135,6 +135,35 @@ fn json_u64(json: &str, key: &str) -> u64 {
 }
 
 #[test]
+fn apachebench_gets_every_answer_on_both_transports() {
+    for transport in ["virtio", "hypercall"] {
+        let ns = Netns::create();
+        let g = ns.boot_transport("httpd", transport, &[], &[]);
+        ns.connect(80);
+        let o = ns
+            .command("ab")
+            .args(["-q", "-n", "200", "-c", "4", "-s", "10"])
+            .arg(format!("http://{GUEST_IP}/"))
+            .output()
+            .expect("run ab (Debian apache2-utils; cargo xtask test installs it if missing)");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "ab on {transport}: {o:?}");
+        assert!(
+            out.contains("Complete requests:      200"),
+            "{transport}: {out}"
+        );
+        assert!(
+            out.contains("Failed requests:        0"),
+            "{transport}: {out}"
+        );
+        // The guest saw them all: 200 plus this one.
+        let stats = curl(&ns, "/stats");
+        assert_eq!(json_u64(&stats, "requests"), 201, "{transport}: {stats}");
+        drop(g);
+    }
+}
+
+#[test]
 fn curl_gets_the_page_and_stats() {
     let ns = Netns::create();
     let g = boot_httpd(&ns);

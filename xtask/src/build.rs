@@ -146,7 +146,11 @@ pub fn test_monitor() -> Result<PathBuf> {
 
 /// Builds everything, then runs every host test with the images in place.
 pub fn test(extra: &[String]) -> Result<()> {
-    ensure_tools(&[("curl", "curl"), ("dnsmasq", "dnsmasq-base")])?;
+    ensure_tools(&[
+        ("curl", "curl"),
+        ("dnsmasq", "dnsmasq-base"),
+        ("ab", "apache2-utils"),
+    ])?;
     images(&[])?;
     monitor()?;
     let duet = test_monitor()?;

@@ -98,8 +98,16 @@ impl Netns {
     }
 
     /// Boots `image` on the TAP as 10.0.0.2, its NIC on `transport`
-    /// (`virtio` or `hypercall`).
-    pub fn boot(&self, duet: &Path, image: &Path, transport: &str, args: &[&str]) -> Result<Guest> {
+    /// (`virtio` or `hypercall`), with monitor options `opts` and guest
+    /// `args`.
+    pub fn boot(
+        &self,
+        duet: &Path,
+        image: &Path,
+        transport: &str,
+        opts: &[&str],
+        args: &[&str],
+    ) -> Result<Guest> {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.0])
             .arg(duet)
@@ -116,6 +124,7 @@ impl Netns {
             });
         }
         let child = c
+            .args(opts)
             .arg("--")
             .args(args)
             .stdin(Stdio::null())
@@ -134,6 +143,22 @@ impl Drop for Netns {
 
 /// A running guest; killed on drop.
 pub struct Guest(Child);
+
+impl Guest {
+    /// CPU time the monitor process has used so far, all threads (the
+    /// vCPU thread's guest time included), in ns (`/proc/PID/task/*/schedstat`).
+    pub fn cpu_ns(&self) -> u64 {
+        let dir = format!("/proc/{}/task", self.0.id());
+        let Ok(tasks) = std::fs::read_dir(&dir) else {
+            return 0;
+        };
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    }
+}
 
 impl Drop for Guest {
     fn drop(&mut self) {
