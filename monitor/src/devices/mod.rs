@@ -123,6 +123,12 @@ pub trait Device: Send + Any {
     fn ready_now(&self) -> bool {
         false
     }
+    /// An fd whose input [`Device::ready_now`] serves on the spot (a virtio
+    /// NIC's TAP): the poll hypercall waits on it too, and asks again when
+    /// it fires.
+    fn input_fd(&self) -> Option<RawFd> {
+        None
+    }
     /// Stops the device's own thread between two requests (before a
     /// capture: its queue state and guest memory then hold still).
     fn quiesce(&self) {}

@@ -68,6 +68,10 @@ macro_rules! common {
             self.v.ready_now()
         }
 
+        fn input_fd(&self) -> Option<RawFd> {
+            self.v.input_fd()
+        }
+
         fn quiesce(&self) {
             self.v.quiesce()
         }

@@ -193,7 +193,27 @@ impl<E: Engine> VirtioDevice<E> {
     /// later write means a new buffer.
     pub fn ready_now(&self) -> bool {
         let _ = self.shared.call.read();
+        if self.thread.is_some() && !self.shared.pause_wanted() {
+            worker::serve(&self.shared);
+        }
         self.shared.lock().pending()
+    }
+
+    /// An fd whose input the poll hypercall may serve itself
+    /// ([`VirtioDevice::ready_now`]): a TAP while the receive queue has
+    /// buffers.
+    pub fn input_fd(&self) -> Option<RawFd> {
+        let mut c = self.shared.lock();
+        if !c.active() {
+            return None;
+        }
+        let self::core::Core {
+            engine,
+            queues,
+            mem,
+            ..
+        } = &mut *c;
+        engine.wait_fd(queues, mem.as_ref()?)
     }
 
     /// The fd the poll hypercall sleeps on.
