@@ -152,8 +152,14 @@ impl<E: Engine> VirtioDevice<E> {
         Ok(())
     }
 
-    /// The guest rang the doorbell through a port exit.
+    /// The guest rang the doorbell through a port exit: the vCPU thread is
+    /// here anyway, so it serves the queues itself (no wait for the I/O
+    /// thread to be scheduled), then lets the I/O thread spin for what
+    /// follows.
     pub fn doorbell(&self) {
+        if self.thread.is_some() && !self.shared.pause_wanted() {
+            worker::serve(&self.shared);
+        }
         let _ = self.shared.kick.write(1);
     }
 
