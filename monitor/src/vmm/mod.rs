@@ -136,6 +136,9 @@ impl Vmm {
             return Err("the guest is paused for a migration in progress; it resumes if the migration fails");
         }
         self.life.paused = false;
+        // Device threads held after a capture (a migration whose end is
+        // unknown) go on with the guest.
+        self.devices.resume();
         Ok(())
     }
 
