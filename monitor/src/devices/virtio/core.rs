@@ -31,6 +31,10 @@ pub trait Engine: Send + 'static {
     fn wait_fd(&self, _q: &mut [Queue], _mem: &IoMem) -> Option<RawFd> {
         None
     }
+    /// The device's own input fd (a TAP), whatever the queues hold.
+    fn input(&self) -> Option<RawFd> {
+        None
+    }
     /// Whether queue `i`'s buffers wait for outside input (a receive
     /// queue): its available entries are not work by themselves.
     fn buffers_wait(&self, _i: usize) -> bool {
@@ -74,38 +78,6 @@ impl<E: Engine> Core<E> {
             let at = self.slot + std::mem::offset_of!(duet_abi::virtio::VirtioSlot, status) as u64;
             let _ = mem.write(at, &self.status.to_le_bytes());
         }
-    }
-
-    /// Whether the driver asked to hear of a used buffer that is there
-    /// already (the used index passed its `used_event`), or the device
-    /// failed: the poll hypercall's check before it sleeps.
-    pub fn pending(&self) -> bool {
-        if self.status & STATUS_NEEDS_RESET != 0 && !self.queues.is_empty() {
-            return true;
-        }
-        let (Some(mem), true) = (&self.mem, self.active()) else {
-            return false;
-        };
-        if self.features & VIRTIO_RING_F_EVENT_IDX == 0 {
-            return false;
-        }
-        self.queues.iter().any(|q| {
-            let off = 4 + 2 * u64::from(q.size());
-            let mut b = [0u8; 2];
-            let event = q
-                .avail_ring()
-                .checked_add(off)
-                .filter(|&a| mem.check(a, 2).is_ok())
-                .and_then(|a| {
-                    use vm_memory::Bytes;
-                    mem.inner()
-                        .read_slice(&mut b, vm_memory::GuestAddress(a))
-                        .ok()
-                        .map(|()| u16::from_le_bytes(b))
-                });
-            // As virtio's `vring_need_event`: the index moved past the event.
-            matches!(event, Some(e) if q.next_used().wrapping_sub(e).wrapping_sub(1) < 0x8000)
-        })
     }
 
     /// Asks the driver to ring on its next request; true when requests
@@ -176,6 +148,8 @@ struct PauseState {
 /// Shared by the vCPU thread and the I/O thread.
 pub struct Shared<E> {
     core: Mutex<Core<E>>,
+    /// The queues, readable without the lock.
+    pub hints: super::hints::Hints,
     /// Driver → device: the doorbell (a KVM ioeventfd, or written by the
     /// run loop on a doorbell exit).
     pub kick: EventFd,
@@ -201,6 +175,7 @@ impl<E: Engine> Shared<E> {
     pub fn new(core: Core<E>) -> std::io::Result<Shared<E>> {
         Ok(Shared {
             core: Mutex::new(core),
+            hints: Default::default(),
             kick: EventFd::new(EFD_NONBLOCK)?,
             call: EventFd::new(EFD_NONBLOCK)?,
             ctl: EventFd::new(EFD_NONBLOCK)?,
@@ -216,6 +191,20 @@ impl<E: Engine> Shared<E> {
     /// The core, locked.
     pub fn lock(&self) -> MutexGuard<'_, Core<E>> {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The core, if nobody holds it now.
+    pub fn try_lock(&self) -> Option<MutexGuard<'_, Core<E>>> {
+        match self.core.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Republishes the lock-free view of `c` (held by the caller).
+    pub fn publish(&self, c: &Core<E>) {
+        self.hints.publish(c, c.engine.input());
     }
 
     /// vCPU thread: stops the I/O thread between two batches and returns

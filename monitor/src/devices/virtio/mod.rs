@@ -19,6 +19,7 @@
 pub mod blk;
 pub mod chain;
 pub mod core;
+mod hints;
 mod kinds;
 pub mod net;
 #[cfg(test)]
@@ -95,6 +96,8 @@ pub struct VirtioDevice<E: Engine> {
     thread: Option<JoinHandle<()>>,
     /// Queue records of a restored device, rebuilt at [`VirtioDevice::start`].
     restored: Option<TransportState>,
+    /// Guest memory, once started.
+    mem: Option<crate::memory::IoMem>,
 }
 
 impl<E: Engine> VirtioDevice<E> {
@@ -114,6 +117,7 @@ impl<E: Engine> VirtioDevice<E> {
             shared: Arc::new(Shared::new(core)?),
             thread: None,
             restored: saved,
+            mem: None,
         })
     }
 
@@ -136,7 +140,9 @@ impl<E: Engine> VirtioDevice<E> {
                     Err(why) => c.fail_restore(&why),
                 }
             }
+            self.shared.publish(&c);
         }
+        self.mem = Some(io.clone());
         if Doorbell::from_env() == Doorbell::IoEventFd {
             (ctx.ioeventfd)(
                 duet_abi::virtio::doorbell_port(self.id as u32),
@@ -146,8 +152,9 @@ impl<E: Engine> VirtioDevice<E> {
         let sh = self.shared.clone();
         let spin = worker::spin_budget();
         let name = format!("duet-io{}", self.id);
+        let io = io.clone();
         self.thread = Some(worker::spawn_io_thread(name, move || {
-            worker::run(sh, spin)
+            worker::run(sh, io, spin)
         })?);
         Ok(())
     }
@@ -157,17 +164,28 @@ impl<E: Engine> VirtioDevice<E> {
     /// thread to be scheduled), then lets the I/O thread spin for what
     /// follows.
     pub fn doorbell(&self) {
-        if self.thread.is_some() && !self.shared.pause_wanted() {
-            worker::serve(&self.shared);
-        }
+        self.serve_here();
         let _ = self.shared.kick.write(1);
+    }
+
+    /// Serves the queues on the calling (vCPU) thread, unless the I/O
+    /// thread is at it already or a capture holds the device still.
+    fn serve_here(&self) {
+        if self.thread.is_none() || self.shared.pause_wanted() {
+            return;
+        }
+        if let Some(c) = self.shared.try_lock() {
+            worker::serve(&self.shared, c);
+        }
     }
 
     /// The `VirtioStatus` hypercall.
     pub fn status_call(&self, mem: &GuestMem) -> Result<(), MemError> {
         let mut c = self.shared.lock();
         let slot = c.slot;
-        if transport::status_call(&mut c, mem, slot)? == Change::Started {
+        let change = transport::status_call(&mut c, mem, slot)?;
+        self.shared.publish(&c);
+        if change == Change::Started {
             drop(c);
             let _ = self.shared.ctl.write(1);
         }
@@ -199,10 +217,13 @@ impl<E: Engine> VirtioDevice<E> {
     /// later write means a new buffer.
     pub fn ready_now(&self) -> bool {
         let _ = self.shared.call.read();
-        if self.thread.is_some() && !self.shared.pause_wanted() {
-            worker::serve(&self.shared);
+        let Some(mem) = &self.mem else {
+            return false;
+        };
+        if self.shared.hints.work(mem) {
+            self.serve_here();
         }
-        self.shared.lock().pending()
+        self.shared.hints.pending(mem)
     }
 
     /// An fd whose input the poll hypercall may serve itself

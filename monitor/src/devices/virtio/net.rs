@@ -220,6 +220,10 @@ impl Engine for NetEngine {
         (has_buffers && !self.dev.failed()).then(|| self.dev.fd().as_raw_fd())
     }
 
+    fn input(&self) -> Option<RawFd> {
+        (!self.dev.failed()).then(|| self.dev.fd().as_raw_fd())
+    }
+
     fn buffers_wait(&self, i: usize) -> bool {
         i == RX
     }

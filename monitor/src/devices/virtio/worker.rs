@@ -17,10 +17,12 @@
 //! * `sigaltstack`, `rt_sigprocmask`, `munmap`, `exit` — thread start and
 //!   end in the Rust runtime.
 
-use super::core::{Engine, Shared};
+use super::core::{Core, Engine, Shared};
+use crate::memory::IoMem;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::MutexGuard;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use virtio_queue::QueueT;
@@ -70,17 +72,23 @@ pub fn spawn_io_thread(
 }
 
 /// The thread's body.
-pub fn run<E: Engine>(sh: Arc<Shared<E>>, spin: Duration) {
+pub fn run<E: Engine>(sh: Arc<Shared<E>>, mem: IoMem, spin: Duration) {
     let mut last = Instant::now();
+    // Serve without looking first: at start (restored queues) and after
+    // every wake-up.
+    let mut force = true;
     loop {
         if sh.stop.load(Ordering::SeqCst) {
             return;
         }
         sh.pause_point();
-        if serve(&sh) {
+        // The spin looks at the rings without the lock (`Hints`).
+        if (force || sh.hints.work(&mem)) && serve(&sh, sh.lock()) {
+            force = false;
             last = Instant::now();
             continue;
         }
+        force = false;
         if last.elapsed() < spin && !sh.pause_wanted() {
             std::hint::spin_loop();
             continue;
@@ -88,6 +96,7 @@ pub fn run<E: Engine>(sh: Arc<Shared<E>>, spin: Duration) {
         let tap = {
             let mut c = sh.lock();
             if c.arm() {
+                force = true;
                 continue;
             }
             let super::core::Core {
@@ -105,18 +114,19 @@ pub fn run<E: Engine>(sh: Arc<Shared<E>>, spin: Duration) {
         sh.sleeps.fetch_add(1, Ordering::Relaxed);
         sh.lock().suppress();
         last = Instant::now();
+        force = true;
     }
 }
 
-/// Serves one batch; true when requests were served. The I/O thread's
-/// step, also taken by the vCPU thread in the poll hypercall (the guest
-/// waits anyway: one thread hop less between a frame and the guest).
-pub(super) fn serve<E: Engine>(sh: &Shared<E>) -> bool {
-    let mut c = sh.lock();
+/// Serves one batch with the core `c` locked; true when requests were
+/// served. The I/O thread's step, also taken by the vCPU thread at a
+/// doorbell exit and in the poll hypercall (the guest waits anyway: one
+/// thread hop less), then without waiting for the lock.
+pub(super) fn serve<E: Engine>(sh: &Shared<E>, mut c: MutexGuard<'_, Core<E>>) -> bool {
     if !c.active() {
         return false;
     }
-    let super::core::Core {
+    let Core {
         engine,
         queues,
         mem,
@@ -126,7 +136,7 @@ pub(super) fn serve<E: Engine>(sh: &Shared<E>) -> bool {
         return false;
     };
     let w = mem.writable();
-    match engine.process(queues, mem, &w) {
+    let served = match engine.process(queues, mem, &w) {
         Ok(false) => false,
         Ok(true) => {
             // The guest asked to hear of used buffers past its `used_event`
@@ -147,7 +157,9 @@ pub(super) fn serve<E: Engine>(sh: &Shared<E>) -> bool {
             let _ = sh.call.write(1);
             false
         }
-    }
+    };
+    sh.publish(&c);
+    served
 }
 
 /// Sleeps until the doorbell, the control fd or `tap` is readable.
