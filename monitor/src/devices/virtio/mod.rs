@@ -258,8 +258,13 @@ impl<E: Engine> VirtioDevice<E> {
         } else {
             "not started"
         };
+        let held = if self.shared.pause_wanted() {
+            ", held for a capture"
+        } else {
+            ""
+        };
         format!(
-            "virtio {state}, {} batches, {} sleeps",
+            "virtio {state}{held}, {} batches, {} sleeps",
             self.shared
                 .served
                 .load(std::sync::atomic::Ordering::Relaxed),
