@@ -430,3 +430,19 @@ fn host_disk_full_reaches_the_guest_as_an_error() {
         assert!(!o.stdout.contains("fill stopped at 1048576"), "{o:#?}");
     }
 }
+
+#[test]
+fn a_hostile_virtqueue_stops_only_its_device() {
+    let s = Scratch::new("vbad");
+    let d = disk(&s.file("a.img", 1 << 20), ",transport=virtio");
+    boot("virtiobad", &["--disk", &d], &[])
+        .expect_status(0)
+        .expect_stdout("size-3 -> needs reset true")
+        .expect_stdout("size-16 -> live true")
+        .expect_stdout("outside-memory -> done true status 255 live true")
+        .expect_stdout("index-beyond-ring -> needs reset true")
+        .expect_stdout("after-reset -> Ok(())")
+        .expect_stderr("queue size 3 is not a power of two")
+        .expect_stderr("outside guest memory")
+        .expect_stderr("beyond the 16-entry ring");
+}

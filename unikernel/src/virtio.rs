@@ -217,6 +217,15 @@ impl Transport for DuetTransport {
     }
 }
 
+/// Rings device `dev`'s doorbell for queue `q` whatever `avail_event`
+/// says (for tests that drive a queue by hand).
+pub fn ring(dev: u32, q: u16) {
+    if let Some(mut t) = transport(dev) {
+        t.rung = [None; duet_abi::virtio::VIRTIO_MAX_QUEUES];
+        t.notify(q);
+    }
+}
+
 /// Queue `q`'s `avail_event` (the used ring's last field), if it is set up.
 fn avail_event(t: &DuetTransport, q: usize) -> Option<u16> {
     let used = get!(t, queues[q].device);

@@ -181,10 +181,20 @@ pub fn status_call<E: Engine>(
     let known =
         STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK | STATUS_FAILED;
     if s.status == 0 {
-        // Reset: the queues stop; the guest sets the device up again.
+        // Reset: the queues stop and their registers clear (as a virtio
+        // reset does); the guest sets the device up again.
         c.queues.clear();
         c.features = 0;
         c.status = 0;
+        let mut clean = s;
+        for q in clean.queues.iter_mut() {
+            *q = VirtioQueueRegs {
+                max_size: q.max_size,
+                ..Default::default()
+            };
+        }
+        clean.driver_features = 0;
+        mem.write_monitor_plain(Gpa(slot), &clean)?;
     } else if s.status & STATUS_FAILED != 0 {
         log::info!("{name}: the guest gave up on the device (FAILED)");
         c.queues.clear();
