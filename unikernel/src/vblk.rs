@@ -68,6 +68,7 @@ pub(crate) fn run(id: u32, ops: &mut [Op<'_>]) -> Result<(), Error> {
         let mut flights: Vec<Box<Flight>> = Vec::new();
         let mut next = 0;
         while next < ops.len() || !flights.is_empty() {
+            let exits = crate::hypercall::exits();
             // Submit while the queue takes more.
             while next < ops.len() {
                 let op = &mut ops[next];
@@ -113,8 +114,11 @@ pub(crate) fn run(id: u32, ops: &mut [Op<'_>]) -> Result<(), Error> {
             // Complete what the device has used.
             let seen = b.seen;
             let mut broken = false;
+            // A doorbell rang during the submissions: the device was asleep.
+            let rang = crate::hypercall::exits() != exits;
             virtio::wait_used(
                 id,
+                rang,
                 || virtio::arm(id, 0, seen),
                 || {
                     broken = virtio::needs_reset(id);

@@ -260,11 +260,18 @@ pub fn arm(dev: u32, q: usize, seen: u16) {
     core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
 }
 
-/// Waits until `done()` holds: spins up to [`SPIN_NS`], then sleeps in the
-/// monitor with the device in the wait set after `arm_all` has written
-/// each queue's `used_event`, and looks again after every wake-up.
-pub fn wait_used(dev: u32, mut arm_all: impl FnMut(), mut done: impl FnMut() -> bool) {
-    let until = crate::time::monotonic_ns().saturating_add(SPIN_NS);
+/// How long a waiter that just rang a sleeping device spins: the device
+/// thread may not be scheduled soon on a busy host, and the poll
+/// hypercall serves the queue on the vCPU thread itself.
+pub const SPIN_AFTER_RING_NS: u64 = 10_000;
+
+/// Waits until `done()` holds: spins up to [`SPIN_NS`] ([`SPIN_AFTER_RING_NS`]
+/// when `rang`), then sleeps in the monitor with the device in the wait set
+/// after `arm_all` has written each queue's `used_event`, and looks again
+/// after every wake-up.
+pub fn wait_used(dev: u32, rang: bool, mut arm_all: impl FnMut(), mut done: impl FnMut() -> bool) {
+    let spin = if rang { SPIN_AFTER_RING_NS } else { SPIN_NS };
+    let until = crate::time::monotonic_ns().saturating_add(spin);
     while crate::time::monotonic_ns() < until {
         if done() {
             return;
