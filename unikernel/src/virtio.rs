@@ -20,8 +20,25 @@ use virtio_drivers::{BufferDirection, Error, Hal, PhysAddr, PAGE_SIZE};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 /// How long a waiter spins on the used ring before it sleeps in the
-/// monitor (about the cost of sleeping and being woken).
+/// monitor (about the cost of sleeping and being woken), unless the
+/// guest's environment says `VIRTIO_SPIN_US` (for measurements).
 pub const SPIN_NS: u64 = 50_000;
+
+static SPIN: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(u64::MAX);
+
+/// The spin budget in force, in ns.
+pub fn spin_ns() -> u64 {
+    use core::sync::atomic::Ordering::Relaxed;
+    let v = SPIN.load(Relaxed);
+    if v != u64::MAX {
+        return v;
+    }
+    let v = crate::env::var("VIRTIO_SPIN_US")
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(SPIN_NS, |us| us * 1000);
+    SPIN.store(v, Relaxed);
+    v
+}
 
 /// DMA for virtio-drivers: zeroed pages from the heap.
 pub struct DuetHal;
@@ -270,7 +287,11 @@ pub const SPIN_AFTER_RING_NS: u64 = 10_000;
 /// after `arm_all` has written each queue's `used_event`, and looks again
 /// after every wake-up.
 pub fn wait_used(dev: u32, rang: bool, mut arm_all: impl FnMut(), mut done: impl FnMut() -> bool) {
-    let spin = if rang { SPIN_AFTER_RING_NS } else { SPIN_NS };
+    let spin = if rang {
+        SPIN_AFTER_RING_NS.min(spin_ns())
+    } else {
+        spin_ns()
+    };
     let until = crate::time::monotonic_ns().saturating_add(spin);
     while crate::time::monotonic_ns() < until {
         if done() {

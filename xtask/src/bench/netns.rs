@@ -115,6 +115,11 @@ impl Netns {
             .arg(image)
             .args(["--net", &format!("tap={TAP},transport={transport}")])
             .args(["--env", &format!("IP={GUEST}/24")]);
+        // The guest's own spin budget, when a measurement varies it (the
+        // monitor's, DUET_VIRTIO_SPIN_US, is inherited).
+        if let Ok(us) = std::env::var("VIRTIO_SPIN_US") {
+            c.args(["--env", &format!("VIRTIO_SPIN_US={us}")]);
+        }
         // SAFETY: prctl is async-signal-safe. The guest dies with the
         // harness even when the harness is killed before its drops run.
         unsafe {
