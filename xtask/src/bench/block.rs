@@ -182,12 +182,14 @@ fn guest_metrics(
 ) -> Result<Vec<(String, f64)>> {
     let cpu0 = children_cpu();
     let t = Instant::now();
+    let mut cmd = Command::new(&ctx.duet);
+    cmd.arg("run").arg(image).env("DUET_VIRTIO_DOORBELL", bell);
+    // The guest's own spin budget, when a measurement varies it.
+    if let Ok(us) = std::env::var("VIRTIO_SPIN_US") {
+        cmd.args(["--env", &format!("VIRTIO_SPIN_US={us}")]);
+    }
     let out = run_capture(
-        Command::new(&ctx.duet)
-            .arg("run")
-            .arg(image)
-            .env("DUET_VIRTIO_DOORBELL", bell)
-            .args(["--mem", "256M", "--disk"])
+        cmd.args(["--mem", "256M", "--disk"])
             .arg(format!("{}{suffix}", path.display()))
             .args(["--", &mib.to_string()]),
     )?;
