@@ -19,25 +19,32 @@ use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Trans
 use virtio_drivers::{BufferDirection, Error, Hal, PhysAddr, PAGE_SIZE};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-/// How long a waiter spins on the used ring before it sleeps in the
+/// How long a disk waiter spins on the used ring before it sleeps in the
 /// monitor (about the cost of sleeping and being woken), unless the
 /// guest's environment says `VIRTIO_SPIN_US` (for measurements).
 pub const SPIN_NS: u64 = 50_000;
+/// The same for the NIC: request/response traffic has gaps longer than a
+/// spin, and spinning takes a core from the peer (`docs/benchmarks.md`).
+pub const NET_SPIN_NS: u64 = 10_000;
 
 static SPIN: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(u64::MAX);
 
-/// The spin budget in force, in ns.
-pub fn spin_ns() -> u64 {
+/// The spin budget in force, in ns: `default_ns` unless the environment
+/// says `VIRTIO_SPIN_US`.
+pub fn spin_ns(default_ns: u64) -> u64 {
     use core::sync::atomic::Ordering::Relaxed;
-    let v = SPIN.load(Relaxed);
-    if v != u64::MAX {
-        return v;
+    let mut v = SPIN.load(Relaxed);
+    if v == u64::MAX {
+        v = crate::env::var("VIRTIO_SPIN_US")
+            .and_then(|s| s.parse::<u64>().ok())
+            .map_or(u64::MAX - 1, |us| us * 1000);
+        SPIN.store(v, Relaxed);
     }
-    let v = crate::env::var("VIRTIO_SPIN_US")
-        .and_then(|s| s.parse::<u64>().ok())
-        .map_or(SPIN_NS, |us| us * 1000);
-    SPIN.store(v, Relaxed);
-    v
+    if v == u64::MAX - 1 {
+        default_ns
+    } else {
+        v
+    }
 }
 
 /// DMA for virtio-drivers: zeroed pages from the heap.
@@ -288,9 +295,9 @@ pub const SPIN_AFTER_RING_NS: u64 = 10_000;
 /// after every wake-up.
 pub fn wait_used(dev: u32, rang: bool, mut arm_all: impl FnMut(), mut done: impl FnMut() -> bool) {
     let spin = if rang {
-        SPIN_AFTER_RING_NS.min(spin_ns())
+        SPIN_AFTER_RING_NS.min(spin_ns(SPIN_NS))
     } else {
-        spin_ns()
+        spin_ns(SPIN_NS)
     };
     let until = crate::time::monotonic_ns().saturating_add(spin);
     while crate::time::monotonic_ns() < until {

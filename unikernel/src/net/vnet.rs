@@ -158,7 +158,8 @@ impl VirtioNetDev {
     /// Waits (spinning, then sleeping in the monitor) until a frame arrives
     /// or `deadline_ns` passes; true when one did.
     pub(crate) fn wait(&mut self, deadline_ns: Option<u64>) -> bool {
-        let spin_until = crate::time::monotonic_ns().saturating_add(virtio::spin_ns());
+        let spin_until =
+            crate::time::monotonic_ns().saturating_add(virtio::spin_ns(virtio::NET_SPIN_NS));
         let generation = crate::identity().generation;
         loop {
             if self.refill() > 0 || self.error.is_some() {

@@ -19,6 +19,9 @@ pub trait Engine: Send + 'static {
     const DEVICE_ID: u32;
     /// How many queues it has.
     const QUEUES: usize;
+    /// How long its I/O thread spins after work before sleeping, in µs
+    /// (measured: `docs/benchmarks.md`).
+    const SPIN_US: u64;
     /// Features the device offers.
     fn features(&self) -> u64;
     /// The configuration space.

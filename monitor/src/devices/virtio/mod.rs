@@ -150,7 +150,7 @@ impl<E: Engine> VirtioDevice<E> {
             )?;
         }
         let sh = self.shared.clone();
-        let spin = worker::spin_budget();
+        let spin = worker::spin_budget(E::SPIN_US);
         let name = format!("duet-io{}", self.id);
         let io = io.clone();
         self.thread = Some(worker::spawn_io_thread(name, move || {

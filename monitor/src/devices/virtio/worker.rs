@@ -50,16 +50,16 @@ pub const IO_THREAD_SYSCALLS: &[(&str, &str)] = &[
     ("exit", "thread exit"),
 ];
 
-/// How long the thread spins after its last request before it sleeps,
-/// unless `DUET_VIRTIO_SPIN_US` says otherwise (the benchmarks vary it).
-pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
-
-/// The spin budget in force.
-pub fn spin_budget() -> Duration {
-    std::env::var("DUET_VIRTIO_SPIN_US")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(DEFAULT_SPIN, Duration::from_micros)
+/// How long the thread spins after its last request before it sleeps:
+/// the engine's `SPIN_US`, unless `DUET_VIRTIO_SPIN_US` says otherwise
+/// (the benchmarks vary it).
+pub fn spin_budget(default_us: u64) -> Duration {
+    Duration::from_micros(
+        std::env::var("DUET_VIRTIO_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default_us),
+    )
 }
 
 /// Starts a device's I/O thread named `name`. The one place I/O threads
