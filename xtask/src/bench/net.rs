@@ -29,12 +29,15 @@ enum Side {
     Host,
     Batched,
     Virtio,
+    /// virtio with the doorbell as a KVM ioeventfd.
+    VirtioIoeventfd,
 }
 
-const SIDES: [(Side, &str); 3] = [
+const SIDES: [(Side, &str); 4] = [
     (Side::Host, "host"),
     (Side::Batched, "batched"),
     (Side::Virtio, "virtio"),
+    (Side::VirtioIoeventfd, "virtio_ioeventfd"),
 ];
 
 /// Sizes scaled by `--runs` (100 → 3 rounds of 32 MiB, 200 requests,
@@ -206,6 +209,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
             Side::Host => None,
             Side::Batched => Some(ns.boot(&duet, image, "hypercall", &[], args)?),
             Side::Virtio => Some(ns.boot(&duet, image, "virtio", &[], args)?),
+            Side::VirtioIoeventfd => Some(ns.boot(&duet, image, "virtio-ioeventfd", &[], args)?),
         };
         let addr = if guest.is_some() {
             guest_addr(port)
@@ -218,12 +222,12 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
     let mut s: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let p = Progress::new(
         format!(
-            "net: {} KiB stream, {} round trips, {} requests; host, hypercall, virtio",
+            "net: {} KiB stream, {} round trips, {} requests; host, hypercall, virtio (exit and ioeventfd doorbells)",
             plan.stream >> 10,
             plan.round_trips,
             plan.requests
         ),
-        plan.rounds * 9,
+        plan.rounds * 12,
     );
     let mut done = 0;
     for _ in 0..plan.rounds {
@@ -281,8 +285,17 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
     std::fs::File::create(&disk)
         .and_then(|f| f.set_len(16 << 20))
         .context("creating the idle guest's disk")?;
-    for (t, name) in [("hypercall", "batched"), ("virtio", "virtio")] {
-        let d = format!("{},transport={t}", disk.display());
+    for (t, name) in [
+        ("hypercall", "batched"),
+        ("virtio", "virtio"),
+        ("virtio-ioeventfd", "virtio_ioeventfd"),
+    ] {
+        let dt = if t == "hypercall" {
+            "hypercall"
+        } else {
+            "virtio"
+        };
+        let d = format!("{},transport={dt}", disk.display());
         let g = ns.boot(&duet, &httpd, t, &["--disk", &d], &[])?;
         ns.run(|| http_get(guest_addr(80), "/", BOOT_WAIT))
             .context("the idle guest never answered")?;
@@ -317,15 +330,27 @@ fn rows(ctx: &mut Ctx, s: &BTreeMap<String, Vec<f64>>) -> Result<Vec<Row>> {
     ];
     let mut rows = Vec::new();
     let mut chart = BarChart::new("net.svg", "Network: host client to guest (median)");
-    chart.series = vec!["host loopback", "guest, hypercall", "guest, virtio"];
+    chart.series = vec![
+        "host loopback",
+        "guest, hypercall",
+        "guest, virtio",
+        "virtio, exit doorbell",
+    ];
     for (key, label, unit) in figures {
         let host = m(&format!("{key}_host"))?;
         let (b, one) = (m(&format!("{key}_batched"))?, m(&format!("{key}_virtio"))?);
+        let ex = m(&format!("{key}_virtio_ioeventfd"))?;
         rows.push(Row::vs(format!("{label}, hypercall"), b, host, unit));
         rows.push(Row::vs(format!("{label}, virtio"), one, host, unit));
+        rows.push(Row::vs(
+            format!("{label}, virtio, exit doorbell"),
+            ex,
+            host,
+            unit,
+        ));
         if key != "http_p99_us" {
             let mut panel = Panel::new(label, unit);
-            panel.groups.push((String::new(), vec![host, b, one]));
+            panel.groups.push((String::new(), vec![host, b, one, ex]));
             chart.panels.push(panel);
         }
     }
@@ -339,7 +364,11 @@ fn rows(ctx: &mut Ctx, s: &BTreeMap<String, Vec<f64>>) -> Result<Vec<Row>> {
         ));
     }
     let ab_host = m("ab_rps_host")?;
-    for (mode, name) in [("batched", "hypercall"), ("virtio", "virtio")] {
+    for (mode, name) in [
+        ("batched", "hypercall"),
+        ("virtio", "virtio"),
+        ("virtio_ioeventfd", "virtio, ioeventfd doorbell"),
+    ] {
         rows.push(Row::vs(
             format!("ab -c 1 requests/s, {name}"),
             m(&format!("ab_rps_{mode}"))?,
@@ -361,7 +390,11 @@ fn rows(ctx: &mut Ctx, s: &BTreeMap<String, Vec<f64>>) -> Result<Vec<Row>> {
             "% core",
         ),
     ] {
-        for (mode, name) in [("batched", "hypercall"), ("virtio", "virtio")] {
+        for (mode, name) in [
+            ("batched", "hypercall"),
+            ("virtio", "virtio"),
+            ("virtio_ioeventfd", "virtio, ioeventfd doorbell"),
+        ] {
             rows.push(Row::alone(
                 format!("{label}, {name}"),
                 m(&format!("{key}_{mode}"))?,
@@ -369,7 +402,11 @@ fn rows(ctx: &mut Ctx, s: &BTreeMap<String, Vec<f64>>) -> Result<Vec<Row>> {
             ));
         }
     }
-    for (mode, name) in [("batched", "hypercall"), ("virtio", "virtio")] {
+    for (mode, name) in [
+        ("batched", "hypercall"),
+        ("virtio", "virtio"),
+        ("virtio_ioeventfd", "virtio, ioeventfd doorbell"),
+    ] {
         rows.push(Row::alone(
             format!("VM exits per HTTP request, {name}"),
             m(&format!("frames_per_exit_{mode}"))?,

@@ -108,7 +108,13 @@ impl Netns {
         opts: &[&str],
         args: &[&str],
     ) -> Result<Guest> {
+        // `virtio-ioeventfd`: virtio with KVM ioeventfd doorbells.
+        let (transport, bell) = match transport {
+            "virtio-ioeventfd" => ("virtio", "ioeventfd"),
+            t => (t, "exit"),
+        };
         let mut c = Command::new("ip");
+        c.env("DUET_VIRTIO_DOORBELL", bell);
         c.args(["netns", "exec", &self.0])
             .arg(duet)
             .arg("run")

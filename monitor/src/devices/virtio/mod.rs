@@ -12,9 +12,12 @@
 //! * [`blk`], [`net`]: the engines;
 //! * [`worker`]: the I/O thread (spin, sleep, doorbell) and its syscalls.
 //!
-//! The doorbell is a KVM ioeventfd on the device's port unless
-//! `DUET_VIRTIO_DOORBELL=exit` (then the run loop takes the port exit and
-//! writes the same eventfd): the benchmarks compare the two.
+//! The doorbell is a port exit to the run loop, which serves the queues on
+//! the vCPU thread at once (then kicks the I/O thread); with
+//! `DUET_VIRTIO_DOORBELL=ioeventfd` it is a KVM ioeventfd instead (no exit
+//! to user space, but the request waits for the I/O thread to be
+//! scheduled). The benchmarks compare the two in one run
+//! (`docs/benchmarks.md`): in place wins most figures here.
 
 pub mod blk;
 pub mod chain;
@@ -46,13 +49,14 @@ use vmm_sys_util::eventfd::EventFd;
 pub use kinds::{restore_block, restore_net, VirtioBlock, VirtioNet};
 pub use transport::{slot_of, QueueRecord, TransportState as VirtioState};
 
-/// How the guest's doorbell reaches the I/O thread.
+/// How the guest's doorbell reaches the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Doorbell {
     /// A KVM ioeventfd: the `out` is completed in the kernel, no exit to
-    /// the monitor.
+    /// the monitor; the I/O thread wakes.
     IoEventFd,
-    /// A port exit to the run loop, which writes the eventfd.
+    /// A port exit to the run loop, which serves the queues on the vCPU
+    /// thread and kicks the I/O thread (the default: measured faster).
     Exit,
 }
 
@@ -60,8 +64,8 @@ impl Doorbell {
     /// The mode in force (`DUET_VIRTIO_DOORBELL=exit|ioeventfd`).
     pub fn from_env() -> Doorbell {
         match std::env::var("DUET_VIRTIO_DOORBELL").as_deref() {
-            Ok("exit") => Doorbell::Exit,
-            _ => Doorbell::IoEventFd,
+            Ok("ioeventfd") => Doorbell::IoEventFd,
+            _ => Doorbell::Exit,
         }
     }
 }
