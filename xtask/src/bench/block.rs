@@ -154,9 +154,9 @@ fn host_metrics(path: &Path) -> Result<Vec<(String, f64)>> {
 
 /// The guest's transports as measured: name, `--disk` suffix, doorbell.
 const MODES: [(&str, &str, &str); 3] = [
-    ("hypercall", ",transport=hypercall", "exit"),
-    ("virtio", ",transport=virtio", "exit"),
-    ("virtio_ioeventfd", ",transport=virtio", "ioeventfd"),
+    ("hypercall", ",transport=hypercall", "ioeventfd"),
+    ("virtio", ",transport=virtio", "ioeventfd"),
+    ("virtio_exitbell", ",transport=virtio", "exit"),
 ];
 
 /// CPU seconds (user + system) of this process's waited-for children.

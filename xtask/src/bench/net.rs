@@ -29,15 +29,15 @@ enum Side {
     Host,
     Batched,
     Virtio,
-    /// virtio with the doorbell as a KVM ioeventfd.
-    VirtioIoeventfd,
+    /// virtio with the doorbell as a port exit served on the vCPU thread.
+    VirtioExit,
 }
 
 const SIDES: [(Side, &str); 4] = [
     (Side::Host, "host"),
     (Side::Batched, "batched"),
     (Side::Virtio, "virtio"),
-    (Side::VirtioIoeventfd, "virtio_ioeventfd"),
+    (Side::VirtioExit, "virtio_exitbell"),
 ];
 
 /// Sizes scaled by `--runs` (100 → 3 rounds of 32 MiB, 200 requests,
@@ -222,7 +222,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
     let mut s: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let p = Progress::new(
         format!(
-            "net: {} KiB stream, {} round trips, {} requests; host, hypercall, virtio (exit and ioeventfd doorbells)",
+            "net: {} KiB stream, {} round trips, {} requests; host, hypercall, virtio (ioeventfd and exit doorbells)",
             plan.stream >> 10,
             plan.round_trips,
             plan.requests
@@ -288,7 +288,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
     for (t, name) in [
         ("hypercall", "batched"),
         ("virtio", "virtio"),
-        ("virtio-ioeventfd", "virtio_ioeventfd"),
+        ("virtio-exit", "virtio_exitbell"),
     ] {
         let dt = if t == "hypercall" {
             "hypercall"
@@ -339,11 +339,11 @@ fn rows(ctx: &mut Ctx, s: &BTreeMap<String, Vec<f64>>) -> Result<Vec<Row>> {
     for (key, label, unit) in figures {
         let host = m(&format!("{key}_host"))?;
         let (b, one) = (m(&format!("{key}_batched"))?, m(&format!("{key}_virtio"))?);
-        let ex = m(&format!("{key}_virtio_ioeventfd"))?;
+        let ex = m(&format!("{key}_virtio_exitbell"))?;
         rows.push(Row::vs(format!("{label}, hypercall"), b, host, unit));
         rows.push(Row::vs(format!("{label}, virtio"), one, host, unit));
         rows.push(Row::vs(
-            format!("{label}, virtio, exit doorbell"),
+            format!("{label}, virtio, ioeventfd doorbell"),
             ex,
             host,
             unit,
@@ -367,7 +367,7 @@ fn rows(ctx: &mut Ctx, s: &BTreeMap<String, Vec<f64>>) -> Result<Vec<Row>> {
     for (mode, name) in [
         ("batched", "hypercall"),
         ("virtio", "virtio"),
-        ("virtio_ioeventfd", "virtio, ioeventfd doorbell"),
+        ("virtio_exitbell", "virtio, exit doorbell"),
     ] {
         rows.push(Row::vs(
             format!("ab -c 1 requests/s, {name}"),
@@ -393,7 +393,7 @@ fn rows(ctx: &mut Ctx, s: &BTreeMap<String, Vec<f64>>) -> Result<Vec<Row>> {
         for (mode, name) in [
             ("batched", "hypercall"),
             ("virtio", "virtio"),
-            ("virtio_ioeventfd", "virtio, ioeventfd doorbell"),
+            ("virtio_exitbell", "virtio, exit doorbell"),
         ] {
             rows.push(Row::alone(
                 format!("{label}, {name}"),
@@ -405,7 +405,7 @@ fn rows(ctx: &mut Ctx, s: &BTreeMap<String, Vec<f64>>) -> Result<Vec<Row>> {
     for (mode, name) in [
         ("batched", "hypercall"),
         ("virtio", "virtio"),
-        ("virtio_ioeventfd", "virtio, ioeventfd doorbell"),
+        ("virtio_exitbell", "virtio, exit doorbell"),
     ] {
         rows.push(Row::alone(
             format!("VM exits per HTTP request, {name}"),

@@ -108,10 +108,10 @@ impl Netns {
         opts: &[&str],
         args: &[&str],
     ) -> Result<Guest> {
-        // `virtio-ioeventfd`: virtio with KVM ioeventfd doorbells.
+        // `virtio-exit`: virtio with port-exit doorbells.
         let (transport, bell) = match transport {
-            "virtio-ioeventfd" => ("virtio", "ioeventfd"),
-            t => (t, "exit"),
+            "virtio-exit" => ("virtio", "exit"),
+            t => (t, "ioeventfd"),
         };
         let mut c = Command::new("ip");
         c.env("DUET_VIRTIO_DOORBELL", bell);

@@ -12,12 +12,11 @@
 //! * [`blk`], [`net`]: the engines;
 //! * [`worker`]: the I/O thread (spin, sleep, doorbell) and its syscalls.
 //!
-//! The doorbell is a port exit to the run loop, which serves the queues on
-//! the vCPU thread at once (then kicks the I/O thread); with
-//! `DUET_VIRTIO_DOORBELL=ioeventfd` it is a KVM ioeventfd instead (no exit
-//! to user space, but the request waits for the I/O thread to be
-//! scheduled). The benchmarks compare the two in one run
-//! (`docs/benchmarks.md`): in place wins most figures here.
+//! The doorbell is a KVM ioeventfd on the device's port (no exit to user
+//! space; the I/O thread wakes), unless `DUET_VIRTIO_DOORBELL=exit`: then
+//! it is a port exit to the run loop, which serves the queues on the vCPU
+//! thread at once and kicks the I/O thread. The benchmarks compare the two
+//! in one run (`docs/benchmarks.md`).
 
 pub mod blk;
 pub mod chain;
@@ -53,10 +52,10 @@ pub use transport::{slot_of, QueueRecord, TransportState as VirtioState};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Doorbell {
     /// A KVM ioeventfd: the `out` is completed in the kernel, no exit to
-    /// the monitor; the I/O thread wakes.
+    /// the monitor; the I/O thread wakes (the default: measured faster).
     IoEventFd,
     /// A port exit to the run loop, which serves the queues on the vCPU
-    /// thread and kicks the I/O thread (the default: measured faster).
+    /// thread and kicks the I/O thread.
     Exit,
 }
 
@@ -64,8 +63,8 @@ impl Doorbell {
     /// The mode in force (`DUET_VIRTIO_DOORBELL=exit|ioeventfd`).
     pub fn from_env() -> Doorbell {
         match std::env::var("DUET_VIRTIO_DOORBELL").as_deref() {
-            Ok("ioeventfd") => Doorbell::IoEventFd,
-            _ => Doorbell::Exit,
+            Ok("exit") => Doorbell::Exit,
+            _ => Doorbell::IoEventFd,
         }
     }
 }
