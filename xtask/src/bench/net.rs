@@ -209,7 +209,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
             Side::Host => None,
             Side::Batched => Some(ns.boot(&duet, image, "hypercall", &[], args)?),
             Side::Virtio => Some(ns.boot(&duet, image, "virtio", &[], args)?),
-            Side::VirtioIoeventfd => Some(ns.boot(&duet, image, "virtio-ioeventfd", &[], args)?),
+            Side::VirtioExit => Some(ns.boot(&duet, image, "virtio-exit", &[], args)?),
         };
         let addr = if guest.is_some() {
             guest_addr(port)
@@ -343,7 +343,7 @@ fn rows(ctx: &mut Ctx, s: &BTreeMap<String, Vec<f64>>) -> Result<Vec<Row>> {
         rows.push(Row::vs(format!("{label}, hypercall"), b, host, unit));
         rows.push(Row::vs(format!("{label}, virtio"), one, host, unit));
         rows.push(Row::vs(
-            format!("{label}, virtio, ioeventfd doorbell"),
+            format!("{label}, virtio, exit doorbell"),
             ex,
             host,
             unit,
