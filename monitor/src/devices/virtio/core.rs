@@ -167,9 +167,6 @@ pub struct Shared<E> {
     paused: Condvar,
     /// The thread ends.
     pub stop: AtomicBool,
-    /// The thread is (about to be) asleep on its doorbell: whoever serves
-    /// the queues meanwhile asks the driver to ring again.
-    pub asleep: AtomicBool,
     /// Times the thread went to sleep (for `status` and the benchmarks).
     pub sleeps: AtomicU64,
     /// Requests served.
@@ -189,7 +186,6 @@ impl<E: Engine> Shared<E> {
             want: AtomicBool::new(false),
             paused: Condvar::new(),
             stop: AtomicBool::new(false),
-            asleep: AtomicBool::new(false),
             sleeps: AtomicU64::new(0),
             served: AtomicU64::new(0),
         })

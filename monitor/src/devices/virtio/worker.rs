@@ -93,11 +93,9 @@ pub fn run<E: Engine>(sh: Arc<Shared<E>>, mem: IoMem, spin: Duration) {
             std::hint::spin_loop();
             continue;
         }
-        sh.asleep.store(true, Ordering::SeqCst);
         let tap = {
             let mut c = sh.lock();
             if c.arm() {
-                sh.asleep.store(false, Ordering::SeqCst);
                 force = true;
                 continue;
             }
@@ -114,7 +112,6 @@ pub fn run<E: Engine>(sh: Arc<Shared<E>>, mem: IoMem, spin: Duration) {
         };
         sleep(&sh, tap);
         sh.sleeps.fetch_add(1, Ordering::Relaxed);
-        sh.asleep.store(false, Ordering::SeqCst);
         sh.lock().suppress();
         last = Instant::now();
         force = true;
@@ -161,12 +158,6 @@ pub(super) fn serve<E: Engine>(sh: &Shared<E>, mut c: MutexGuard<'_, Core<E>>) -
             false
         }
     };
-    // Served by the vCPU thread while the I/O thread sleeps: the driver
-    // must ring for its next request (its transport rings once per
-    // `avail_event` value), or it would spin and then sleep in poll.
-    if served && sh.asleep.load(Ordering::SeqCst) {
-        c.arm();
-    }
     sh.publish(&c);
     served
 }
