@@ -115,7 +115,7 @@ fn expand(tree: &str, prefix: &[String], out: &mut Vec<Vec<String>>) {
 
 /// The paths a file names: `crate::…`, `super::…` and `self::…`, made
 /// absolute (relative to the crate root).
-fn imports(module: &[String], is_mod_file: bool, text: &str) -> Vec<Vec<String>> {
+fn imports(module: &[String], text: &str) -> Vec<Vec<String>> {
     let text = code(text);
     let mut raw = Vec::new();
     // `use` statements (braces expanded).
@@ -144,14 +144,10 @@ fn imports(module: &[String], is_mod_file: bool, text: &str) -> Vec<Vec<String>>
             raw.push(tail.split("::").map(String::from).collect());
         }
     }
-    // `self::`/`super::` are relative to the file's module; a mod.rs is its
-    // folder's module, any other file a module of its own.
+    // `self::`/`super::` are relative to the file's module (a mod.rs is its
+    // folder's module, any other file a module of its own).
     let here: Vec<String> = module.to_vec();
-    let parent: Vec<String> = if is_mod_file {
-        here[..here.len().saturating_sub(1)].to_vec()
-    } else {
-        here[..here.len().saturating_sub(1)].to_vec()
-    };
+    let parent: Vec<String> = here[..here.len().saturating_sub(1)].to_vec();
     raw.into_iter()
         .filter_map(|p| match p.first().map(String::as_str) {
             Some("crate") => Some(p[1..].to_vec()),
@@ -198,7 +194,7 @@ fn graph() -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
         let text = std::fs::read_to_string(file).unwrap();
         let text = text.split("#[cfg(test)]").next().unwrap();
         let mut edges = BTreeSet::new();
-        for p in imports(m, is_mod, text) {
+        for p in imports(m, text) {
             let Some(t) = resolve(&mods, &p) else {
                 continue;
             };
