@@ -5,7 +5,8 @@
 //! `checkpoint --image-path DIR` pauses the guest, takes `duet ctl SOCKET
 //! snapshot DIR/duet-snapshot`, then ends the monitor (or resumes the guest
 //! with `--leave-running`). Pausing first means the guest does nothing after
-//! the snapshot that a restore would repeat. `restore --image-path DIR`
+//! the snapshot that a restore would repeat. A small `inventory.img` beside
+//! the snapshot tells Podman the checkpoint is complete. `restore --image-path DIR`
 //! joins the network namespace as `create` does and starts `duet restore
 //! DIR/duet-snapshot`: the container is running when it returns.
 
@@ -25,6 +26,9 @@ use std::time::Duration;
 
 /// The snapshot's directory inside the engine's image path.
 const SNAPSHOT: &str = "duet-snapshot";
+/// CRIU's index file. Podman looks for it to decide that a checkpoint is
+/// complete before it calls `restore`; ours says where the snapshot is.
+const INVENTORY: &str = "inventory.img";
 
 fn image_path(ctx: &Ctx) -> Result<PathBuf> {
     let p = ctx
@@ -70,6 +74,10 @@ pub fn checkpoint(ctx: &Ctx, c: Container) -> Result<ExitCode> {
             snap.to_str().context("the image path is not UTF-8")?,
         ],
     );
+    if taken.is_ok() {
+        let note = format!("duet snapshot in {SNAPSHOT}/ (not a CRIU image)\n");
+        crate::state::write_atomic(&dir.join(INVENTORY), note.as_bytes())?;
+    }
     let leave = ctx.inv.switch("leave-running");
     if taken.is_err() || leave {
         if status == Status::Running {
