@@ -254,6 +254,19 @@ impl Control {
         }
     }
 
+    /// vCPU thread: takes the next request, waiting at most `timeout`.
+    pub fn next_timeout(&self, timeout: Duration) -> Option<Msg> {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.is_empty() {
+            q = self
+                .queued
+                .wait_timeout(q, timeout)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        q.pop_front()
+    }
+
     /// vCPU thread: acknowledges the pending flag before draining requests.
     pub fn take_pending(&self) {
         self.pending.store(false, Ordering::SeqCst);

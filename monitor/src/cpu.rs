@@ -1,11 +1,13 @@
 //! The privileged CPU state the monitor owns: GDT, TSS (with the I/O
 //! permission bitmap that opens only the hypercall ports), IDT, and the
 //! initial registers that start the vCPU directly in 64-bit ring 3.
+//!
+//! The IDT's gates point at the monitor's own exception stubs
+//! ([`crate::exception`]); the image supplies no ring-0 code.
 
 use crate::layout::{self, selector};
 use crate::memory::{GuestMem, MemError};
 use crate::paging::PageTables;
-use duet_abi::boot::EXCEPTION_VECTORS;
 use duet_abi::hypercall::{PORT_BASE, PORT_COUNT};
 use duet_abi::Gpa;
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
@@ -24,8 +26,22 @@ const IOMAP_SIZE: u64 = 65536 / 8 + 1;
 /// TSS limit (last valid byte offset).
 pub const TSS_LIMIT: u64 = TSS_SIZE + IOMAP_SIZE - 1;
 
-/// Writes the GDT, the TSS with its I/O bitmap, and the IDT.
-pub fn write_tables(mem: &GuestMem, vectors: &[u64; EXCEPTION_VECTORS]) -> Result<(), MemError> {
+/// Number of IDT gates: the architectural exceptions. No interrupt is ever
+/// delivered, and an `int n` beyond the limit raises #GP.
+pub const IDT_GATES: usize = 32;
+
+/// One IDT gate: where it enters ring 0, and the lowest privilege that may
+/// reach it with `int n` (3: from ring 3; 0: only the CPU raises it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gate {
+    /// Handler address (in the monitor's stub page).
+    pub handler: u64,
+    /// Descriptor privilege level, 0 or 3.
+    pub dpl: u8,
+}
+
+/// Writes the GDT, the TSS with its I/O bitmap, and the IDT with `gates`.
+pub fn write_tables(mem: &GuestMem, gates: &[Gate; IDT_GATES]) -> Result<(), MemError> {
     // GDT: null, null, kernel code, kernel data, user code32 (unused), user
     // data, user code64, TSS (two slots).
     let mut gdt = [0u64; 10];
@@ -66,13 +82,10 @@ pub fn write_tables(mem: &GuestMem, vectors: &[u64; EXCEPTION_VECTORS]) -> Resul
     }
     mem.write_bytes(Gpa(layout::TSS + TSS_SIZE), &bitmap)?;
 
-    // IDT: interrupt gates on IST1. #BP and #OF are reachable from ring 3
-    // (int3/into), everything else only by the CPU.
-    for (v, &handler) in vectors.iter().enumerate() {
-        if handler == 0 {
-            continue;
-        }
-        let dpl: u64 = if v == 3 || v == 4 { 3 } else { 0 };
+    // IDT: interrupt gates (IF cleared on entry) on IST1, so the stubs
+    // always run on the monitor's stack whatever the guest did to its own.
+    for (v, g) in gates.iter().enumerate() {
+        let (handler, dpl) = (g.handler, u64::from(g.dpl & 3));
         let lo = (handler & 0xffff)
             | ((selector::KERNEL_CODE as u64) << 16)
             | (1 << 32) // IST1
@@ -86,6 +99,7 @@ pub fn write_tables(mem: &GuestMem, vectors: &[u64; EXCEPTION_VECTORS]) -> Resul
     Ok(())
 }
 
+/// A flat 64-bit code or data segment whose DPL is `selector`'s RPL.
 fn segment(selector: u16, code: bool) -> kvm_segment {
     kvm_segment {
         base: 0,
@@ -102,16 +116,21 @@ fn segment(selector: u16, code: bool) -> kvm_segment {
     }
 }
 
+/// Loads ring 3's code segment into CS and its data segment into SS: CPL 3.
+/// (Entering ring 0 through a gate changes only these two.)
+pub fn ring3_code_and_stack(sregs: &mut kvm_sregs) {
+    sregs.cs = segment(selector::USER_CODE, true);
+    sregs.ss = segment(selector::USER_DATA, false);
+}
+
 /// Fills the special registers for 64-bit ring 3 with our tables.
 pub fn setup_sregs(sregs: &mut kvm_sregs) {
-    let cs = segment(selector::USER_CODE, true);
+    ring3_code_and_stack(sregs);
     let ds = segment(selector::USER_DATA, false);
-    sregs.cs = cs;
     sregs.ds = ds;
     sregs.es = ds;
     sregs.fs = ds;
     sregs.gs = ds;
-    sregs.ss = ds;
     sregs.tr = kvm_segment {
         base: layout::TSS,
         limit: TSS_LIMIT as u32,
@@ -127,7 +146,7 @@ pub fn setup_sregs(sregs: &mut kvm_sregs) {
     sregs.gdt.base = layout::GDT;
     sregs.gdt.limit = 10 * 8 - 1;
     sregs.idt.base = layout::IDT;
-    sregs.idt.limit = (EXCEPTION_VECTORS * 16 - 1) as u16;
+    sregs.idt.limit = (IDT_GATES * 16 - 1) as u16;
     sregs.cr0 = (Cr0Flags::PROTECTED_MODE_ENABLE
         | Cr0Flags::MONITOR_COPROCESSOR
         | Cr0Flags::EXTENSION_TYPE

@@ -62,6 +62,45 @@ struct Common {
     /// The KVM device node.
     #[arg(long, env = "DUET_KVM_DEVICE", default_value = "/dev/kvm")]
     kvm_device: PathBuf,
+    /// After SIGTERM, give the guest this many seconds to exit by itself
+    /// (it sees `duet::shutdown_requested()`) before stopping it (status 143).
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    stop_timeout: f64,
+    /// For container runtimes: build the VM, then open PATH (a FIFO) for
+    /// writing and enter the guest only once a reader has opened it.
+    #[arg(long, value_name = "PATH")]
+    wait_start: Option<PathBuf>,
+}
+
+impl Common {
+    fn run_options(&self) -> anyhow::Result<runner::RunOptions> {
+        let stop_timeout =
+            std::time::Duration::try_from_secs_f64(self.stop_timeout).map_err(|_| {
+                anyhow::anyhow!(
+                    "--stop-timeout {} is not a number of seconds >= 0",
+                    self.stop_timeout
+                )
+            })?;
+        if let Some(p) = &self.wait_start {
+            use std::os::unix::fs::FileTypeExt;
+            match std::fs::metadata(p) {
+                Ok(m) if m.file_type().is_fifo() => {}
+                Ok(_) => bail!(
+                    "--wait-start {}: not a FIFO; create one with `mkfifo {0}`",
+                    p.display()
+                ),
+                Err(e) => bail!(
+                    "--wait-start {}: {e}; create it with `mkfifo {0}`",
+                    p.display()
+                ),
+            }
+        }
+        Ok(runner::RunOptions {
+            api: self.api.clone(),
+            wait_start: self.wait_start.clone(),
+            stop_timeout,
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -214,6 +253,7 @@ fn boot(
     at_point: Option<PathBuf>,
 ) -> anyhow::Result<Outcome> {
     let trace = c.trace_boot.then(|| BootTrace::new(start));
+    let opts = c.run_options()?;
     let cfg = VmConfig {
         image,
         mem: g.mem,
@@ -231,7 +271,7 @@ fn boot(
             }
             Ok::<_, duet_monitor::vm::VmError>(vm)
         },
-        c.api,
+        opts,
     )
     .context("cannot start the guest")?;
     Ok(finish(f))
@@ -245,19 +285,20 @@ fn restore_one(
     verify: bool,
 ) -> anyhow::Result<Outcome> {
     let trace = c.trace_boot.then(|| BootTrace::new(start));
+    let opts = c.run_options()?;
     let kvm_device = c.kvm_device;
     let f = runner::run(
         move |ctl| {
             let snap = Snapshot::open(&dir)?;
-            let opts = RestoreOptions {
+            let ropts = RestoreOptions {
                 kvm_device,
                 clone_index,
                 verify,
                 trace,
             };
-            snapshot::restore(&snap, opts, ctl)
+            snapshot::restore(&snap, ropts, ctl)
         },
-        c.api,
+        opts,
     )
     .context("cannot restore the snapshot")?;
     Ok(finish(f))
@@ -399,6 +440,8 @@ fn template_cmd(cmd: TemplateCmd, start: Instant) -> anyhow::Result<Outcome> {
                 api: None,
                 trace_boot: false,
                 kvm_device,
+                stop_timeout: 5.0,
+                wait_start: None,
             };
             match boot(image, guest, c, start, Some(dir))? {
                 Outcome::Snapshotted(d) => {
@@ -427,11 +470,12 @@ fn template_cmd(cmd: TemplateCmd, start: Instant) -> anyhow::Result<Outcome> {
 }
 
 fn incoming(addr: String, key: PathBuf, g: GuestArgs, c: Common) -> anyhow::Result<Outcome> {
+    let opts = c.run_options()?;
     let kvm_device = c.kvm_device;
     let (disks, nets) = (g.disks, g.net);
     let f = runner::run(
         move |ctl| migration::destination::incoming(&addr, &key, &kvm_device, &disks, &nets, ctl),
-        c.api,
+        opts,
     )
     .context("no guest arrived; nothing runs here")?;
     Ok(finish(f))
@@ -481,6 +525,15 @@ fn main() -> ExitCode {
                 Outcome::Aborted(msg) => eprintln!("duet: guest aborted: {msg}"),
                 Outcome::Faulted(report) => eprintln!("duet: {report}"),
                 Outcome::Failed(report) => eprintln!("duet: VM failure: {report}"),
+                Outcome::Terminated(sig) => eprintln!(
+                    "duet: stopped the guest on {} (status {})",
+                    if sig.number() == libc::SIGINT {
+                        "SIGINT"
+                    } else {
+                        "SIGTERM"
+                    },
+                    outcome.status()
+                ),
             }
             ExitCode::from(outcome.status())
         }

@@ -25,6 +25,9 @@ pub enum Access {
     None,
     /// Ring 0 only, read/write, no execute (monitor structures).
     Supervisor,
+    /// Ring 0 only, read-only, executable: the monitor's exception stubs,
+    /// the only code that runs at CPL 0.
+    SupervisorExec,
     /// Ring 3 read-only, no execute.
     UserRead,
     /// Ring 3 read/write, no execute.
@@ -38,6 +41,7 @@ impl Access {
         match self {
             Access::None => 0,
             Access::Supervisor => P | RW | NX,
+            Access::SupervisorExec => P,
             Access::UserRead => P | US | NX,
             Access::UserWrite => P | RW | US | NX,
             Access::UserExec => P | US,

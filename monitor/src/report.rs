@@ -1,20 +1,43 @@
 //! One-paragraph reports of how a guest died, with RIP symbolized.
 
+use crate::exception::{self, Exception};
 use crate::layout;
 use crate::vm::Vm;
-use duet_abi::hypercall::{vector_name, FaultFrame};
-use duet_abi::PAGE_SIZE;
+use duet_abi::{Gpa, PAGE_SIZE};
 use std::fmt::Write;
+
+/// The monitor-owned areas, by name.
+const MONITOR_AREAS: &[(u64, u64, &str)] = &[
+    (layout::GDT, layout::IDT, "the GDT"),
+    (layout::IDT, layout::TSS, "the IDT"),
+    (layout::TSS, layout::IST_STACK, "the TSS and its I/O bitmap"),
+    (
+        layout::IST_STACK,
+        layout::IST_STACK_TOP,
+        "the exception stack",
+    ),
+    (
+        layout::EXCEPTION_STUBS,
+        layout::MONITOR_END,
+        "the exception stubs",
+    ),
+    (
+        layout::PAGE_TABLES,
+        layout::PAGE_TABLES_END,
+        "the page tables",
+    ),
+];
 
 /// Names the part of guest memory `addr` falls in.
 pub fn describe(vm: &Vm, addr: u64) -> String {
     let image = &vm.image;
+    let monitor = MONITOR_AREAS
+        .iter()
+        .find(|(start, end, _)| (*start..*end).contains(&addr));
     let what = if addr < PAGE_SIZE {
         "the null page (a null pointer dereference)".to_string()
-    } else if addr < layout::IST_STACK_TOP
-        || (layout::PAGE_TABLES..layout::PAGE_TABLES_END).contains(&addr)
-    {
-        "monitor-owned memory (descriptor tables, fault stack or page tables)".to_string()
+    } else if let Some((_, _, area)) = monitor {
+        format!("monitor-owned memory ({area}, ring 0 only)")
     } else if (layout::CLOCK_PAGE..layout::CLOCK_PAGE + PAGE_SIZE).contains(&addr) {
         "the clock page (read-only)".to_string()
     } else if (layout::BOOT_INFO..layout::BOOT_INFO_END).contains(&addr) {
@@ -78,31 +101,64 @@ fn sym(vm: &Vm, rip: u64) -> String {
         .map_or_else(|| "<no symbol>".to_string(), |s| format!("<{s}>"))
 }
 
-/// Formats the report for a fault frame a guest stub sent.
-pub fn fault(vm: &Vm, f: &FaultFrame) -> String {
-    let mut s = format!(
-        "guest fault: {} (vector {}",
-        vector_name(f.vector),
-        f.vector
-    );
-    if duet_abi::hypercall::vector_has_error_code(f.vector as usize) {
-        let _ = write!(s, ", error code {:#x}", f.error_code);
+/// Where the `int3` (or `int 3`) before `rip` starts: a #BP frame holds
+/// the address after the instruction.
+fn breakpoint_addr(vm: &Vm, rip: u64) -> u64 {
+    let byte = |a: u64| vm.mem.read_plain::<u8>(Gpa(a)).ok();
+    match (
+        rip.checked_sub(2).and_then(byte),
+        rip.checked_sub(1).and_then(byte),
+    ) {
+        (_, Some(0xcc)) => rip - 1,
+        (Some(0xcd), Some(3)) => rip - 2,
+        _ => rip,
     }
-    let _ = write!(s, ") at rip {:#x} {}", f.rip, sym(vm, f.rip));
+}
+
+/// Formats the report for an exception the monitor's stubs caught.
+pub fn fault(vm: &Vm, e: &Exception) -> String {
+    let f = &e.frame;
+    let mut s = if f.vector == exception::BREAKPOINT {
+        let at = breakpoint_addr(vm, f.rip);
+        format!(
+            "guest fault: #BP breakpoint (vector 3): breakpoint (int3) at rip {at:#x} {}, and no debugger is attached",
+            sym(vm, at)
+        )
+    } else {
+        let mut s = format!(
+            "guest fault: {} (vector {}",
+            exception::name(f.vector),
+            f.vector
+        );
+        if let Some(code) = f.error_code {
+            let _ = write!(s, ", error code {code:#x}");
+        }
+        let _ = write!(s, ") at rip {:#x} {}", f.rip, sym(vm, f.rip));
+        s
+    };
+    if f.cpl() != 3 {
+        let _ = write!(
+            s,
+            "\n  in ring {}: the exception interrupted the monitor's own stubs (a monitor bug)",
+            f.cpl()
+        );
+    }
     if f.vector == 14 {
+        let err = f.error_code.unwrap_or(0);
         let _ = write!(
             s,
             "\n  {} at {:#x}: {}",
-            pf_cause(f.error_code),
-            f.cr2,
-            describe(vm, f.cr2)
+            pf_cause(err),
+            e.cr2,
+            describe(vm, e.cr2)
         );
     }
+    let r = &e.regs;
     let _ = write!(
         s,
         "\n  rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}\n  rsi {:#018x} rdi {:#018x} rbp {:#018x} rsp {:#018x}\n  r8  {:#018x} r9  {:#018x} r10 {:#018x} r11 {:#018x}\n  r12 {:#018x} r13 {:#018x} r14 {:#018x} r15 {:#018x}\n  rflags {:#x} cs {:#x} ss {:#x}",
-        f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi, f.rbp, f.rsp, f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15,
-        f.rflags, f.cs, f.ss
+        r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15,
+        r.rflags, f.cs, f.ss
     );
     s
 }

@@ -18,3 +18,10 @@ pub const VM_FAILURE: u8 = 140;
 /// `duet run` whose guest was live-migrated away: it runs elsewhere now
 /// (`duet: guest migrated to ADDR` on stderr). Guests should not use it.
 pub const MIGRATED: u8 = 120;
+
+/// The monitor stopped the guest because of signal `sig` (`SIGTERM` after
+/// the grace period, or `SIGINT`): 128 + `sig`, as a shell reports a process
+/// killed by it (143 for `SIGTERM`, 130 for `SIGINT`).
+pub fn terminated(sig: i32) -> u8 {
+    (128 + sig).clamp(0, 255) as u8
+}

@@ -5,6 +5,7 @@
 //! `kvm_run` page (no extra ioctl). Anything else ends the VM with a report.
 
 use crate::control::{Request, Response};
+use crate::exception;
 use crate::hypercall::{self, Flow};
 use crate::report;
 use crate::vm::{ioctl, Vm, VmError};
@@ -75,6 +76,9 @@ pub enum Outcome {
     Snapshotted(String),
     /// The guest was live-migrated to this address and runs there now.
     Migrated(String),
+    /// The monitor stopped the guest on a signal (`SIGINT`, or `SIGTERM`
+    /// after the grace period).
+    Terminated(crate::signals::Signal),
 }
 
 impl Outcome {
@@ -87,6 +91,7 @@ impl Outcome {
             Outcome::Failed(_) => crate::status::VM_FAILURE,
             Outcome::Snapshotted(_) => 0,
             Outcome::Migrated(_) => crate::status::MIGRATED,
+            Outcome::Terminated(sig) => crate::status::terminated(sig.number()),
         }
     }
 }
@@ -109,6 +114,12 @@ impl Vm {
             t.mark("enter guest");
         }
         let outcome = self.run_loop();
+        if matches!(outcome, Outcome::Terminated(_)) {
+            // What the guest wrote must survive the stop it did not choose.
+            if let Err(e) = self.devices.flush_disks() {
+                log::error!("stopping the guest: {e}");
+            }
+        }
         self.ctl.finish();
         // A migration thread may still read guest memory: let it stop first.
         self.ctl.migration.wait_idle();
@@ -117,6 +128,12 @@ impl Vm {
 
     fn run_loop(&mut self) -> Outcome {
         loop {
+            // One relaxed load: a SIGTERM/SIGINT interrupted KVM_RUN or a poll.
+            if let Some(sig) = crate::signals::take() {
+                if let Some(o) = self.on_signal(sig) {
+                    return o;
+                }
+            }
             let exit = self.run_once();
             self.exits += 1;
             match exit {
@@ -162,20 +179,63 @@ impl Vm {
         r
     }
 
-    /// Serves queued control requests; blocks while paused.
+    /// The first `SIGTERM` asks a running guest to shut down and starts the
+    /// grace period; anything else (`SIGINT`, a second `SIGTERM`, the grace
+    /// period's end, any signal while paused) stops the guest now.
+    fn on_signal(&mut self, sig: crate::signals::Signal) -> Option<Outcome> {
+        use crate::signals::Signal;
+        if sig != Signal::Term || self.shutdown_requested || self.paused {
+            return Some(Outcome::Terminated(sig));
+        }
+        self.shutdown_requested = true;
+        self.shutdown_unreported = true;
+        let at = duet_abi::Gpa(
+            crate::layout::IDENTITY_PAGE
+                + std::mem::offset_of!(duet_abi::identity::IdentityPage, requests) as u64,
+        );
+        if let Err(e) = self
+            .mem
+            .write_plain_unchecked_policy(at, &duet_abi::identity::REQUEST_SHUTDOWN)
+        {
+            log::error!("cannot post the shutdown request: {e}");
+            return Some(Outcome::Terminated(sig));
+        }
+        log::info!(
+            "SIGTERM: asked the guest to shut down; stopping it in {:?} otherwise",
+            self.stop_timeout
+        );
+        crate::signals::arm_grace(self.stop_timeout);
+        None
+    }
+
+    /// Serves queued control requests; blocks while paused (a signal then
+    /// stops the guest: it cannot shut down by itself while paused).
     fn serve_control(&mut self) -> Option<Outcome> {
         self.ctl.take_pending();
         if let Err(e) = self.complete_io() {
             return Some(Outcome::Failed(e));
         }
-        while let Some((req, tx)) = self.ctl.next(self.paused) {
+        loop {
+            let msg = if self.paused {
+                self.ctl.next_timeout(std::time::Duration::from_millis(50))
+            } else {
+                self.ctl.next(false)
+            };
+            let Some((req, tx)) = msg else {
+                if !self.paused {
+                    return None;
+                }
+                if let Some(sig) = crate::signals::take() {
+                    return Some(Outcome::Terminated(sig));
+                }
+                continue;
+            };
             let resp = self.handle_request(req);
             let _ = tx.send(resp);
             if let Some(to) = self.ctl.migration.migrated() {
                 return Some(Outcome::Migrated(to));
             }
         }
-        None
     }
 
     fn state_name(&self) -> String {
@@ -235,6 +295,9 @@ impl Vm {
 
     fn run_once(&mut self) -> Exit {
         match self.vcpu.run() {
+            Ok(VcpuExit::IoOut(port, _)) if exception::is_stub_port(port) => {
+                Exit::Stop(exception::on_exit(self, port))
+            }
             Ok(VcpuExit::IoOut(port, data)) => {
                 if !(PORT_BASE..PORT_BASE + PORT_COUNT).contains(&port) {
                     return Exit::Stop(Outcome::Failed(format!(

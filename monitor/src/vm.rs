@@ -11,6 +11,7 @@ use crate::control::Control;
 use crate::cpu;
 use crate::devices::block::{self, BlockError};
 use crate::devices::{self, Device, Devices};
+use crate::exception;
 use crate::heap::{Heap, INITIAL_HEAP};
 use crate::kvm::{self, KvmError};
 use crate::layout;
@@ -131,6 +132,12 @@ pub struct Vm {
     pub(crate) snapshot_at_point: Option<PathBuf>,
     /// Paused by the control API.
     pub(crate) paused: bool,
+    /// A `SIGTERM` asked the guest to shut down.
+    pub(crate) shutdown_requested: bool,
+    /// ... and its next poll has not yet been told (`READY_SHUTDOWN`).
+    pub(crate) shutdown_unreported: bool,
+    /// How long a guest asked to shut down may take before it is stopped.
+    pub(crate) stop_timeout: std::time::Duration,
 }
 
 /// Registers `mem` as KVM memory slot 0 of `vm`.
@@ -220,6 +227,9 @@ impl Vm {
             started: Instant::now(),
             snapshot_at_point: None,
             paused: false,
+            shutdown_requested: false,
+            shutdown_unreported: false,
+            stop_timeout: crate::signals::DEFAULT_STOP_TIMEOUT,
         };
         let boot_info = vm_.build_guest(cfg, tsc_khz)?;
         mark(&mut vm_.trace, "load image + tables");
@@ -250,6 +260,7 @@ impl Vm {
             Access::UserRead,
         )?;
         pt.map_4k(mem, layout::GDT, layout::IST_STACK_TOP, Access::Supervisor)?;
+        exception::install(mem, pt)?;
         pt.map_4k(
             mem,
             layout::CLOCK_PAGE,
@@ -281,7 +292,7 @@ impl Vm {
         let heap_start = image.end();
         let heap_size = INITIAL_HEAP.min(cfg.mem - heap_start);
         pt.map_range(mem, heap_start, heap_start + heap_size, Access::UserWrite)?;
-        cpu::write_tables(mem, &image.vectors)?;
+        cpu::write_tables(mem, &exception::gates())?;
 
         // What the guest may have the monitor write into on its behalf.
         let mut fixed = vec![(layout::STACK_BOTTOM, layout::STACK_TOP)];
@@ -298,7 +309,7 @@ impl Vm {
         let regions = [
             (
                 layout::GDT,
-                layout::IST_STACK_TOP - layout::GDT,
+                layout::MONITOR_END - layout::GDT,
                 RegionKind::Monitor,
             ),
             (layout::CLOCK_PAGE, PAGE_SIZE, RegionKind::Clock),
@@ -383,6 +394,7 @@ impl Vm {
             clone_index: self.clone_index,
             generation: self.generation,
             seed: bootinfo::random_seed(),
+            requests: 0,
         };
         bootinfo::write_identity(&self.mem, &page)
     }
@@ -397,6 +409,11 @@ impl Vm {
     /// Number of exits handled so far.
     pub fn exits(&self) -> u64 {
         self.exits
+    }
+
+    /// Sets the grace period a guest gets after `SIGTERM` (`--stop-timeout`).
+    pub fn set_stop_timeout(&mut self, d: std::time::Duration) {
+        self.stop_timeout = d;
     }
 
     /// Template mode: at the guest's `snapshot_point()`, snapshot into `dir`

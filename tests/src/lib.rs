@@ -181,6 +181,18 @@ pub fn boot(app: &str, opts: &[&str], args: &[&str]) -> Output {
     duet(&v)
 }
 
+/// Panics unless the test runs as root, naming what needs it: a missing
+/// prerequisite fails a test, it never passes it unrun.
+#[track_caller]
+pub fn require_root(what: &str) {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root ({what}); run the suite as root, as `cargo xtask test` does"
+    );
+}
+
 /// The monitor's documented exit statuses.
 pub use duet_monitor::status;
 
@@ -380,6 +392,18 @@ impl Background {
             reader: Some(reader),
             err_reader: Some(err_reader),
         }
+    }
+
+    /// The monitor's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends signal `sig` to the monitor.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill({sig}) failed");
     }
 
     /// What the guest printed so far.

@@ -196,9 +196,14 @@ fn a_cut_at_any_phase_leaves_the_source_running_and_a_retry_succeeds() {
 fn garbage(k: &Path, bytes: &[u8], why: &str) {
     let addr = free_addr();
     let dst = start_dest(&[], &addr, k, None);
+    // A destination that never listens fails the test rather than hanging it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut c = loop {
         match TcpStream::connect(&addr) {
             Ok(c) => break c,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("the destination never listened on {addr}: {e}")
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
     };

@@ -143,10 +143,11 @@ fn snapshot_to_an_existing_path_fails_and_the_guest_keeps_running() {
 
 #[test]
 fn snapshot_to_a_full_disk_fails_cleanly_and_the_guest_keeps_running() {
+    duet_tests::require_root("mounting a 32 KiB tmpfs to fill");
     let tmp = temp_dir("full");
     let small = tmp.join("small");
     std::fs::create_dir(&small).unwrap();
-    let mounted = std::process::Command::new("mount")
+    let mount = std::process::Command::new("mount")
         .args([
             "-t",
             "tmpfs",
@@ -155,12 +156,14 @@ fn snapshot_to_a_full_disk_fails_cleanly_and_the_guest_keeps_running() {
             "duet-test",
             small.to_str().unwrap(),
         ])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
-        return;
-    }
+        .output()
+        .expect("run mount (util-linux)");
+    assert!(
+        mount.status.success(),
+        "cannot mount a 32 KiB tmpfs at {}: {}",
+        small.display(),
+        String::from_utf8_lossy(&mount.stderr).trim()
+    );
     // Unmounted however the test ends.
     struct Unmount(PathBuf);
     impl Drop for Unmount {

@@ -134,7 +134,8 @@ pub fn test(extra: &[String]) -> Result<()> {
         .args(["test", "--workspace"])
         .args(extra))?;
     // Benchmarks are not tests: a smoke pass with tiny counts keeps the
-    // harness from rotting; no figure is checked.
+    // harness from rotting; no figure is checked, but a section that fails
+    // or cannot run fails the command.
     crate::bench::smoke()
 }
 

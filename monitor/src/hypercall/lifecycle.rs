@@ -1,10 +1,9 @@
-//! Abort, fault reports and boot tracing: the calls that end or describe a guest.
+//! Abort and boot tracing: the calls that end or describe a guest.
 
 use super::{bad_args, Flow};
-use crate::report;
 use crate::vcpu::Outcome;
 use crate::vm::Vm;
-use duet_abi::hypercall::{AbortArgs, BootTraceArgs, FaultFrame, Hypercall, ABORT_MSG_MAX};
+use duet_abi::hypercall::{AbortArgs, BootTraceArgs, Hypercall, ABORT_MSG_MAX};
 use duet_abi::Gpa;
 
 /// [`Hypercall::Abort`]: the guest panicked.
@@ -19,14 +18,6 @@ pub fn abort(vm: &mut Vm, value: u32) -> Flow {
         Err(e) => format!("(abort message unreadable: {e})"),
     };
     Flow::Stop(Outcome::Aborted(msg))
-}
-
-/// [`Hypercall::Fault`]: an exception stub reports a CPU exception.
-pub fn fault(vm: &mut Vm, value: u32) -> Flow {
-    match vm.mem.read_plain::<FaultFrame>(Gpa(u64::from(value))) {
-        Ok(frame) => Flow::Stop(Outcome::Faulted(report::fault(vm, &frame))),
-        Err(e) => bad_args(Hypercall::Fault, value, e),
-    }
 }
 
 /// [`Hypercall::BootTrace`]: guest-side boot timestamps.

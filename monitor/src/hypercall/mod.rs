@@ -39,7 +39,6 @@ pub fn dispatch(vm: &mut Vm, nr: u16, value: u32) -> Flow {
         Hypercall::ConsoleWrite => console::write(vm, value),
         Hypercall::Exit => Flow::Stop(Outcome::Exited((value & 0xff) as u8)),
         Hypercall::Abort => lifecycle::abort(vm, value),
-        Hypercall::Fault => lifecycle::fault(vm, value),
         Hypercall::BootTrace => lifecycle::boot_trace(vm, value),
         Hypercall::Poll => poll::poll(vm, value),
         Hypercall::MemGrow => mem::grow(vm, value),

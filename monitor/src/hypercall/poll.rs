@@ -19,6 +19,16 @@ pub fn poll(vm: &mut Vm, value: u32) -> Flow {
         Ok(a) => a,
         Err(e) => return bad_args(Hypercall::Poll, value, e),
     };
+    if vm.shutdown_unreported {
+        // Once: a guest that ignores the request then sleeps as asked.
+        vm.shutdown_unreported = false;
+        args.ready = duet_abi::poll::READY_SHUTDOWN;
+        args.ret = 0;
+        return match vm.mem.write_plain(at, &args) {
+            Ok(()) => Flow::Continue,
+            Err(e) => bad_args(Hypercall::Poll, value, e),
+        };
+    }
     match wait(vm, args.deadline_ns, args.wait) {
         Ok(ready) => {
             args.ready = ready;

@@ -455,6 +455,9 @@ pub(crate) fn assemble(st: &StateFile, p: Parts) -> Result<Vm, SnapshotError> {
         started: Instant::now(),
         snapshot_at_point: None,
         paused: false,
+        shutdown_requested: false,
+        shutdown_unreported: false,
+        stop_timeout: crate::signals::DEFAULT_STOP_TIMEOUT,
     };
     vm.write_identity()
         .map_err(|e| SnapshotError::Invalid(format!("writing the identity page: {e}")))?;

@@ -180,7 +180,7 @@ fn loopback_secs(bytes: u64) -> Result<f64> {
 
 /// The section: total time, downtime, bytes and rounds per configuration.
 pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
-    if ctx.image("counter", "migrate").is_none() || ctx.image("dirty", "migrate").is_none() {
+    if ctx.image("counter", "migrate")?.is_none() || ctx.image("dirty", "migrate")?.is_none() {
         return Ok(Vec::new());
     }
     // The smoke pass (`--runs 2`) migrates one small idle guest once.
@@ -219,7 +219,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
                         Some((_, v)) => v.push(s),
                         None => results.push((label, vec![s])),
                     },
-                    Err(e) => ctx.notes.push(format!("migrate: {label}: {e:#}")),
+                    Err(e) => ctx.problem("migrate", format!("{label}: {e:#}"))?,
                 }
                 p.show(n);
             }
