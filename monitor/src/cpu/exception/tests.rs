@@ -79,6 +79,11 @@ fn stub_ports_are_closed_to_ring_3() {
         assert!(is_stub_port(stub_port(v)));
     }
     assert!(!closed(Hypercall::Exit.port()));
+    // Ports past the bitmap lie past the TSS limit: the CPU denies them.
+    let last_byte = tables::TSS_LIMIT - 104;
+    assert!(u64::from(PORT_BASE + PORT_COUNT + 3) / 8 < last_byte);
+    let trailing: u8 = mem.read_plain(Gpa(bitmap + last_byte)).unwrap();
+    assert_eq!(trailing, 0xff, "the bitmap must end with an all-ones byte");
     assert!(!is_stub_port(STUB_PORT_BASE - 1) && !is_stub_port(STUB_PORT_BASE + 32));
     assert!(!(PORT_BASE..PORT_BASE + PORT_COUNT).any(is_stub_port));
 }
