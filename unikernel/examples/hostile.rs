@@ -115,6 +115,16 @@ fn main() -> i32 {
         return 1;
     }
     match case {
+        // A template point, then a privileged instruction: after any
+        // restore the guest must still be in ring 3 (#GP).
+        "snapshot-then-cli" => {
+            let restored = duet::snapshot_point();
+            duet::println!("hostile: restored={restored}, trying cli");
+            // SAFETY: deliberately privileged; the monitor stops the guest.
+            unsafe { asm!("cli") };
+            duet::println!("hostile: survived cli");
+            1
+        }
         "errors" => {
             duet::println!("beyond-memory -> {:?}", console(mem + 4096, 8));
             duet::println!("straddles-end -> {:?}", console(mem - 4, 8));

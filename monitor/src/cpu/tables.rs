@@ -129,6 +129,19 @@ pub fn ring3_code_and_stack(sregs: &mut kvm_sregs) {
     sregs.ss = segment(selector::USER_DATA, false);
 }
 
+/// RFLAGS bits a ring-3 context may carry (arithmetic flags, TF, DF, RF,
+/// AC, ID). IF, IOPL, NT and VM never reach the guest: it runs with
+/// interrupts off and IOPL 0, and could not have set them itself.
+const USER_RFLAGS: u64 =
+    0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x100 | 0x400 | 0x800 | (1 << 16) | (1 << 18) | (1 << 21);
+/// RFLAGS bit 1 reads as one.
+const RFLAGS_FIXED: u64 = 0x2;
+
+/// `rflags` with only what a ring-3 context may carry.
+pub fn user_rflags(rflags: u64) -> u64 {
+    (rflags & USER_RFLAGS) | RFLAGS_FIXED
+}
+
 /// Fills the special registers for 64-bit ring 3 with our tables.
 pub fn setup_sregs(sregs: &mut kvm_sregs) {
     ring3_code_and_stack(sregs);

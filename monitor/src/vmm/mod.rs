@@ -12,6 +12,7 @@
 mod boot;
 pub mod control;
 mod dispatch;
+mod guest;
 pub mod report;
 mod run;
 mod state;

@@ -18,10 +18,11 @@ const NX: u64 = 1 << 63;
 /// Guest memory with the monitor's area built as `Vm::build_guest` does.
 fn monitor_area() -> (GuestMem, PageTables) {
     let mem = GuestMem::new(MIN_MEM).unwrap();
-    let mut pt = PageTables::new();
+    let mut pt = PageTables::new(&mem).unwrap();
     pt.map_4k(&mem, layout::GDT, IST_STACK_TOP, Access::Supervisor)
         .unwrap();
-    install(&mem, &mut pt).unwrap();
+    write_stubs(&mem).unwrap();
+    map_stubs(&mem, &mut pt).unwrap();
     tables::write_tables(&mem, &gates()).unwrap();
     (mem, pt)
 }
