@@ -4,7 +4,8 @@
 //! [`Step`] requests.
 
 use super::dirty::DirtySet;
-use super::protocol::{self, Kind};
+use super::protocol::{self, Frame, Kind, FRAME_HEADER, PAGES_HEADER, SEALED_OVERHEAD, TAG_LEN};
+use super::session::{Role, Session, Transcript};
 use super::source::{step, Handoff, Step};
 use super::{ms, MigrateError, MigrateRequest, Progress, Summary};
 use crate::control::Control;
@@ -38,6 +39,35 @@ pub(super) struct Attempt<'a> {
 
 /// Disks are tracked and copied in units of this many bytes.
 const DISK_UNIT: u64 = 4096;
+/// Room before the first page read into the page buffer: a page run is
+/// sealed where it lies, its frame and run headers written just before it
+/// (here, or over the tail of the zero page before it, which is not sent).
+const PAGES_FRONT: usize = FRAME_HEADER + PAGES_HEADER;
+/// The same for disk runs.
+const DISK_FRONT: usize = FRAME_HEADER + protocol::DISK_HEADER;
+
+/// The connection after the handshake: every frame sealed.
+struct Link {
+    tcp: TcpStream,
+    session: Session,
+}
+
+impl Link {
+    fn write(&mut self, kind: Kind, payload: &[u8]) -> Result<(), MigrateError> {
+        self.session.write(&mut self.tcp, kind, payload)
+    }
+
+    /// Seals `frame` in place ([`Session::seal`]) and writes it.
+    fn write_sealed(&mut self, kind: Kind, frame: &mut [u8]) -> Result<(), MigrateError> {
+        use std::io::Write;
+        self.session.seal(kind, frame)?;
+        self.tcp.write_all(frame).map_err(MigrateError::Connection)
+    }
+
+    fn read(&mut self) -> Result<Frame, MigrateError> {
+        self.session.read(&mut self.tcp)
+    }
+}
 
 fn connect(addr: &str) -> Result<TcpStream, MigrateError> {
     let deadline = Instant::now() + CONNECT_FOR;
@@ -90,22 +120,24 @@ impl<'a> Attempt<'a> {
         Ok(())
     }
 
-    fn frame(&mut self, s: &mut TcpStream, kind: Kind, payload: &[u8]) -> Result<(), MigrateError> {
-        self.bytes += (protocol::FRAME_HEADER + payload.len()) as u64;
-        protocol::write_frame(s, kind, payload)
+    fn frame(&mut self, s: &mut Link, kind: Kind, payload: &[u8]) -> Result<(), MigrateError> {
+        self.bytes += (SEALED_OVERHEAD + payload.len()) as u64;
+        s.write(kind, payload)
     }
 
     /// Runs the attempt to commit (or the first failure).
     pub(super) fn run(&mut self) -> Result<Summary, MigrateError> {
         let t0 = Instant::now();
-        let mut s = connect(&self.req.addr)?;
-        s.set_nodelay(true).map_err(MigrateError::Connection)?;
-        s.set_read_timeout(Some(IO_TIMEOUT))
+        let mut tcp = connect(&self.req.addr)?;
+        tcp.set_nodelay(true).map_err(MigrateError::Connection)?;
+        tcp.set_read_timeout(Some(IO_TIMEOUT))
             .map_err(MigrateError::Connection)?;
-        s.set_write_timeout(Some(IO_TIMEOUT))
+        tcp.set_write_timeout(Some(IO_TIMEOUT))
             .map_err(MigrateError::Connection)?;
-        self.handshake(&mut s)?;
-        self.cut(&s, "handshake")?;
+        let session = self.handshake(&mut tcp)?;
+        let mut s = Link { tcp, session };
+        s.read()?.expect(Kind::Accept)?;
+        self.cut(&s.tcp, "handshake")?;
 
         // Round 0: every populated page; the destination starts zeroed.
         let start = Instant::now();
@@ -122,7 +154,7 @@ impl<'a> Attempt<'a> {
                 first += per;
             }
         }
-        self.cut(&s, "precopy")?;
+        self.cut(&s.tcp, "precopy")?;
         let (rounds, forced_stop, pending, pending_disks) = self.precopy(&mut s, start)?;
 
         // Stop: the vCPU thread pauses the guest after its last exit.
@@ -148,7 +180,7 @@ impl<'a> Attempt<'a> {
         }
         final_pages += disks.iter().map(DirtySet::count).sum::<u64>();
         self.send_disk_sets(&mut s, &disks)?;
-        self.cut(&s, "stop")?;
+        self.cut(&s.tcp, "stop")?;
         for chunk in stopped.blob.chunks(protocol::MAX_CONTROL_PAYLOAD as usize) {
             self.frame(&mut s, Kind::State, chunk)?;
         }
@@ -157,21 +189,26 @@ impl<'a> Attempt<'a> {
             crc: crc32fast::hash(&stopped.blob),
             paused_wall_ns: stopped.paused_wall_ns,
         };
-        protocol::send(&mut s, Kind::StateEnd, &end)?;
+        self.frame(
+            &mut s,
+            Kind::StateEnd,
+            &protocol::encode(Kind::StateEnd, &end)?,
+        )?;
         let sent = stopped.paused_at.elapsed();
-        protocol::read_frame(&mut s)?.expect(Kind::Ready)?;
+        s.read()?.expect(Kind::Ready)?;
         log::debug!(
             "stopped: {final_pages} pages + {} KiB state sent {:.2} ms after pause, ready at {:.2} ms",
             stopped.blob.len() >> 10,
             ms(sent),
             ms(stopped.paused_at.elapsed())
         );
-        self.cut(&s, "commit")?;
+        self.cut(&s.tcp, "commit")?;
 
         // From here the destination may own the guest.
         let unknown = |e: MigrateError| MigrateError::Unknown(e.to_string());
-        protocol::write_frame(&mut s, Kind::Commit, &[]).map_err(unknown)?;
-        let ack: protocol::CommitAck = protocol::read_frame(&mut s)
+        s.write(Kind::Commit, &[]).map_err(unknown)?;
+        let ack: protocol::CommitAck = s
+            .read()
             .and_then(|f| f.expect(Kind::CommitAck))
             .and_then(|f| f.decode())
             .map_err(unknown)?;
@@ -188,7 +225,10 @@ impl<'a> Attempt<'a> {
         })
     }
 
-    fn handshake(&mut self, s: &mut TcpStream) -> Result<(), MigrateError> {
+    /// Proves the key both ways over a transcript of the handshake and
+    /// returns the session bound to it (the destination's first sealed
+    /// frame, Accept or Refuse, follows).
+    fn handshake(&mut self, s: &mut TcpStream) -> Result<Session, MigrateError> {
         let mut hello = self.h.hello.clone();
         hello.nonce = protocol::nonce();
         if let Some(f) = &self.req.fake {
@@ -202,19 +242,26 @@ impl<'a> Attempt<'a> {
                 }
             }
         }
-        protocol::send(s, Kind::Hello, &hello)?;
-        let ch: protocol::Challenge = protocol::read_frame(s)?.expect(Kind::Challenge)?.decode()?;
-        if !protocol::verify(self.key, b"dst", &hello.nonce, &ch.nonce, &ch.mac) {
-            let why = "the destination does not hold the migration key";
+        let mut t = Transcript::default();
+        t.send(s, Kind::Hello, &hello)?;
+        let after_hello = t.hash();
+        let ch: protocol::Challenge = t.recv(s)?.expect(Kind::Challenge)?.decode()?;
+        if !protocol::verify(self.key, b"dst", &after_hello, &ch.nonce, &ch.mac) {
+            let why = "the destination does not hold the migration key (or the handshake was altered on the way)";
             let _ = protocol::write_frame(s, Kind::Refuse, why.as_bytes());
             return Err(MigrateError::Rejected(why.into()));
         }
         let auth = protocol::Auth {
-            mac: protocol::mac(self.key, b"src", &hello.nonce, &ch.nonce),
+            mac: protocol::mac(self.key, b"src", &t.hash(), &[]),
         };
-        protocol::send(s, Kind::Auth, &auth)?;
-        protocol::read_frame(s)?.expect(Kind::Accept)?;
-        Ok(())
+        t.send(s, Kind::Auth, &auth)?;
+        Ok(Session::new(
+            self.key,
+            Role::Source,
+            &hello.nonce,
+            &ch.nonce,
+            &t.hash(),
+        ))
     }
 
     /// Dirty rounds until the rest fits the downtime budget or stops
@@ -224,7 +271,7 @@ impl<'a> Attempt<'a> {
     #[allow(clippy::type_complexity)]
     fn precopy(
         &mut self,
-        s: &mut TcpStream,
+        s: &mut Link,
         start: Instant,
     ) -> Result<(u32, bool, DirtySet, Vec<DirtySet>), MigrateError> {
         let budget = self.req.max_downtime_ms as f64;
@@ -236,8 +283,8 @@ impl<'a> Attempt<'a> {
             // Wait until the destination has applied the round: socket
             // buffers must not hide a backlog that would land in the downtime,
             // and the bandwidth measured is then end to end.
-            protocol::write_frame(s, Kind::Sync, &[])?;
-            protocol::read_frame(s)?.expect(Kind::SyncAck)?;
+            s.write(Kind::Sync, &[])?;
+            s.read()?.expect(Kind::SyncAck)?;
             let dirty = self.collect()?;
             let disks = self.collect_disks();
             // Memory pages and disk units alike are 4 KiB to send.
@@ -303,7 +350,7 @@ impl<'a> Attempt<'a> {
             .collect()
     }
 
-    fn send_disk_sets(&mut self, s: &mut TcpStream, sets: &[DirtySet]) -> Result<(), MigrateError> {
+    fn send_disk_sets(&mut self, s: &mut Link, sets: &[DirtySet]) -> Result<(), MigrateError> {
         for (i, set) in sets.iter().enumerate() {
             for (first, count) in set.runs(protocol::MAX_DISK_RUN / DISK_UNIT) {
                 self.send_disk_run(s, i, first, count)?;
@@ -317,7 +364,7 @@ impl<'a> Attempt<'a> {
     /// sub-runs as [`Kind::DiskZero`], the rest as [`Kind::Disk`].
     fn send_disk_run(
         &mut self,
-        s: &mut TcpStream,
+        s: &mut Link,
         i: usize,
         first: u64,
         count: u64,
@@ -330,13 +377,16 @@ impl<'a> Attempt<'a> {
             return Ok(());
         }
         let len = (end - offset) as usize;
+        // [room | the run's bytes | tag room]: each non-zero sub-run is
+        // sealed where it lies (see `send_pages`).
         let mut buf = std::mem::take(&mut self.dbuf);
-        buf.resize(len, 0);
-        if let Err(e) = d.file.read_exact_at(&mut buf, offset) {
+        buf.resize(DISK_FRONT + len + TAG_LEN, 0);
+        let data = &mut buf[DISK_FRONT..DISK_FRONT + len];
+        if let Err(e) = d.file.read_exact_at(data, offset) {
             self.dbuf = buf;
             return Err(MigrateError::State(format!("reading disk {i}: {e}")));
         }
-        let zero: Vec<bool> = buf
+        let zero: Vec<bool> = data
             .chunks(DISK_UNIT as usize)
             .map(|u| u.iter().all(|&b| b == 0))
             .collect();
@@ -353,8 +403,11 @@ impl<'a> Attempt<'a> {
             r = if zero[a] {
                 self.frame(s, Kind::DiskZero, &head)
             } else {
-                self.bytes += (protocol::FRAME_HEADER + head.len() + hi - lo) as u64;
-                protocol::write_frame2(s, Kind::Disk, &head, &buf[lo..hi])
+                let (lo, hi) = (DISK_FRONT + lo, DISK_FRONT + hi);
+                buf[lo - head.len()..lo].copy_from_slice(&head);
+                let frame = &mut buf[lo - DISK_FRONT..hi + TAG_LEN];
+                self.bytes += frame.len() as u64;
+                s.write_sealed(Kind::Disk, frame)
             };
             a = b;
         }
@@ -367,22 +420,32 @@ impl<'a> Attempt<'a> {
     /// destination's memory starts zeroed).
     fn send_run(
         &mut self,
-        s: &mut TcpStream,
+        s: &mut Link,
         first: u64,
         count: u64,
         fresh: bool,
     ) -> Result<(), MigrateError> {
         // One buffer for the whole attempt (taken out so `self` stays free).
         let mut buf = std::mem::take(&mut self.buf);
-        buf.resize((protocol::MAX_PAGES_PER_FRAME * PAGE_SIZE) as usize, 0);
+        buf.resize(
+            PAGES_FRONT + (protocol::MAX_PAGES_PER_FRAME * PAGE_SIZE) as usize + TAG_LEN,
+            0,
+        );
         let r = self.send_pages(s, first, count, fresh, &mut buf);
         self.buf = buf;
         r
     }
 
+    /// Reads pages into `buf` after [`PAGES_FRONT`] bytes of room and seals
+    /// each non-zero sub-run where it lies: its frame and run headers go in
+    /// the 32 bytes before it (the room, or the tail of a zero page: a run
+    /// is as long as it can be, so the page before it is zero and only its
+    /// count is sent) and its tag in the 16 after (the head of the next,
+    /// zero, page, or the room at the end). Guest bytes are copied once,
+    /// from guest memory, and encrypted in place.
     fn send_pages(
         &mut self,
-        s: &mut TcpStream,
+        s: &mut Link,
         first: u64,
         count: u64,
         fresh: bool,
@@ -392,7 +455,7 @@ impl<'a> Attempt<'a> {
         let end = first + count;
         while at < end {
             let n = (end - at).min(protocol::MAX_PAGES_PER_FRAME);
-            let data = &mut buf[..(n * PAGE_SIZE) as usize];
+            let data = &mut buf[PAGES_FRONT..PAGES_FRONT + (n * PAGE_SIZE) as usize];
             self.h
                 .mem
                 .read_slice(data, GuestAddress(at * PAGE_SIZE))
@@ -412,11 +475,13 @@ impl<'a> Attempt<'a> {
                     let h = protocol::pages_header(at + i, j - i);
                     self.frame(s, Kind::ZeroPages, &h)?;
                 } else if !z {
-                    let lo = (i * PAGE_SIZE) as usize;
-                    let hi = (j * PAGE_SIZE) as usize;
+                    let lo = PAGES_FRONT + (i * PAGE_SIZE) as usize;
+                    let hi = PAGES_FRONT + (j * PAGE_SIZE) as usize;
                     let head = protocol::pages_header(at + i, j - i);
-                    self.bytes += (protocol::FRAME_HEADER + 16 + hi - lo) as u64;
-                    protocol::write_frame2(s, Kind::Pages, &head, &buf[lo..hi])?;
+                    buf[lo - PAGES_HEADER..lo].copy_from_slice(&head);
+                    let frame = &mut buf[lo - PAGES_FRONT..hi + TAG_LEN];
+                    self.bytes += frame.len() as u64;
+                    s.write_sealed(Kind::Pages, frame)?;
                 }
                 i = j;
             }
