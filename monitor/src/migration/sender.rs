@@ -54,14 +54,31 @@ struct Link {
 
 impl Link {
     fn write(&mut self, kind: Kind, payload: &[u8]) -> Result<(), MigrateError> {
-        self.session.write(&mut self.tcp, kind, payload)
+        let r = self.session.write(&mut self.tcp, kind, payload);
+        self.why_broken(r)
     }
 
     /// Seals `frame` in place ([`Session::seal`]) and writes it.
     fn write_sealed(&mut self, kind: Kind, frame: &mut [u8]) -> Result<(), MigrateError> {
         use std::io::Write;
         self.session.seal(kind, frame)?;
-        self.tcp.write_all(frame).map_err(MigrateError::Connection)
+        let r = self.tcp.write_all(frame).map_err(MigrateError::Connection);
+        self.why_broken(r)
+    }
+
+    /// A write failed because the destination hung up: it usually said why
+    /// first (a refused frame, say), so that reason replaces "broken pipe".
+    fn why_broken(&mut self, r: Result<(), MigrateError>) -> Result<(), MigrateError> {
+        let Err(MigrateError::Connection(e)) = r else {
+            return r;
+        };
+        let _ = self.tcp.set_read_timeout(Some(Duration::from_secs(1)));
+        match self.read() {
+            Ok(f) if f.kind == Kind::Refuse => {
+                Err(MigrateError::Refused(protocol::refusal(&f.payload)))
+            }
+            _ => Err(MigrateError::Connection(e)),
+        }
     }
 
     fn read(&mut self) -> Result<Frame, MigrateError> {
