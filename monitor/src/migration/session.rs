@@ -93,10 +93,8 @@ impl Half {
         let mut key = [0u8; 32];
         prk.expand(label, &mut key)
             .expect("32 bytes is within HKDF-SHA256's output limit");
-        let aead = Aes256Gcm::new(&key.into());
-        key.fill(0);
         Half {
-            aead,
+            aead: Aes256Gcm::new(&key.into()),
             next: 0,
             poisoned: false,
         }
