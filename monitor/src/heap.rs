@@ -4,13 +4,17 @@
 
 use crate::memory::GuestMem;
 use crate::paging::{Access, PageTables, PagingError};
+use crate::persist::{Persist, StateError};
 use duet_abi::hypercall::Error;
 use duet_abi::mem::{PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE};
 use duet_abi::{Gpa, PAGE_SIZE};
-use std::collections::BTreeSet;
 
 /// Bytes of heap mapped at boot; the guest grows it on demand.
 pub const INITIAL_HEAP: u64 = 2 << 20;
+/// Most separate non-writable ranges a guest may keep (guard pages and the
+/// like); past it `MemProtect` answers `NoMem`. Bounds the monitor's own
+/// memory and every later check.
+pub const MAX_PROTECTED_RANGES: usize = 4096;
 
 /// Heap bookkeeping.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -18,9 +22,10 @@ pub struct Heap {
     start: u64,
     end: u64,
     limit: u64,
-    /// Heap pages the guest made non-writable (the monitor must not write
-    /// there on its behalf either).
-    no_write: BTreeSet<u64>,
+    /// Heap ranges the guest made non-writable (the monitor must not write
+    /// there on its behalf either): sorted, disjoint, non-adjacent
+    /// `[start, end)`, at most [`MAX_PROTECTED_RANGES`].
+    no_write: Vec<(u64, u64)>,
     /// Other guest-writable ranges (stack, the image's data).
     fixed_writable: Vec<(u64, u64)>,
 }
@@ -33,7 +38,7 @@ impl Heap {
             start,
             end: start + initial,
             limit,
-            no_write: BTreeSet::new(),
+            no_write: Vec::new(),
             fixed_writable,
         }
     }
@@ -57,16 +62,47 @@ impl Heap {
     pub fn writable_ranges(&self) -> Vec<(u64, u64)> {
         let mut out = self.fixed_writable.clone();
         let mut from = self.start;
-        for &p in &self.no_write {
-            if p > from {
-                out.push((from, p));
+        for &(s, e) in &self.no_write {
+            if s > from {
+                out.push((from, s));
             }
-            from = p + PAGE_SIZE;
+            from = e;
         }
         if self.end > from {
             out.push((from, self.end));
         }
         out
+    }
+
+    /// Marks `[start, end)` writable or not in the interval list; refuses
+    /// (changing nothing) when that would exceed [`MAX_PROTECTED_RANGES`].
+    fn set_no_write(&mut self, start: u64, end: u64, no_write: bool) -> Result<(), Error> {
+        let mut out = Vec::with_capacity(self.no_write.len() + 2);
+        for &(s, e) in &self.no_write {
+            // Keep the parts of each range outside [start, end).
+            if s < start {
+                out.push((s, e.min(start)));
+            }
+            if e > end {
+                out.push((s.max(end), e));
+            }
+        }
+        if no_write {
+            out.push((start, end));
+        }
+        out.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(out.len());
+        for (s, e) in out {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        if merged.len() > MAX_PROTECTED_RANGES {
+            return Err(Error::NoMem);
+        }
+        self.no_write = merged;
+        Ok(())
     }
 
     /// Maps `len` more bytes (rounded up to a page) at the heap's end.
@@ -110,7 +146,7 @@ impl Heap {
 
     /// Gives `[addr, addr + len)` back to the host: the pages read as zero
     /// afterwards and no longer count in the monitor's RSS.
-    pub fn release(&self, mem: &GuestMem, addr: Gpa, len: u64) -> Result<(), Error> {
+    pub fn release(&self, mem: &mut GuestMem, addr: Gpa, len: u64) -> Result<(), Error> {
         let (start, end) = self.check_range(mem, addr, len)?;
         mem.discard(Gpa(start), end - start).map_err(|_| Error::Io)
     }
@@ -138,16 +174,47 @@ impl Heap {
             _ => return Err(Error::Inval), // write without read
         };
         let (start, end) = self.check_range(mem, addr, len)?;
-        pt.protect(mem, start, end, access).map_err(paging_error)?;
-        for p in (start..end).step_by(PAGE_SIZE as usize) {
-            if access == Access::UserWrite {
-                self.no_write.remove(&p);
-            } else {
-                self.no_write.insert(p);
-            }
+        // The bookkeeping first: a refusal must leave the tables untouched.
+        let before = self.no_write.clone();
+        self.set_no_write(start, end, access != Access::UserWrite)?;
+        if let Err(e) = pt.protect(mem, start, end, access) {
+            self.no_write = before;
+            return Err(paging_error(e));
         }
         mem.set_writable(self.writable_ranges());
         Ok(())
+    }
+}
+
+impl Persist for Heap {
+    type State = Heap;
+    type ConstructorArgs<'a> = ();
+    type Error = StateError;
+
+    fn save(&self) -> Result<Heap, StateError> {
+        Ok(self.clone())
+    }
+
+    /// Refuses a heap that could not have come from a monitor: out of
+    /// order, unaligned, or with more protected ranges than allowed.
+    fn restore((): (), h: &Heap) -> Result<Heap, StateError> {
+        let aligned = |v: u64| v % PAGE_SIZE == 0;
+        let ranges_ok = h.no_write.len() <= MAX_PROTECTED_RANGES
+            && h.no_write.windows(2).all(|w| w[0].1 < w[1].0)
+            && h.no_write
+                .iter()
+                .all(|&(s, e)| s < e && s >= h.start && e <= h.end && aligned(s) && aligned(e));
+        if !(h.start <= h.end
+            && h.end <= h.limit
+            && aligned(h.start)
+            && aligned(h.end)
+            && ranges_ok)
+        {
+            return Err(StateError::Invalid(
+                "the heap's bounds or protected ranges are impossible".into(),
+            ));
+        }
+        Ok(h.clone())
     }
 }
 
@@ -210,5 +277,62 @@ mod tests {
         assert_eq!(h.grow(&mut pt, &mut mem, u64::MAX), Err(Error::NoMem));
         assert_eq!(h.grow(&mut pt, &mut mem, 0), Err(Error::Inval));
         assert_eq!(h.grow(&mut pt, &mut mem, 1), Ok((0x60_0000, 0x1000)));
+        // Writable again in the middle: the interval splits.
+        h.protect(
+            &mut pt,
+            &mut mem,
+            Gpa(0x40_1000),
+            0x1000,
+            PROT_READ | PROT_WRITE,
+        )
+        .unwrap();
+        assert_eq!(h.no_write, vec![(0x40_2000, 0x40_3000)]);
+        assert_eq!(Heap::restore((), &h.save().unwrap()).unwrap(), h);
+    }
+
+    #[test]
+    fn protected_ranges_are_intervals_with_a_bound() {
+        let mut mem = GuestMem::new(128 << 20).unwrap();
+        let mut pt = PageTables::new();
+        let (start, end) = (0x40_0000, 0x40_0000 + 0x300_0000);
+        pt.map_range(&mem, start, end, Access::UserWrite).unwrap();
+        let mut h = Heap::new(start, end - start, 128 << 20, vec![]);
+        // One range for 4096 pages protected at once, not 4096 entries.
+        h.protect(&mut pt, &mut mem, Gpa(start), 0x100_0000, PROT_READ)
+            .unwrap();
+        assert_eq!(h.no_write.len(), 1);
+        h.protect(
+            &mut pt,
+            &mut mem,
+            Gpa(start),
+            0x100_0000,
+            PROT_READ | PROT_WRITE,
+        )
+        .unwrap();
+        assert!(h.no_write.is_empty());
+        // Every other page: one range each, until the bound.
+        let mut refused = false;
+        for i in 0..(MAX_PROTECTED_RANGES as u64 + 10) {
+            let at = start + 2 * i * PAGE_SIZE;
+            if at + PAGE_SIZE > end {
+                break;
+            }
+            match h.protect(&mut pt, &mut mem, Gpa(at), PAGE_SIZE, PROT_NONE) {
+                Ok(()) => {}
+                Err(e) => {
+                    assert_eq!(e, Error::NoMem);
+                    refused = true;
+                    break;
+                }
+            }
+        }
+        assert!(refused, "no bound on protected ranges");
+        assert_eq!(h.no_write.len(), MAX_PROTECTED_RANGES);
+        assert_eq!(mem.writable().len(), MAX_PROTECTED_RANGES);
+        let bad = Heap {
+            no_write: vec![(start + PAGE_SIZE, start)],
+            ..h.clone()
+        };
+        assert!(Heap::restore((), &bad).is_err());
     }
 }

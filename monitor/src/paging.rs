@@ -107,7 +107,7 @@ impl PageTables {
             return Ok(e & ADDR_MASK);
         }
         let t = self.alloc_table()?;
-        mem.write_plain_unchecked_policy(slot, &(t | P | RW | US))?;
+        mem.write_monitor_plain(slot, &(t | P | RW | US))?;
         Ok(t)
     }
 
@@ -164,7 +164,7 @@ impl PageTables {
                 let pt = self.child(mem, pd, (a >> 21) & 511)?;
                 (pt + ((a >> 12) & 511) * 8, a | access.bits())
             };
-            mem.write_plain_unchecked_policy(Gpa(slot), &leaf)?;
+            mem.write_monitor_plain(Gpa(slot), &leaf)?;
             a += size;
         }
         Ok(())
@@ -210,7 +210,7 @@ impl PageTables {
                 // The whole 2 MiB page changes: keep it large.
                 let bits = access.bits();
                 let v = if bits == 0 { 0 } else { a | bits | PS };
-                mem.write_plain_unchecked_policy(slot, &v)?;
+                mem.write_monitor_plain(slot, &v)?;
                 a += LARGE_PAGE_SIZE;
                 continue;
             }
@@ -221,17 +221,14 @@ impl PageTables {
                 let base = e & ADDR_MASK & !(LARGE_PAGE_SIZE - 1);
                 let flags = e & !ADDR_MASK & !PS;
                 for i in 0..512u64 {
-                    mem.write_plain_unchecked_policy(
-                        Gpa(pt + i * 8),
-                        &((base + i * PAGE_SIZE) | flags),
-                    )?;
+                    mem.write_monitor_plain(Gpa(pt + i * 8), &((base + i * PAGE_SIZE) | flags))?;
                 }
-                mem.write_plain_unchecked_policy(slot, &(pt | P | RW | US))?;
+                mem.write_monitor_plain(slot, &(pt | P | RW | US))?;
             }
             let pt = self.child(mem, pd, (a >> 21) & 511)?;
             let bits = access.bits();
             let v = if bits == 0 { 0 } else { a | bits };
-            mem.write_plain_unchecked_policy(Gpa(pt + ((a >> 12) & 511) * 8), &v)?;
+            mem.write_monitor_plain(Gpa(pt + ((a >> 12) & 511) * 8), &v)?;
             a += PAGE_SIZE;
         }
         Ok(())
@@ -260,6 +257,28 @@ impl PageTables {
 impl Default for PageTables {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl crate::persist::Persist for PageTables {
+    /// Where the table allocator stands (the tables are in guest memory).
+    type State = u64;
+    type ConstructorArgs<'a> = ();
+    type Error = crate::persist::StateError;
+
+    fn save(&self) -> Result<u64, Self::Error> {
+        Ok(self.next_table())
+    }
+
+    fn restore((): (), next: &u64) -> Result<PageTables, Self::Error> {
+        let ok = (layout::PAGE_TABLES + PAGE_SIZE..=layout::PAGE_TABLES_END).contains(next)
+            && next % PAGE_SIZE == 0;
+        if !ok {
+            return Err(crate::persist::StateError::Invalid(format!(
+                "page-table allocator position {next:#x} is outside the page-table area"
+            )));
+        }
+        Ok(PageTables::resume_at(*next))
     }
 }
 
@@ -313,5 +332,20 @@ mod tests {
             pt.leaf(&mem, 0x70_0000),
             Some(0x60_0000 | P | RW | US | NX | PS)
         );
+    }
+
+    #[test]
+    fn page_tables_round_trip_and_reject_garbage() {
+        use crate::persist::Persist;
+        let mem = GuestMem::new(8 << 20).unwrap();
+        let mut pt = PageTables::new();
+        pt.map_4k(&mem, 0x1000, 0x2000, Access::Supervisor).unwrap();
+        let s = pt.save().unwrap();
+        assert_eq!(
+            PageTables::restore((), &s).unwrap().next_table(),
+            pt.next_table()
+        );
+        assert!(PageTables::restore((), &0).is_err());
+        assert!(PageTables::restore((), &(layout::PAGE_TABLES_END + PAGE_SIZE)).is_err());
     }
 }

@@ -3,7 +3,7 @@
 //! and no privileged instruction, software interrupt or access to the
 //! monitor's ring-0 pages gets the guest anywhere but a fault report.
 
-use duet_monitor::layout::{EXCEPTION_STUBS, IDT};
+use duet_monitor::contract::layout::{EXCEPTION_STUBS, IDT};
 use duet_tests::{boot, status, Output};
 
 #[test]

@@ -6,8 +6,7 @@
 #[path = "migration/proxy.rs"]
 mod proxy;
 
-use duet_monitor::migration::FAIL_PHASES;
-use duet_monitor::migration::MAX_ROUNDS;
+use duet_monitor::contract::migration::{FAIL_PHASES, MAX_ROUNDS};
 use duet_tests::{duet, duet_cmd, image, run_cmd, status, temp_dir, wait_path, Background, Output};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};

@@ -122,11 +122,34 @@ pub fn monitor() -> Result<PathBuf> {
     Ok(root().join("target/release/duet"))
 }
 
+/// Builds the monitor the tests run: the release build plus the
+/// failure-injection hooks (`--features test-hooks`), in its own target
+/// directory so the release binary never has them and neither build
+/// invalidates the other. Returns its path.
+pub fn test_monitor() -> Result<PathBuf> {
+    let dir = root().join("target/test-hooks");
+    run(cargo()
+        .current_dir(root())
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "duet-monitor",
+            "--features",
+            "test-hooks",
+            "--target-dir",
+        ])
+        .arg(&dir))?;
+    Ok(dir.join("release/duet"))
+}
+
 /// Builds everything, then runs every host test with the images in place.
 pub fn test(extra: &[String]) -> Result<()> {
     ensure_tools(&[("curl", "curl"), ("dnsmasq", "dnsmasq-base")])?;
     images(&[])?;
-    let duet = monitor()?;
+    monitor()?;
+    let duet = test_monitor()?;
     run(cargo()
         .current_dir(root())
         .env("DUET_IMAGES", images_dir())

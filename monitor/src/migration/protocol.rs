@@ -135,9 +135,8 @@ pub struct Hello {
     pub tsc_khz: u64,
     /// Guest memory size.
     pub mem_size: u64,
-    /// One line per device-table entry (`kind K flags F`, disks add
-    /// `capacity N`).
-    pub devices: Vec<String>,
+    /// The device table, entry by entry.
+    pub devices: Vec<crate::compat::DeviceSummary>,
     /// The disks' contents follow ([`Kind::Disk`]) to the destination's
     /// own copies (`--copy-disks`).
     pub copy_disks: bool,

@@ -3,22 +3,15 @@
 //! Runs on the migration thread; the vCPU thread is reached only through
 //! [`Step`] requests.
 
-use super::dirty::DirtySet;
 use super::protocol::{self, Frame, Kind, FRAME_HEADER, PAGES_HEADER, SEALED_OVERHEAD, TAG_LEN};
 use super::session::{Role, Session, Transcript};
-use super::source::{step, Handoff, Step};
-use super::{ms, MigrateError, MigrateRequest, Progress, Summary};
-use crate::control::Control;
+use super::source::{stop_guest, Handoff};
+use super::{ms, MigrateError, MigrateRequest, Progress, Summary, MAX_ROUNDS, STALL_ROUNDS};
+use crate::memory::DirtySet;
+use crate::vmm::Control;
 use duet_abi::PAGE_SIZE;
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
-use vm_memory::{Bytes, GuestAddress};
-
-/// Pre-copy rounds after the full copy, at most.
-pub const MAX_ROUNDS: u32 = 30;
-/// Rounds in a row that do not get the dirty set 10% below its best so far
-/// before stop-and-copy.
-pub const STALL_ROUNDS: u32 = 3;
 /// Socket timeout for every read and write.
 const IO_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long to retry connecting while the destination starts.
@@ -129,11 +122,19 @@ impl<'a> Attempt<'a> {
         }
     }
 
+    /// Test hook (`test-hooks` builds): cut the connection at `phase`.
+    #[cfg(feature = "test-hooks")]
     fn cut(&self, s: &TcpStream, phase: &str) -> Result<(), MigrateError> {
         if self.req.fail_at.as_deref() == Some(phase) {
-            let _ = s.shutdown(Shutdown::Both);
+            let _ = s.shutdown(std::net::Shutdown::Both);
             return Err(MigrateError::Injected(phase.into()));
         }
+        Ok(())
+    }
+
+    #[cfg(not(feature = "test-hooks"))]
+    #[inline]
+    fn cut(&self, _: &TcpStream, _: &str) -> Result<(), MigrateError> {
         Ok(())
     }
 
@@ -175,14 +176,7 @@ impl<'a> Attempt<'a> {
         let (rounds, forced_stop, pending, pending_disks) = self.precopy(&mut s, start)?;
 
         // Stop: the vCPU thread pauses the guest after its last exit.
-        step(self.ctl, Step::Stop)?;
-        let stopped = self
-            .ctl
-            .migration
-            .lock()
-            .stopped
-            .take()
-            .ok_or_else(|| MigrateError::State("no state captured".into()))?;
+        let stopped = stop_guest(self.ctl, self.req.copy_disks)?;
         // Pages dirty when pre-copy ended, and since.
         let mut dirty = pending;
         dirty.merge(&self.collect()?);
@@ -248,6 +242,7 @@ impl<'a> Attempt<'a> {
     fn handshake(&mut self, s: &mut TcpStream) -> Result<Session, MigrateError> {
         let mut hello = self.h.hello.clone();
         hello.nonce = protocol::nonce();
+        #[cfg(feature = "test-hooks")]
         if let Some(f) = &self.req.fake {
             match f.split_once('=').map(|(k, v)| (k, v.parse::<u64>())) {
                 Some(("abi", Ok(v))) => hello.abi = v as u32,
@@ -342,12 +337,8 @@ impl<'a> Attempt<'a> {
     }
 
     fn collect(&self) -> Result<DirtySet, MigrateError> {
-        let pages = self.h.size / PAGE_SIZE;
-        let bits = self
-            .h
-            .vm
-            .get_dirty_log(0, self.h.size as usize)
-            .map_err(|e| MigrateError::State(format!("KVM_GET_DIRTY_LOG failed: {e}")))?;
+        let pages = self.h.mem.size() / PAGE_SIZE;
+        let bits = self.h.dirty.take().map_err(MigrateError::State)?;
         let mut d = DirtySet::from_kvm(bits, pages);
         d.add(self.h.host_dirty.take());
         Ok(d)
@@ -475,7 +466,7 @@ impl<'a> Attempt<'a> {
             let data = &mut buf[PAGES_FRONT..PAGES_FRONT + (n * PAGE_SIZE) as usize];
             self.h
                 .mem
-                .read_slice(data, GuestAddress(at * PAGE_SIZE))
+                .read(at * PAGE_SIZE, data)
                 .map_err(|e| MigrateError::State(format!("reading guest memory: {e}")))?;
             let zero: Vec<bool> = data
                 .chunks(PAGE_SIZE as usize)

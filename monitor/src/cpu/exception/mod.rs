@@ -23,13 +23,10 @@ pub mod frame;
 #[cfg(test)]
 mod tests;
 
-use crate::cpu::{Gate, IDT_GATES};
+use crate::cpu::tables::{Gate, IDT_GATES};
 use crate::layout;
 use crate::memory::GuestMem;
 use crate::paging::{Access, PageTables, PagingError};
-use crate::report;
-use crate::vcpu::Outcome;
-use crate::vm::Vm;
 use duet_abi::{Gpa, PAGE_SIZE};
 
 pub use frame::{resume, Exception, ExceptionError, Frame};
@@ -135,15 +132,5 @@ pub const fn name(vector: u8) -> &'static str {
         20 => "#VE virtualization",
         21 => "#CP control protection",
         _ => "reserved vector",
-    }
-}
-
-/// The run loop's hook for an `out` to a stub port: reads the exception and
-/// ends the guest with its report (a #BP too, while there is no debugger).
-/// A stray access to such a port ends it as a VM failure.
-pub fn on_exit(vm: &Vm, port: u16) -> Outcome {
-    match frame::read(&vm.vcpu, &vm.mem, port) {
-        Ok(e) => Outcome::Faulted(report::fault(vm, &e)),
-        Err(e) => Outcome::Failed(report::with_regs(vm, &e.to_string())),
     }
 }

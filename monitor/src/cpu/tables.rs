@@ -3,7 +3,7 @@
 //! initial registers that start the vCPU directly in 64-bit ring 3.
 //!
 //! The IDT's gates point at the monitor's own exception stubs
-//! ([`crate::exception`]); the image supplies no ring-0 code.
+//! ([`crate::cpu::exception`]); the image supplies no ring-0 code.
 
 use crate::layout::{self, selector};
 use crate::memory::{GuestMem, MemError};
@@ -58,7 +58,7 @@ pub fn write_tables(mem: &GuestMem, gates: &[Gate; IDT_GATES]) -> Result<(), Mem
     gdt[(selector::TSS / 8) as usize] = tss_lo;
     gdt[(selector::TSS / 8) as usize + 1] = base >> 32;
     for (i, d) in gdt.iter().enumerate() {
-        mem.write_plain_unchecked_policy(Gpa(layout::GDT + 8 * i as u64), d)?;
+        mem.write_monitor_plain(Gpa(layout::GDT + 8 * i as u64), d)?;
     }
 
     // TSS: IST1 for every exception; I/O bitmap denies all ports but ours.
@@ -93,8 +93,8 @@ pub fn write_tables(mem: &GuestMem, gates: &[Gate; IDT_GATES]) -> Result<(), Mem
             | (((handler >> 16) & 0xffff) << 48);
         let hi = handler >> 32;
         let at = layout::IDT + 16 * v as u64;
-        mem.write_plain_unchecked_policy(Gpa(at), &lo)?;
-        mem.write_plain_unchecked_policy(Gpa(at + 8), &hi)?;
+        mem.write_monitor_plain(Gpa(at), &lo)?;
+        mem.write_monitor_plain(Gpa(at + 8), &hi)?;
     }
     Ok(())
 }

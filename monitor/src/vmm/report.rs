@@ -1,8 +1,8 @@
 //! One-paragraph reports of how a guest died, with RIP symbolized.
 
-use crate::exception::{self, Exception};
+use super::Vmm as Vm;
+use crate::cpu::exception::{self, Exception};
 use crate::layout;
-use crate::vm::Vm;
 use duet_abi::{Gpa, PAGE_SIZE};
 use std::fmt::Write;
 
@@ -59,9 +59,9 @@ pub fn describe(vm: &Vm, addr: u64) -> String {
         format!("the image's {kind}")
     } else if addr >= vm.heap.start() && addr < vm.heap.end() {
         "the heap".to_string()
-    } else if addr >= vm.heap.end() && addr < vm.mem.size() {
+    } else if addr >= vm.heap.end() && addr < vm.vm.mem().size() {
         "the heap beyond its mapped end (not grown yet: allocate through the allocator or duet::mem::grow)".to_string()
-    } else if addr >= vm.mem.size() {
+    } else if addr >= vm.vm.mem().size() {
         "no memory at all (beyond the end of guest memory)".to_string()
     } else {
         "unmapped memory".to_string()
@@ -104,7 +104,7 @@ fn sym(vm: &Vm, rip: u64) -> String {
 /// Where the `int3` (or `int 3`) before `rip` starts: a #BP frame holds
 /// the address after the instruction.
 fn breakpoint_addr(vm: &Vm, rip: u64) -> u64 {
-    let byte = |a: u64| vm.mem.read_plain::<u8>(Gpa(a)).ok();
+    let byte = |a: u64| vm.vm.mem().read_plain::<u8>(Gpa(a)).ok();
     match (
         rip.checked_sub(2).and_then(byte),
         rip.checked_sub(1).and_then(byte),
@@ -167,7 +167,7 @@ pub fn fault(vm: &Vm, e: &Exception) -> String {
 /// guest-supplied frame).
 pub fn with_regs(vm: &Vm, msg: &str) -> String {
     let mut s = msg.to_string();
-    if let (Ok(r), Ok(sr)) = (vm.vcpu.get_regs(), vm.vcpu.get_sregs()) {
+    if let (Ok(r), Ok(sr)) = (vm.vcpus[0].get_regs(), vm.vcpus[0].get_sregs()) {
         let _ = write!(
             s,
             "\n  rip {:#x} {} rsp {:#x} cr2 {:#x} cpl {}",

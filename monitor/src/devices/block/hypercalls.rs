@@ -4,11 +4,11 @@
 //! the guest-memory checks); bytes then move straight between the file and
 //! guest memory. Host failures become error codes: the VM keeps running.
 
-use super::{bad_args, Flow};
-use crate::devices::block::BlockDevice;
+use super::BlockDevice;
+use crate::call::{handle, ret};
 use crate::devices::Devices;
 use crate::memory::GuestMem;
-use crate::vm::Vm;
+use crate::outcome::Flow;
 use duet_abi::block::{
     BlkBatchArgs, BlkFlushArgs, BlkIoArgs, BlkReq, BLK_BATCH_MAX, BLK_OP_FLUSH, BLK_OP_READ,
     BLK_OP_WRITE,
@@ -17,78 +17,48 @@ use duet_abi::hypercall::{Error, Hypercall};
 use duet_abi::Gpa;
 use std::mem::{offset_of, size_of};
 
+fn block(devs: &Devices, id: u32) -> Result<&BlockDevice, Error> {
+    devs.get::<BlockDevice>(id).ok_or(Error::NoDev)
+}
+
 /// [`Hypercall::BlkRead`] and [`Hypercall::BlkWrite`].
-pub fn io(vm: &mut Vm, value: u32, write: bool) -> Flow {
+pub fn io(devs: &Devices, mem: &GuestMem, value: u32, write: bool) -> Flow {
     let call = if write {
         Hypercall::BlkWrite
     } else {
         Hypercall::BlkRead
     };
-    let at = Gpa(u64::from(value));
-    let mut args: BlkIoArgs = match vm.mem.read_plain(at) {
-        Ok(a) => a,
-        Err(e) => return bad_args(call, value, e),
-    };
-    let req = BlkReq {
-        op: if write { BLK_OP_WRITE } else { BLK_OP_READ },
-        dev: args.dev,
-        offset: args.offset,
-        buf: args.buf,
-        len: args.len,
-        ret: 0,
-    };
-    args.ret = if args.flags != 0 {
-        Error::Inval.to_ret()
-    } else {
-        to_ret(single(&vm.devices, &vm.mem, &req))
-    };
-    match vm.mem.write_plain(at, &args) {
-        Ok(()) => Flow::Continue,
-        Err(e) => bad_args(call, value, e),
-    }
+    handle(mem, call, value, |a: &mut BlkIoArgs| {
+        if a.flags != 0 {
+            return Err(Error::Inval);
+        }
+        let req = BlkReq {
+            op: if write { BLK_OP_WRITE } else { BLK_OP_READ },
+            dev: a.dev,
+            offset: a.offset,
+            buf: a.buf,
+            len: a.len,
+            ret: 0,
+        };
+        single(devs, mem, &req)
+    })
 }
 
 /// [`Hypercall::BlkFlush`].
-pub fn flush(vm: &mut Vm, value: u32) -> Flow {
-    let at = Gpa(u64::from(value));
-    let mut args: BlkFlushArgs = match vm.mem.read_plain(at) {
-        Ok(a) => a,
-        Err(e) => return bad_args(Hypercall::BlkFlush, value, e),
-    };
-    args.ret = if args.flags != 0 {
-        Error::Inval.to_ret()
-    } else {
-        to_ret(
-            vm.devices
-                .block(args.dev)
-                .and_then(|d| d.flush().map(|()| 0)),
-        )
-    };
-    match vm.mem.write_plain(at, &args) {
-        Ok(()) => Flow::Continue,
-        Err(e) => bad_args(Hypercall::BlkFlush, value, e),
-    }
+pub fn flush(devs: &Devices, mem: &GuestMem, value: u32) -> Flow {
+    handle(mem, Hypercall::BlkFlush, value, |a: &mut BlkFlushArgs| {
+        if a.flags != 0 {
+            return Err(Error::Inval);
+        }
+        block(devs, a.dev)?.sync().map(|()| 0)
+    })
 }
 
 /// [`Hypercall::BlkBatch`].
-pub fn batch(vm: &mut Vm, value: u32) -> Flow {
-    let at = Gpa(u64::from(value));
-    let mut args: BlkBatchArgs = match vm.mem.read_plain(at) {
-        Ok(a) => a,
-        Err(e) => return bad_args(Hypercall::BlkBatch, value, e),
-    };
-    args.ret = to_ret(run_batch(&vm.devices, &vm.mem, &args));
-    match vm.mem.write_plain(at, &args) {
-        Ok(()) => Flow::Continue,
-        Err(e) => bad_args(Hypercall::BlkBatch, value, e),
-    }
-}
-
-fn to_ret(r: Result<u64, Error>) -> i64 {
-    match r {
-        Ok(n) => n as i64,
-        Err(e) => e.to_ret(),
-    }
+pub fn batch(devs: &Devices, mem: &GuestMem, value: u32) -> Flow {
+    handle(mem, Hypercall::BlkBatch, value, |a: &mut BlkBatchArgs| {
+        run_batch(devs, mem, a)
+    })
 }
 
 /// A request that passed every check.
@@ -99,7 +69,7 @@ enum Checked<'a> {
 
 /// Checks one request: device, op, geometry, buffer.
 fn check<'a>(devs: &'a Devices, mem: &GuestMem, r: &BlkReq) -> Result<Checked<'a>, Error> {
-    let dev = devs.block(r.dev)?;
+    let dev = block(devs, r.dev)?;
     let write = match r.op {
         BLK_OP_READ => false,
         BLK_OP_WRITE => true,
@@ -118,7 +88,7 @@ fn check<'a>(devs: &'a Devices, mem: &GuestMem, r: &BlkReq) -> Result<Checked<'a
 /// Runs one request on its own.
 fn single(devs: &Devices, mem: &GuestMem, r: &BlkReq) -> Result<u64, Error> {
     match check(devs, mem, r)? {
-        Checked::Flush(d) => d.flush().map(|()| 0),
+        Checked::Flush(d) => d.sync().map(|()| 0),
         Checked::Io(d, write) => d.io(mem, write, r.offset, &[(r.buf, r.len)]),
     }
 }
@@ -150,7 +120,7 @@ fn run_batch(devs: &Devices, mem: &GuestMem, args: &BlkBatchArgs) -> Result<u64,
                 continue;
             }
             Ok(Checked::Flush(d)) => {
-                rets[i] = to_ret(d.flush().map(|()| 0));
+                rets[i] = ret(d.sync().map(|()| 0));
                 i += 1;
                 continue;
             }
@@ -183,7 +153,7 @@ fn run_batch(devs: &Devices, mem: &GuestMem, args: &BlkBatchArgs) -> Result<u64,
             // (reads and writes of the same bytes are idempotent).
             Err(_) if j - i > 1 => {
                 for k in i..j {
-                    rets[k] = to_ret(single(devs, mem, &reqs[k]));
+                    rets[k] = ret(single(devs, mem, &reqs[k]));
                 }
             }
             Err(e) => rets[i] = e.to_ret(),
@@ -191,10 +161,10 @@ fn run_batch(devs: &Devices, mem: &GuestMem, args: &BlkBatchArgs) -> Result<u64,
         i = j;
     }
     let mut ok = 0;
-    for (i, ret) in rets[..n].iter().enumerate() {
+    for (i, r) in rets[..n].iter().enumerate() {
         let at = Gpa(args.reqs.0 + i as u64 * entry + offset_of!(BlkReq, ret) as u64);
-        mem.write_plain(at, ret)?;
-        ok += u64::from(*ret >= 0);
+        mem.write_plain(at, r)?;
+        ok += u64::from(*r >= 0);
     }
     Ok(ok)
 }

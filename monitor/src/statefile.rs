@@ -1,4 +1,6 @@
-//! The state file: a fixed, versioned header, then checksummed sections.
+//! The state file: a guest's [`VmmState`] as bytes, for snapshots (the
+//! `state` file) and migrations (the stream's state blob). A fixed,
+//! versioned header, then one checksummed section per component.
 //!
 //! ```text
 //! header (80 bytes, little-endian)
@@ -13,17 +15,61 @@
 //! Payloads are postcard-encoded serde structs (see `persist.rs`): a compact,
 //! stable, well-kept binary format; the header and the per-section CRCs are
 //! ours so that versioning and corruption checks do not depend on it.
+//!
+//! Sections: one [`Tag::Vcpu`] per vCPU in order, then the KVM clock, the
+//! guest clock, the monitor's state, the image, the devices and the memory
+//! state; a snapshot adds [`Tag::MemoryIndex`] (where its memory file keeps
+//! each page).
 
-use super::SnapshotError;
-use std::path::Path;
+use crate::compat::GuestCpu;
+use crate::vmm::VmmState;
+use thiserror::Error;
 
-/// Magic at the start of a state file.
-pub const MAGIC: [u8; 8] = *b"DUETSNAP";
-/// Version of this layout (header, sections, payload structs).
-pub const FORMAT_VERSION: u32 = 1;
-/// Header size.
-pub const HEADER_SIZE: usize = 80;
-const SECTION_HEADER: usize = 24;
+/// Why a state file cannot be read.
+#[derive(Debug, Error)]
+pub enum StateFileError {
+    /// Not a state file at all.
+    #[error("{0} is not a Duet state file (bad magic)")]
+    NotStateFile(String),
+    /// Shorter than it says.
+    #[error("{file} is truncated ({detail}); the state is incomplete, take it again")]
+    Truncated {
+        /// The file.
+        file: String,
+        /// What is missing.
+        detail: String,
+    },
+    /// A checksum does not match.
+    #[error("{file}: checksum mismatch in {section}; the state is corrupt, take it again")]
+    Corrupt {
+        /// The file.
+        file: String,
+        /// Which part.
+        section: String,
+    },
+    /// Written by another format version.
+    #[error("state format version {found}, this duet reads version {want}; use the duet that wrote it (version 1 is the format before guests had a vCPU list: take the snapshot again with this duet)")]
+    FormatVersion {
+        /// In the file.
+        found: u32,
+        /// Ours.
+        want: u32,
+    },
+    /// Written for another guest ABI.
+    #[error("the guest was built for ABI version {found}, this duet speaks version {want}; use a matching duet")]
+    AbiVersion {
+        /// In the file.
+        found: u32,
+        /// Ours.
+        want: u32,
+    },
+    /// A section is missing or does not decode.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+use crate::contract::statefile::SECTION_HEADER;
+pub use crate::contract::statefile::{FORMAT_VERSION, HEADER_SIZE, MAGIC};
 const MAX_SECTIONS: u32 = 64;
 
 /// Section tags.
@@ -42,8 +88,10 @@ pub enum Tag {
     Image = 5,
     /// Device records.
     Devices = 6,
-    /// The memory index.
+    /// Guest memory's size and writable ranges.
     Memory = 7,
+    /// Where a snapshot's memory file keeps each page.
+    MemoryIndex = 8,
 }
 
 /// The fixed header.
@@ -120,15 +168,13 @@ impl StateFile {
     }
 
     /// Decodes and checks a state file (`name` names it in errors).
-    pub fn decode(b: &[u8], name: &str) -> Result<StateFile, SnapshotError> {
-        let truncated = |detail: String| SnapshotError::Truncated {
+    pub fn decode(b: &[u8], name: &str) -> Result<StateFile, StateFileError> {
+        let truncated = |detail: String| StateFileError::Truncated {
             file: name.to_string(),
             detail,
         };
         if b.len() < MAGIC.len() || b[..MAGIC.len()] != MAGIC {
-            return Err(SnapshotError::NotSnapshot(format!(
-                "{name} is not a Duet snapshot state file (bad magic)"
-            )));
+            return Err(StateFileError::NotStateFile(name.to_string()));
         }
         if b.len() < HEADER_SIZE {
             return Err(truncated(format!(
@@ -137,21 +183,21 @@ impl StateFile {
             )));
         }
         if crc32fast::hash(&b[..76]) != u32_at(b, 76) {
-            return Err(SnapshotError::Corrupt {
+            return Err(StateFileError::Corrupt {
                 file: name.to_string(),
                 section: "header".into(),
             });
         }
         let format_version = u32_at(b, 8);
         if format_version != FORMAT_VERSION {
-            return Err(SnapshotError::FormatVersion {
+            return Err(StateFileError::FormatVersion {
                 found: format_version,
                 want: FORMAT_VERSION,
             });
         }
         let abi_version = u32_at(b, 12);
         if abi_version != duet_abi::ABI_VERSION {
-            return Err(SnapshotError::AbiVersion {
+            return Err(StateFileError::AbiVersion {
                 found: abi_version,
                 want: duet_abi::ABI_VERSION,
             });
@@ -170,7 +216,7 @@ impl StateFile {
         };
         let count = u32_at(b, 72);
         if count > MAX_SECTIONS {
-            return Err(SnapshotError::Invalid(format!(
+            return Err(StateFileError::Invalid(format!(
                 "{name}: {count} sections is too many"
             )));
         }
@@ -184,7 +230,7 @@ impl StateFile {
             let len = u64_at(b, off + 8);
             let crc = u32_at(b, off + 16);
             if u32_at(b, off + 4) != 0 || u32_at(b, off + 20) != 0 {
-                return Err(SnapshotError::Corrupt {
+                return Err(StateFileError::Corrupt {
                     file: name.to_string(),
                     section: format!("section {i} header"),
                 });
@@ -195,7 +241,7 @@ impl StateFile {
             }
             let payload = &b[off..off + len as usize];
             if section_crc(tag, payload) != crc {
-                return Err(SnapshotError::Corrupt {
+                return Err(StateFileError::Corrupt {
                     file: name.to_string(),
                     section: format!("section {i} (tag {tag})"),
                 });
@@ -204,7 +250,7 @@ impl StateFile {
             off += len as usize;
         }
         if off != b.len() {
-            return Err(SnapshotError::Invalid(format!(
+            return Err(StateFileError::Invalid(format!(
                 "{name}: {} stray bytes after the last section",
                 b.len() - off
             )));
@@ -213,116 +259,98 @@ impl StateFile {
     }
 
     /// Adds a section holding `value`.
-    pub fn put<T: serde::Serialize>(&mut self, tag: Tag, value: &T) -> Result<(), SnapshotError> {
+    pub fn put<T: serde::Serialize>(&mut self, tag: Tag, value: &T) -> Result<(), StateFileError> {
         let bytes = postcard::to_stdvec(value)
-            .map_err(|e| SnapshotError::Invalid(format!("cannot encode section {tag:?}: {e}")))?;
+            .map_err(|e| StateFileError::Invalid(format!("cannot encode section {tag:?}: {e}")))?;
         self.sections.push((tag as u32, bytes));
         Ok(())
     }
 
     /// Decodes section `tag`.
-    pub fn get<T: serde::de::DeserializeOwned>(&self, tag: Tag) -> Result<T, SnapshotError> {
+    pub fn get<T: serde::de::DeserializeOwned>(&self, tag: Tag) -> Result<T, StateFileError> {
         let (_, bytes) = self
             .sections
             .iter()
             .find(|(t, _)| *t == tag as u32)
             .ok_or_else(|| {
-                SnapshotError::Invalid(format!("the state file has no {tag:?} section"))
+                StateFileError::Invalid(format!("the state file has no {tag:?} section"))
             })?;
         postcard::from_bytes(bytes)
-            .map_err(|e| SnapshotError::Invalid(format!("section {tag:?} does not decode: {e}")))
+            .map_err(|e| StateFileError::Invalid(format!("section {tag:?} does not decode: {e}")))
     }
 
     /// The raw bytes of section `tag`.
-    pub fn raw(&self, tag: Tag) -> Result<&[u8], SnapshotError> {
+    pub fn raw(&self, tag: Tag) -> Result<&[u8], StateFileError> {
         self.sections
             .iter()
             .find(|(t, _)| *t == tag as u32)
             .map(|(_, b)| b.as_slice())
-            .ok_or_else(|| SnapshotError::Invalid(format!("the state file has no {tag:?} section")))
+            .ok_or_else(|| {
+                StateFileError::Invalid(format!("the state file has no {tag:?} section"))
+            })
     }
 }
 
-/// Creates directory `dir` atomically: `fill` writes into a temporary
-/// sibling, whose files are then fsynced, and which is renamed to `dir`
-/// only if `dir` still does not exist. On any error the temporary is
-/// removed and nothing appears at `dir`.
-pub fn write_dir<T>(
-    dir: &Path,
-    fill: impl FnOnce(&Path) -> Result<T, SnapshotError>,
-) -> Result<T, SnapshotError> {
-    if dir.symlink_metadata().is_ok() {
-        return Err(SnapshotError::Exists(dir.display().to_string()));
-    }
-    let name = dir
-        .file_name()
-        .ok_or_else(|| SnapshotError::Invalid(format!("{} names no directory", dir.display())))?;
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => Path::new(".").to_path_buf(),
-    };
-    let tmp = parent.join(format!(
-        ".{}.tmp-{}-{:x}",
-        name.to_string_lossy(),
-        std::process::id(),
-        crate::bootinfo::random_seed()[0]
-    ));
-    std::fs::create_dir(&tmp).map_err(|e| SnapshotError::io("creating", &tmp, e))?;
-    let result = fill(&tmp).and_then(|v| {
-        sync_path(&tmp)?;
-        rename_noreplace(&tmp, dir)?;
-        sync_path(&parent)?;
-        Ok(v)
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result
-}
-
-fn sync_path(p: &Path) -> Result<(), SnapshotError> {
-    std::fs::File::open(p)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| SnapshotError::io("syncing", p, e))
-}
-
-fn rename_noreplace(from: &Path, to: &Path) -> Result<(), SnapshotError> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes());
-    let (Ok(f), Ok(t)) = (c(from), c(to)) else {
-        return Err(SnapshotError::Invalid("path contains NUL".into()));
-    };
-    // SAFETY: both are valid NUL-terminated paths.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            f.as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EEXIST) {
-            return Err(SnapshotError::Exists(to.display().to_string()));
+impl Header {
+    /// The CPU the guest saw.
+    pub fn cpu(&self) -> GuestCpu {
+        GuestCpu {
+            vendor: self.vendor,
+            features: self.features,
+            tsc_khz: self.tsc_khz,
         }
-        return Err(SnapshotError::io("renaming into place", to, e));
     }
-    Ok(())
 }
 
-/// Writes `bytes` to a new file at `path` and fsyncs it.
-pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
-    use std::io::Write;
-    let mut f = std::fs::File::options()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| SnapshotError::io("creating", path, e))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| SnapshotError::io("writing", path, e))
+impl StateFile {
+    /// Lays `st` out as sections (`id` ties a snapshot's two files).
+    pub fn from_state(st: &VmmState, id: u64) -> Result<StateFile, StateFileError> {
+        let mut f = StateFile {
+            header: Header {
+                format_version: FORMAT_VERSION,
+                abi_version: duet_abi::ABI_VERSION,
+                vendor: st.cpu.vendor,
+                features: st.cpu.features,
+                tsc_khz: st.cpu.tsc_khz,
+                snapshot_id: id,
+            },
+            sections: Vec::new(),
+        };
+        for v in &st.vcpus {
+            f.put(Tag::Vcpu, v)?;
+        }
+        f.put(Tag::KvmClock, &st.kvm_clock)?;
+        f.put(Tag::Clock, &st.clock)?;
+        f.put(Tag::Monitor, &st.monitor)?;
+        f.sections.push((Tag::Image as u32, st.image.clone()));
+        f.put(Tag::Devices, &st.devices)?;
+        f.put(Tag::Memory, &st.memory)?;
+        Ok(f)
+    }
+
+    /// The guest's state from the sections.
+    pub fn to_state(&self) -> Result<VmmState, StateFileError> {
+        let vcpus = self
+            .sections
+            .iter()
+            .filter(|(t, _)| *t == Tag::Vcpu as u32)
+            .map(|(_, b)| {
+                postcard::from_bytes(b).map_err(|e| {
+                    StateFileError::Invalid(format!("section Vcpu does not decode: {e}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(VmmState {
+            cpu: self.header.cpu(),
+            vcpus,
+            kvm_clock: self.get(Tag::KvmClock)?,
+            clock: self.get(Tag::Clock)?,
+            monitor: self.get(Tag::Monitor)?,
+            image: self.raw(Tag::Image)?.to_vec(),
+            devices: self.get(Tag::Devices)?,
+            memory: self.get(Tag::Memory)?,
+        })
+    }
 }
 
 #[cfg(test)]

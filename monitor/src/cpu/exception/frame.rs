@@ -6,7 +6,7 @@
 //! them in the ioctls.
 
 use super::{has_error_code, port_vector, stub_addr, OUT_LEN};
-use crate::cpu;
+use crate::cpu::tables;
 use crate::layout::{self, selector};
 use crate::memory::{GuestMem, MemError};
 use duet_abi::Gpa;
@@ -253,7 +253,7 @@ pub fn resume_state(
     regs.rip = frame.rip;
     regs.rsp = frame.rsp;
     regs.rflags = (frame.rflags & USER_RFLAGS) | RFLAGS_FIXED;
-    cpu::ring3_code_and_stack(sregs);
+    tables::ring3_code_and_stack(sregs);
     Ok(())
 }
 

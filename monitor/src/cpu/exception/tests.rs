@@ -3,7 +3,7 @@
 
 use super::frame::{decode, read, resume, resume_state};
 use super::*;
-use crate::cpu;
+use crate::cpu::tables;
 use crate::layout::{selector, IDT, IST_STACK_TOP, MIN_MEM, STACK_TOP, TSS};
 use duet_abi::hypercall::{Hypercall, PORT_BASE, PORT_COUNT};
 use duet_abi::Gpa;
@@ -22,7 +22,7 @@ fn monitor_area() -> (GuestMem, PageTables) {
     pt.map_4k(&mem, layout::GDT, IST_STACK_TOP, Access::Supervisor)
         .unwrap();
     install(&mem, &mut pt).unwrap();
-    cpu::write_tables(&mem, &gates()).unwrap();
+    tables::write_tables(&mem, &gates()).unwrap();
     (mem, pt)
 }
 
@@ -30,7 +30,7 @@ fn monitor_area() -> (GuestMem, PageTables) {
 fn every_idt_gate_enters_its_stub_in_the_supervisor_only_stub_page() {
     let (mem, pt) = monitor_area();
     let mut sregs = kvm_sregs::default();
-    cpu::setup_sregs(&mut sregs);
+    tables::setup_sregs(&mut sregs);
     assert_eq!(sregs.idt.base, IDT);
     assert_eq!(usize::from(sregs.idt.limit) + 1, 16 * IDT_GATES);
     for v in 0..IDT_GATES as u8 {
@@ -88,8 +88,7 @@ fn stub_ports_are_closed_to_ring_3() {
 fn at_stub(mem: &GuestMem, vector: u8, frame: &[u64]) -> (kvm_regs, kvm_sregs) {
     let at = Frame::addr(vector);
     for (i, w) in frame.iter().enumerate() {
-        mem.write_plain_unchecked_policy(Gpa(at + 8 * i as u64), w)
-            .unwrap();
+        mem.write_monitor_plain(Gpa(at + 8 * i as u64), w).unwrap();
     }
     let mut sregs = kvm_sregs::default();
     sregs.cs.selector = selector::KERNEL_CODE;
@@ -224,9 +223,9 @@ impl Code {
 fn a_real_vcpu_reports_exceptions_through_the_stubs_and_resumes_in_ring_3() {
     let kvm = crate::kvm::open(std::path::Path::new("/dev/kvm"))
         .expect("this test runs a real vCPU: it needs /dev/kvm (and root or the kvm group)");
-    let vm = kvm.create_vm().unwrap();
     let (mem, mut pt) = monitor_area();
-    crate::vm::register_memory(&vm, &mem).unwrap();
+    let vm = crate::vm::Vm::with_kvm(std::sync::Arc::new(kvm), mem).unwrap();
+    let mem = vm.mem();
 
     // Code at the image base (right above the stack top).
     let mut c = Code(Vec::new());
@@ -243,17 +242,16 @@ fn a_real_vcpu_reports_exceptions_through_the_stubs_and_resumes_in_ring_3() {
     c.imm32(&[0xb8], 7); // mov eax, 7
     c.emit(&[0xef]); // out dx, eax
     mem.write_bytes(Gpa(STACK_TOP), &c.0).unwrap();
-    pt.map_4k(&mem, STACK_TOP, STACK_TOP + PAGE_SIZE, Access::UserExec)
+    pt.map_4k(mem, STACK_TOP, STACK_TOP + PAGE_SIZE, Access::UserExec)
         .unwrap();
-    pt.map_4k(&mem, STACK_TOP - PAGE_SIZE, STACK_TOP, Access::UserWrite)
+    pt.map_4k(mem, STACK_TOP - PAGE_SIZE, STACK_TOP, Access::UserWrite)
         .unwrap();
 
     let mut vcpu = vm.create_vcpu(0).unwrap();
-    crate::cpuid::setup(&kvm, &vcpu).unwrap();
     let mut sregs = vcpu.get_sregs().unwrap();
-    cpu::setup_sregs(&mut sregs);
+    tables::setup_sregs(&mut sregs);
     vcpu.set_sregs(&sregs).unwrap();
-    vcpu.set_regs(&cpu::initial_regs(entry, 0)).unwrap();
+    vcpu.set_regs(&tables::initial_regs(entry, 0)).unwrap();
 
     // Runs to the next stub; returns the exception.
     let next = |vcpu: &mut kvm_ioctls::VcpuFd| -> Exception {
@@ -262,7 +260,7 @@ fn a_real_vcpu_reports_exceptions_through_the_stubs_and_resumes_in_ring_3() {
             other => panic!("expected a stub's exit, got {other:?}"),
         };
         assert!(is_stub_port(port), "exit on port {port:#x}");
-        read(vcpu, &mem, port).unwrap()
+        read(vcpu, mem, port).unwrap()
     };
 
     let e = next(&mut vcpu);
