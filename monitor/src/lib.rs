@@ -6,7 +6,8 @@
 //! hardware. See `docs/architecture.md` for the layers:
 //!
 //! * bottom: [`memory`] (guest memory, dirty tracking, resident pages),
-//!   [`kvm`], [`layout`], [`persist`], [`call`], [`outcome`], [`contract`];
+//!   [`kvm`], [`layout`], [`persist`], [`call`], [`outcome`], [`contract`],
+//!   [`errors`];
 //! * components, each with its `Persist` impl: [`cpu`], [`paging`],
 //!   [`heap`], [`clock`], [`identity`], [`loader`], [`bootinfo`],
 //!   [`devices`], and the core [`hypercall`] handlers; [`vm`] (the KVM side);
@@ -25,6 +26,7 @@ pub mod config;
 pub mod contract;
 pub mod cpu;
 pub mod devices;
+pub mod errors;
 pub mod heap;
 pub mod hypercall;
 pub mod identity;

@@ -535,7 +535,10 @@ fn main() -> ExitCode {
             ExitCode::from(outcome.status())
         }
         Err(e) => {
-            eprintln!("duet: error: {e:#}");
+            eprintln!(
+                "duet: error: {}",
+                duet_monitor::errors::chain(e.as_ref() as &(dyn std::error::Error + 'static))
+            );
             ExitCode::from(status::MONITOR_ERROR)
         }
     }

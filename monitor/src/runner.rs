@@ -138,20 +138,14 @@ fn drive<F, E>(
 ) -> Result<Finished, RunError>
 where
     F: FnOnce(Arc<Control>) -> Result<Vmm, E>,
-    E: std::error::Error,
+    E: std::error::Error + 'static,
 {
     let mut vmm = match make(ctl.clone()) {
         Ok(v) => v,
         Err(e) => {
             ctl.finish();
-            // Keep the error's whole chain, in one line.
-            let mut msg = e.to_string();
-            let mut src = e.source();
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            return Err(RunError::Start(msg));
+            // Keep the error's whole chain, in one line, each cause once.
+            return Err(RunError::Start(crate::errors::chain(&e)));
         }
     };
     built(&vmm);

@@ -5,6 +5,7 @@
 //! `DUET_IMAGES`; under a plain `cargo test` the first test builds them.
 
 pub mod netns;
+pub mod oci;
 pub mod statefile;
 
 use std::io::Read;

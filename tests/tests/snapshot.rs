@@ -493,3 +493,13 @@ fn disk_data_written_before_the_snapshot_is_there_after_restore() {
     assert!(!o.stdout.contains("disk says"), "{o:#?}");
     std::fs::remove_dir_all(&store).unwrap();
 }
+
+#[test]
+fn a_snapshot_taken_before_the_restructuring_is_refused_by_its_version() {
+    let dir = duet_tests::root().join("tests/fixtures/snapshot-v1");
+    let o = duet(&["restore", dir.to_str().unwrap()]);
+    o.expect_status(status::MONITOR_ERROR as i32)
+        .expect_stderr("state format version 1, this duet reads version 2")
+        .expect_stderr("take the snapshot again with this one");
+    assert!(o.stdout.is_empty(), "the old guest ran: {o:#?}");
+}

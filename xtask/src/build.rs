@@ -146,7 +146,18 @@ pub fn test_monitor() -> Result<PathBuf> {
 
 /// Builds everything, then runs every host test with the images in place.
 pub fn test(extra: &[String]) -> Result<()> {
-    ensure_tools(&[("curl", "curl"), ("dnsmasq", "dnsmasq-base")])?;
+    ensure_tools(&[
+        ("curl", "curl"),
+        ("dnsmasq", "dnsmasq-base"),
+        ("tc", "iproute2"),
+        // The OCI runtime tests (tests/tests/oci_*.rs): the engines, runc
+        // for non-Duet images, and criu, without which Podman refuses to
+        // checkpoint (Duet's checkpoints do not use it).
+        ("podman", "podman"),
+        ("containerd", "containerd"),
+        ("runc", "runc"),
+        ("criu", "criu"),
+    ])?;
     images(&[])?;
     monitor()?;
     let duet = test_monitor()?;
@@ -185,5 +196,5 @@ fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing))
-    .context("installing test tools (the network tests use them)")
+    .context("installing test tools (the network and OCI tests use them)")
 }

@@ -5,21 +5,41 @@
 
 use super::protocol::{self, Frame, Kind, FRAME_HEADER, PAGES_HEADER, SEALED_OVERHEAD, TAG_LEN};
 use super::session::{Role, Session, Transcript};
-use super::source::{stop_guest, Handoff};
 use super::{ms, MigrateError, MigrateRequest, Progress, Summary, MAX_ROUNDS, STALL_ROUNDS};
-use crate::memory::DirtySet;
-use crate::vmm::Control;
+use crate::devices::CopySource;
+use crate::memory::{DirtySet, HostDirty, MemReader};
+use crate::vm::DirtyLog;
 use duet_abi::PAGE_SIZE;
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 /// Socket timeout for every read and write.
 const IO_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long to retry connecting while the destination starts.
 const CONNECT_FOR: Duration = Duration::from_secs(5);
 
+/// What the sender reads, handed over by the vCPU thread's start job.
+pub struct Handoff {
+    pub(super) mem: MemReader,
+    pub(super) dirty: DirtyLog,
+    pub(super) host_dirty: Arc<HostDirty>,
+    pub(super) resident: Vec<(u64, u64)>,
+    pub(super) hello: protocol::Hello,
+    /// The disks whose contents are copied (`--copy-disks`), in device order.
+    pub(super) disks: Vec<CopySource>,
+}
+
+/// The stopped guest's state, from the vCPU thread's stop job.
+pub(super) struct Stopped {
+    pub(super) blob: Vec<u8>,
+    pub(super) paused_wall_ns: u64,
+    pub(super) paused_at: Instant,
+}
+
 /// One attempt: what it sends with and what it counted.
 pub(super) struct Attempt<'a> {
-    ctl: &'a Control,
+    /// Pauses the guest and captures it (a job on the vCPU thread).
+    stop: &'a dyn Fn() -> Result<Stopped, MigrateError>,
     req: &'a MigrateRequest,
     key: &'a [u8],
     h: &'a Handoff,
@@ -104,14 +124,14 @@ fn connect(addr: &str) -> Result<TcpStream, MigrateError> {
 impl<'a> Attempt<'a> {
     /// An attempt for `req` with the vCPU thread's hand-over `h`.
     pub(super) fn new(
-        ctl: &'a Control,
+        stop: &'a dyn Fn() -> Result<Stopped, MigrateError>,
         req: &'a MigrateRequest,
         key: &'a [u8],
         h: &'a Handoff,
         progress: &'a mut dyn FnMut(&Progress),
     ) -> Self {
         Attempt {
-            ctl,
+            stop,
             req,
             key,
             h,
@@ -176,7 +196,7 @@ impl<'a> Attempt<'a> {
         let (rounds, forced_stop, pending, pending_disks) = self.precopy(&mut s, start)?;
 
         // Stop: the vCPU thread pauses the guest after its last exit.
-        let stopped = stop_guest(self.ctl, self.req.copy_disks)?;
+        let stopped = (self.stop)()?;
         // Pages dirty when pre-copy ended, and since.
         let mut dirty = pending;
         dirty.merge(&self.collect()?);
