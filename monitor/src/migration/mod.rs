@@ -14,6 +14,7 @@
 pub mod destination;
 pub mod protocol;
 mod sender;
+pub mod session;
 pub mod source;
 
 pub use crate::contract::migration::{FAIL_PHASES, MAX_ROUNDS, STALL_ROUNDS};
@@ -32,6 +33,10 @@ pub enum MigrateError {
         "protocol error: {0}; the peer is not a compatible duet (or the stream was corrupted)"
     )]
     Protocol(String),
+    /// A sealed frame failed its checks: changed, dropped, replayed,
+    /// reordered, or from another session.
+    #[error("the migration stream was tampered with: {0}; something on the path between the hosts changes, drops, replays or reorders data: find and remove it, then retry")]
+    Integrity(String),
     /// The peer refused.
     #[error("refused by the peer: {0}")]
     Refused(String),
