@@ -19,9 +19,8 @@
 
 use super::protocol::{self, Frame, Kind, FRAME_HEADER, TAG_LEN};
 use super::MigrateError;
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use hkdf::Hkdf;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -81,7 +80,7 @@ pub enum Role {
 
 /// One direction: its key and the number of its next frame.
 struct Half {
-    aead: Aes256Gcm,
+    aead: LessSafeKey,
     next: u64,
     /// A frame failed here: nothing more is accepted (so a refused frame
     /// cannot be followed by its original).
@@ -93,8 +92,9 @@ impl Half {
         let mut key = [0u8; 32];
         prk.expand(label, &mut key)
             .expect("32 bytes is within HKDF-SHA256's output limit");
+        let key = UnboundKey::new(&AES_256_GCM, &key).expect("a 32-byte AES-256 key");
         Half {
-            aead: Aes256Gcm::new(&key.into()),
+            aead: LessSafeKey::new(key),
             next: 0,
             poisoned: false,
         }
@@ -112,10 +112,10 @@ impl Half {
 }
 
 /// The 96-bit GCM nonce of frame `n`: four zero bytes, then `n` (LE).
-fn nonce(n: u64) -> Nonce<aes_gcm::aead::consts::U12> {
+fn nonce(n: u64) -> Nonce {
     let mut b = [0u8; 12];
     b[4..].copy_from_slice(&n.to_le_bytes());
-    b.into()
+    Nonce::assume_unique_for_key(b)
 }
 
 /// Both directions' keys and counters for one connection.
@@ -169,9 +169,9 @@ impl Session {
         let t = self
             .tx
             .aead
-            .encrypt_in_place_detached(&nonce(n), head, body)
+            .seal_in_place_separate_tag(nonce(n), Aad::from(&*head), body)
             .map_err(|_| MigrateError::Protocol(format!("cannot seal {kind:?} frame {n}")))?;
-        tag.copy_from_slice(&t);
+        tag.copy_from_slice(t.as_ref());
         Ok(())
     }
 
@@ -239,16 +239,16 @@ impl Session {
         payload.resize(len + TAG_LEN, 0);
         r.read_exact(&mut payload)
             .map_err(MigrateError::Connection)?;
-        let tag = Tag::clone_from_slice(&payload[len..]);
-        payload.truncate(len);
+        // `open_in_place` takes the tag after the ciphertext, as it came.
         self.rx
             .aead
-            .decrypt_in_place_detached(&nonce(n), &h, &mut payload, &tag)
+            .open_in_place(nonce(n), Aad::from(&h), &mut payload)
             .map_err(|_| {
                 MigrateError::Integrity(format!(
                     "{kind:?} frame {n} failed authentication: it was altered on the way, or belongs to another session or direction"
                 ))
             })?;
+        payload.truncate(len);
         self.rx.take()?;
         Ok(Frame { kind, payload })
     }
