@@ -13,9 +13,10 @@
 //! reflected frame, or a frame from another session (other nonces, other
 //! keys) is refused; the first failure poisons the receiving direction.
 //!
-//! AES-256-GCM rather than ChaCha20-Poly1305: with AES-NI and CLMUL on these
-//! hosts it seals and opens 1 MiB frames about 1.2x as fast (measured with
-//! the RustCrypto crates used here).
+//! AES-256-GCM from `ring` (BoringSSL's assembly): with AES-NI and CLMUL it
+//! seals 1 MiB frames at 5-7 GiB/s on these hosts, 4-6x RustCrypto's
+//! `aes-gcm` and more than ChaCha20-Poly1305 — and the cipher bounds how
+//! fast a guest's memory moves.
 
 use super::protocol::{self, Frame, Kind, FRAME_HEADER, TAG_LEN};
 use super::MigrateError;
