@@ -84,6 +84,23 @@ fn wait_start(path: &std::path::Path) -> Result<(), Outcome> {
     }
 }
 
+/// An error and its causes in one line, each said once: a cause whose text
+/// the message already holds is left out (many messages embed their
+/// source's text, which also is their `source()`).
+pub fn one_line(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !text.is_empty() && !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        src = s.source();
+    }
+    msg
+}
+
 /// How a guest run ended.
 pub struct Finished {
     /// What the guest did.
@@ -138,20 +155,13 @@ fn drive<F, E>(
 ) -> Result<Finished, RunError>
 where
     F: FnOnce(Arc<Control>) -> Result<Vmm, E>,
-    E: std::error::Error,
+    E: std::error::Error + 'static,
 {
     let mut vmm = match make(ctl.clone()) {
         Ok(v) => v,
         Err(e) => {
             ctl.finish();
-            // Keep the error's whole chain, in one line.
-            let mut msg = e.to_string();
-            let mut src = e.source();
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            return Err(RunError::Start(msg));
+            return Err(RunError::Start(one_line(&e)));
         }
     };
     built(&vmm);

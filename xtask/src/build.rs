@@ -146,7 +146,13 @@ pub fn test_monitor() -> Result<PathBuf> {
 
 /// Builds everything, then runs every host test with the images in place.
 pub fn test(extra: &[String]) -> Result<()> {
-    ensure_tools(&[("curl", "curl"), ("dnsmasq", "dnsmasq-base")])?;
+    ensure_tools(&[
+        ("curl", "curl"),
+        ("dnsmasq", "dnsmasq-base"),
+        // The docs' examples (tests/tests/docs.rs runs them).
+        ("socat", "socat"),
+        ("ping", "iputils-ping"),
+    ])?;
     images(&[])?;
     monitor()?;
     let duet = test_monitor()?;
@@ -185,5 +191,5 @@ fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing))
-    .context("installing test tools (the network tests use them)")
+    .context("installing test tools (the network tests and the docs' examples use them)")
 }

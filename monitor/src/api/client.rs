@@ -25,6 +25,7 @@ fn connect_error(path: &Path, e: std::io::Error) -> ApiError {
         Ok(m) if m.is_dir() => ApiError::Directory(shown),
         Ok(m) if !m.file_type().is_socket() => ApiError::NotSocket(shown),
         Ok(_) if e.raw_os_error() == Some(libc::ECONNREFUSED) => ApiError::Dead(shown),
+        Ok(_) if e.raw_os_error() == Some(libc::EPROTOTYPE) => ApiError::OtherSocket(shown),
         Ok(_) => ApiError::Io {
             path: shown,
             why: e.to_string(),

@@ -185,7 +185,11 @@ pub fn migrate(
     let copy_disks = req.copy_disks;
     let h = job(ctl, move |vmm| start(vmm, copy_disks))?;
     let was_paused = h.was_paused;
-    let result = super::sender::Attempt::new(ctl, req, &key, &h, progress).run();
+    let mut attempt = super::sender::Attempt::new(ctl, req, &key, &h, progress);
+    let result = attempt
+        .run()
+        .map_err(|e| e.lost("destination", attempt.phase()));
+    drop(attempt);
     drop(h);
     let end = match &result {
         Ok(s) => End::Committed(s.to.clone()),
