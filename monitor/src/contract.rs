@@ -49,11 +49,11 @@ pub mod status {
         ),
         (
             "2",
-            "usage error: an unknown, missing or conflicting option, an option that does not apply (run IMAGE --clones 2), or a value that does not parse (--mem 5M); the usage is printed",
+            "usage error, before anything runs: an unknown, missing or conflicting option, an option that does not apply (run IMAGE --clones 2), a value that does not parse (--mem 5M); the usage is printed",
         ),
         (
             "125",
-            "the monitor did not start the guest: what the command line names cannot be used (an image, disk, snapshot or template that is missing or bad, a --api path or port in use, no KVM); also duet ctl and duet template when they fail",
+            "the monitor did not start the guest: something the command line names cannot be used (an image, disk, snapshot or template missing or bad, an --api path or port in use, no KVM); also duet ctl and duet template when they fail",
         ),
         (
             "134",
@@ -61,11 +61,11 @@ pub mod status {
         ),
         (
             "139",
-            "the guest took a CPU exception, int3 included, and in or out on a port that is not a hypercall port (#GP) (vector, registers, symbolized RIP on stderr)",
+            "the guest took a CPU exception (vector, registers, symbolized RIP on stderr), int3 included; a privileged instruction, or in/out on a port that is not a hypercall port, is a #GP",
         ),
         (
             "140",
-            "the VM failed otherwise: triple fault, a read from a hypercall port or a hypercall out that is not 32-bit, an argument struct the monitor cannot read or write, HLT",
+            "the VM failed otherwise: triple fault, a read of a hypercall port, a hypercall out that is not 32-bit, an argument struct the monitor cannot read or write",
         ),
         (
             "120",

@@ -166,13 +166,28 @@ fn parse(chars: &[char], pos: &mut usize, in_group: bool) -> Vec<Vec<Part>> {
                 let word: String = chars[start..*pos].iter().collect();
                 let word = word.trim_end_matches("...").to_string();
                 if !word.is_empty() {
-                    let alts_of_word = word.split('|').map(str::to_string).collect();
-                    alts.last_mut().unwrap().push(Part::Word(alts_of_word));
+                    alts.last_mut()
+                        .unwrap()
+                        .push(Part::Word(word_alternatives(&word)));
                 }
             }
         }
     }
     alts
+}
+
+/// `sector=512|4096` stands for `sector=512` and `sector=4096`: the
+/// alternatives replace the last value of the first.
+fn word_alternatives(word: &str) -> Vec<String> {
+    let mut parts = word.split('|');
+    let first = parts.next().unwrap_or_default();
+    let value_at = first
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .map_or(0, |i| i + 1);
+    let prefix = &first[..value_at];
+    std::iter::once(first.to_string())
+        .chain(parts.map(|p| format!("{prefix}{p}")))
+        .collect()
 }
 
 fn skip_ellipsis(chars: &[char], pos: &mut usize) {
@@ -340,15 +355,33 @@ mod tests {
 
     #[test]
     fn synopses_expand_into_command_lines() {
-        let v = expand("duet run IMAGE [--mem SIZE] [--disk PATH[,ro][,sector=512|4096]]... [-- ARGS...]");
-        assert!(v.contains(&"duet run IMAGE --mem SIZE --disk PATH,ro,sector=512 -- ARGS".split(' ').map(String::from).collect()));
-        assert!(v.contains(&"duet run IMAGE --mem SIZE --disk PATH,ro,sector=4096 -- ARGS".split(' ').map(String::from).collect()));
+        let v = expand(
+            "duet run IMAGE [--mem SIZE] [--disk PATH[,ro][,sector=512|4096]]... [-- ARGS...]",
+        );
+        assert!(v.contains(
+            &"duet run IMAGE --mem SIZE --disk PATH,ro,sector=512 -- ARGS"
+                .split(' ')
+                .map(String::from)
+                .collect()
+        ));
+        assert!(v.contains(
+            &"duet run IMAGE --mem SIZE --disk PATH,ro,sector=4096 -- ARGS"
+                .split(' ')
+                .map(String::from)
+                .collect()
+        ));
         assert!(v.contains(&vec!["duet".into(), "run".into(), "IMAGE".into()]));
         let v = expand("duet ctl SOCKET pause | resume | snapshot DIR");
         assert_eq!(v.len(), 3);
         assert_eq!(v[2], ["duet", "ctl", "SOCKET", "snapshot", "DIR"]);
         let v = expand("duet restore DIR [--clones N | --wait-start FIFO]");
-        assert!(v.contains(&vec!["duet".into(), "restore".into(), "DIR".into(), "--wait-start".into(), "FIFO".into()]));
+        assert!(v.contains(&vec![
+            "duet".into(),
+            "restore".into(),
+            "DIR".into(),
+            "--wait-start".into(),
+            "FIFO".into()
+        ]));
         assert_eq!(
             logical_lines("duet a \\\n   --b X   # c\nduet d\n    [--e]"),
             ["duet a --b X", "duet d [--e]"]
@@ -357,7 +390,11 @@ mod tests {
 
     #[test]
     fn output_is_compared_by_shape() {
-        let doc = ["round 0: 16.1 MiB sent", "round 1: 2.0 MiB sent", "done in 3 ms, 1 round"];
+        let doc = [
+            "round 0: 16.1 MiB sent",
+            "round 1: 2.0 MiB sent",
+            "done in 3 ms, 1 round",
+        ];
         assert!(output_matches(&doc, "round 0: 0.1 MiB sent\ndone in 12 ms, 0 rounds\n").is_ok());
         assert!(output_matches(&doc, "round 0: 0.1 MiB sent\n").is_err());
         assert!(output_matches(&["{\"ok\":true,...}"], "{\"ok\":true,\"state\":\"x\"}").is_ok());

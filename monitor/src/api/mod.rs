@@ -34,13 +34,21 @@ pub enum ApiError {
     #[error("{0} exists and is not a socket; remove it yourself or pick another path (duet only replaces a stale socket)")]
     NotSocket(String),
     /// Binding failed.
-    #[error("cannot create control socket {path}: {why}")]
+    #[error("cannot create control socket {path}: {why}; give --api a path in a directory you may write")]
     Bind {
         /// The path.
         path: String,
         /// The OS's reason.
         why: String,
     },
+    /// `duet ctl` was given a directory.
+    #[error("{0} is a directory, not a control socket; give `duet ctl` the path given to --api")]
+    CtlDirectory(String),
+    /// `duet ctl` was given something that is not a socket.
+    #[error(
+        "{0} is not a socket (a file of another kind); give `duet ctl` the path given to --api"
+    )]
+    CtlNotSocket(String),
     /// Nothing at the path.
     #[error("no control socket at {path}{hint}; is the guest running with --api {path}?")]
     Missing {
