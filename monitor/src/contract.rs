@@ -19,10 +19,13 @@ pub mod status {
     pub const MONITOR_ERROR: u8 = 125;
     /// The guest aborted (panicked): like SIGABRT, 128 + 6.
     pub const GUEST_ABORT: u8 = 134;
-    /// The guest took a CPU exception: like SIGSEGV, 128 + 11.
+    /// The guest took a CPU exception: like SIGSEGV, 128 + 11. A
+    /// privileged instruction, or `in`/`out` on a port that is not a
+    /// hypercall port, is a #GP in ring 3, so it ends here too.
     pub const GUEST_FAULT: u8 = 139;
     /// The VM stopped in a way a well-behaved guest never causes: triple
-    /// fault, a port read or MMIO access, HLT, an emulation failure.
+    /// fault, a read of a hypercall port, a hypercall `out` that is not
+    /// 32-bit, an unusable argument struct, an emulation failure.
     pub const VM_FAILURE: u8 = 140;
     /// `duet run` whose guest was live-migrated away: it runs elsewhere now
     /// (`duet: guest migrated to ADDR` on stderr). Guests should not use it.
