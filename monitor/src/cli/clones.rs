@@ -7,8 +7,8 @@
 //! `SIGCHLD`) before it starts a child and takes them with `sigwaitinfo`:
 //! no handler, and no window in which a signal could arrive unseen between
 //! two waits. Children start with an empty signal mask (std resets it), in
-//! their own process group, so a terminal's Ctrl-C or `kill %1` reaches
-//! them once, through the parent; and with `SIGTERM` as their parent-death
+//! the parent's process group (so a group kill reaches them all, and tools
+//! that watch the group see them), with `SIGTERM` as their parent-death
 //! signal, so a parent killed outright still stops them.
 
 use super::args::Common;
@@ -47,7 +47,6 @@ fn clone_cmd(exe: &Path, dir: &Path, i: u32, c: &Common) -> Command {
     if let Some(api) = &c.api {
         cmd.arg("--api").arg(format!("{}.{i}", api.display()));
     }
-    cmd.process_group(0);
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the child between fork and exec and only
     // makes async-signal-safe system calls (prctl, getppid).
