@@ -36,8 +36,9 @@ pub struct Common {
     /// (it sees `duet::shutdown_requested()`) before stopping it (status 143).
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs, allow_negative_numbers = true)]
     pub stop_timeout: Duration,
-    /// For container runtimes: build the VM, then open PATH (a FIFO) for
-    /// writing and enter the guest only once a reader has opened it.
+    /// For container runtimes: build the VM, then open FIFO (made with
+    /// `mkfifo`) for writing and enter the guest only once a reader has
+    /// opened it.
     #[arg(long, value_name = "FIFO")]
     pub wait_start: Option<PathBuf>,
 }
