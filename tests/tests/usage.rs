@@ -150,3 +150,11 @@ fn options_that_do_not_apply_and_values_that_do_not_parse_are_usage_errors() {
     };
     refused(duet(&["run", img, "--mem", &mem]), USAGE, &[says]);
 }
+
+#[test]
+fn example_apps_given_no_command_print_their_usage() {
+    for app in ["clock", "memory"] {
+        let o = duet_tests::boot(app, &[], &[]);
+        o.expect_status(2).expect_stdout("usage: ");
+    }
+}
