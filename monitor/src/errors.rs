@@ -12,7 +12,7 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut src = e.source();
     while let Some(s) = src {
         let t = s.to_string();
-        if !out.contains(&t) {
+        if !t.is_empty() && !out.contains(&t) {
             out.push_str(": ");
             out.push_str(&t);
         }

@@ -157,6 +157,9 @@ pub fn test(extra: &[String]) -> Result<()> {
         ("containerd", "containerd"),
         ("runc", "runc"),
         ("criu", "criu"),
+        // The docs' examples (tests/tests/docs.rs runs them).
+        ("socat", "socat"),
+        ("ping", "iputils-ping"),
     ])?;
     images(&[])?;
     monitor()?;
@@ -196,5 +199,5 @@ fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing))
-    .context("installing test tools (the network and OCI tests use them)")
+    .context("installing test tools (the network and OCI tests and the docs' examples use them)")
 }
