@@ -33,6 +33,19 @@ mod tests {
     #[error("quiet outer")]
     struct Quiet(#[source] std::io::Error);
 
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read {0}: {1}")]
+    struct Embeds(&'static str, #[source] std::io::Error);
+
+    #[test]
+    fn os_errors_appear_once() {
+        let e = Embeds("x", std::io::Error::from_raw_os_error(libc::ENOENT));
+        assert_eq!(
+            chain(&e),
+            "cannot read x: No such file or directory (os error 2)"
+        );
+    }
+
     #[test]
     fn causes_appear_once() {
         let e = Outer(std::io::Error::other("disk full"));

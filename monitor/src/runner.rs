@@ -173,26 +173,3 @@ where
     }
     Ok(Finished { outcome, trace })
 }
-
-#[cfg(test)]
-mod tests {
-    use super::one_line;
-
-    #[derive(Debug, thiserror::Error)]
-    enum E {
-        #[error("cannot read {0}: {1}")]
-        Embeds(&'static str, #[source] std::io::Error),
-        #[error("cannot read {0}")]
-        Chains(&'static str, #[source] std::io::Error),
-    }
-
-    #[test]
-    fn each_cause_is_said_once() {
-        let io = || std::io::Error::from_raw_os_error(libc::ENOENT);
-        let once = "No such file or directory (os error 2)";
-        let a = one_line(&E::Embeds("x", io()));
-        let b = one_line(&E::Chains("x", io()));
-        assert_eq!(a, format!("cannot read x: {once}"));
-        assert_eq!(a, b);
-    }
-}
