@@ -15,8 +15,8 @@
 //! non-blocking `try_*` calls instead and drive the stack with [`wait`]. The interface answers ARP and ping whenever any call
 //! is waiting.
 //!
-//! After a live migration (the identity generation changed) the next poll
-//! of the stack broadcasts a gratuitous ARP (a request and a reply for the
+//! After a live migration (the identity generation changed) the stack
+//! broadcasts a gratuitous ARP, five times over half a second (a request and a reply for the
 //! guest's own address), so switches and bridges learn the guest's new
 //! port and neighbours refresh their caches.
 //!
@@ -118,7 +118,16 @@ pub(crate) struct Stack {
     info: NetInfo,
     /// The identity generation the stack last announced itself in.
     generation: u64,
+    /// Gratuitous ARPs still to send after a move, and when the next is due
+    /// (guest monotonic ns): one can be lost while the new port comes up
+    /// (a bridge learns a port only once its carrier is seen).
+    announcements: (u32, u64),
 }
+
+/// Gratuitous ARPs sent after a move, and the gap before the first repeat
+/// (each later gap is one step longer), as QEMU's announce does.
+const ANNOUNCE_ROUNDS: u32 = 5;
+const ANNOUNCE_STEP_NS: u64 = 50_000_000;
 
 /// A gratuitous ARP frame's length (Ethernet header + ARP for IPv4).
 const GARP_LEN: usize = 14 + 28;
@@ -242,6 +251,7 @@ fn new_stack() -> Result<Stack, NetError> {
         dhcp,
         info,
         generation: crate::identity().generation,
+        announcements: (0, 0),
     })
 }
 
@@ -260,7 +270,14 @@ impl Stack {
         let generation = crate::identity().generation;
         if generation != self.generation {
             self.generation = generation;
+            self.announcements = (ANNOUNCE_ROUNDS, 0);
+        }
+        let (left, due) = self.announcements;
+        let now_ns = wait::now_ns();
+        if left > 0 && now_ns >= due {
             self.announce();
+            let gap = ANNOUNCE_STEP_NS * u64::from(ANNOUNCE_ROUNDS - left + 1);
+            self.announcements = (left - 1, now_ns.saturating_add(gap));
         }
         self.dev.refill();
         let changed = self.iface.poll(now(), &mut self.dev, &mut self.sockets)
@@ -346,10 +363,12 @@ impl Stack {
             .iface
             .poll_delay(now(), &self.sockets)
             .map(|d| now_ns.saturating_add(d.total_micros().saturating_mul(1000)));
-        let deadline = match (deadline_ns, stack_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        // Wake for the next announcement after a move too.
+        let announce = (self.announcements.0 > 0).then_some(self.announcements.1);
+        let deadline = [deadline_ns, stack_deadline, announce]
+            .into_iter()
+            .flatten()
+            .min();
         let id = self.info.device;
         wait::wait_io(&mut self.dev, id, deadline, 1 << id);
         self.poll();
