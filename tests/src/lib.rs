@@ -5,6 +5,7 @@
 //! `DUET_IMAGES`; under a plain `cargo test` the first test builds them.
 
 pub mod netns;
+pub mod redis;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -398,6 +399,17 @@ impl Background {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Whether the monitor has ended.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Kills the monitor (SIGKILL, as `kill -9`) and waits for it.
+    pub fn kill(mut self) -> Output {
+        let _ = self.child.kill();
+        self.finish()
     }
 
     /// Waits (up to 60 s) for the monitor to end.
