@@ -124,7 +124,12 @@ pub fn monitor() -> Result<PathBuf> {
 
 /// Builds everything, then runs every host test with the images in place.
 pub fn test(extra: &[String]) -> Result<()> {
-    ensure_tools(&[("curl", "curl"), ("dnsmasq", "dnsmasq-base")])?;
+    ensure_tools(&[
+        ("curl", "curl"),
+        ("dnsmasq", "dnsmasq-base"),
+        ("redis-cli", "redis-tools"),
+        ("redis-server", "redis-server"),
+    ])?;
     images(&[])?;
     let duet = monitor()?;
     run(cargo()
@@ -161,5 +166,5 @@ fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing))
-    .context("installing test tools (the network tests use them)")
+    .context("installing test tools (the network and kvd tests use them)")
 }

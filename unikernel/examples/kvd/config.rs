@@ -6,7 +6,7 @@
 //! | `APPENDFSYNC` | `everysec` | `always`, `everysec` or `no`, as in Redis |
 //! | `KVD_DISK` | the first disk | the disk (by name) holding the log |
 //! | `KVD_MAXCLIENTS` | from `--mem` (256 at 64 MiB) | connections served at once |
-//! | `KVD_MAXMEMORY` | half the heap limit | bytes in use above which writes get `-OOM` |
+//! | `KVD_MAXMEMORY` | what connections leave of the heap | bytes in use above which writes get `-OOM` |
 //! | `KVD_MAX_REQUEST` | 1M | largest request (and argument) |
 //! | `KVD_COMPACT_PERCENT` | 100 | compact when the log exceeds the live data by this much |
 //! | `KVD_COMPACT_MIN` | 1M | ... and is at least this large |
@@ -29,6 +29,9 @@ pub struct Config {
     pub disk: Option<&'static str>,
     /// Connections served at once; more are told so and closed.
     pub maxclients: usize,
+    /// Listening sockets kept ready: connections that can arrive at once
+    /// (smoltcp answers a SYN with a reset when none is free).
+    pub backlog: usize,
     /// Heap bytes in use above which commands that add data are refused.
     pub maxmemory: u64,
     /// Request bounds.
@@ -43,9 +46,15 @@ pub struct Config {
     pub crash_at: Option<&'static str>,
 }
 
-/// What one connection may cost in heap, for the default `maxclients`:
-/// socket buffers (2 × 16 KiB) plus request and reply buffers.
+/// Socket buffer per direction.
+pub const SOCKET_BUFFER: usize = 16 * 1024;
+/// Most listening sockets kept ready.
+pub const BACKLOG: usize = 256;
+/// What one connection may cost in heap, for the defaults: socket buffers
+/// plus request and reply buffers.
 pub const PER_CLIENT: u64 = 64 * 1024;
+/// Heap kept free for everything else (the log's buffers, compaction).
+const RESERVE: u64 = 4 << 20;
 
 fn size(key: &str, default: u64) -> Result<u64, String> {
     let Some(v) = duet::env::var(key) else {
@@ -83,20 +92,29 @@ impl Config {
         // A quarter of the heap for connections by default.
         let clients = (heap / 4 / PER_CLIENT).clamp(16, 10_000);
         let maxclients = size("KVD_MAXCLIENTS", clients)?.max(1) as usize;
-        let maxmemory = size("KVD_MAXMEMORY", heap / 2)?;
+        let backlog = BACKLOG.min(maxclients);
         let max_request = size("KVD_MAX_REQUEST", 1 << 20)?.clamp(1024, 1 << 30) as usize;
+        let input_budget = ((heap / 8) as usize).max(max_request);
+        // The data gets what connections, the listening sockets and
+        // partial requests cannot take at their most.
+        let others = maxclients as u64 * PER_CLIENT
+            + (backlog * 2 * SOCKET_BUFFER) as u64
+            + input_budget as u64
+            + RESERVE;
+        let maxmemory = size("KVD_MAXMEMORY", heap.saturating_sub(others).max(heap / 8))?;
         Ok(Config {
             port,
             fsync,
             disk: duet::env::var("KVD_DISK"),
             maxclients,
+            backlog,
             maxmemory,
             limits: Limits {
                 max_args: 1024 * 1024,
                 max_bulk: max_request as u64,
                 max_request,
             },
-            input_budget: ((heap / 8) as usize).max(max_request),
+            input_budget,
             compact_percent: size("KVD_COMPACT_PERCENT", 100)?,
             compact_min: size("KVD_COMPACT_MIN", 1 << 20)?,
             crash_at: duet::env::var("KVD_CRASH_AT"),

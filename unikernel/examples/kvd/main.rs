@@ -132,14 +132,13 @@ fn main() -> i32 {
             return 2;
         }
     };
-    let mut listener =
-        match TcpListener::bind_with(cfg.port, server::BACKLOG, server::SOCKET_BUFFER) {
-            Ok(l) => l,
-            Err(e) => {
-                duet::println!("kvd: cannot listen on port {}: {e}", cfg.port);
-                return 2;
-            }
-        };
+    let mut listener = match TcpListener::bind_with(cfg.port, cfg.backlog, config::SOCKET_BUFFER) {
+        Ok(l) => l,
+        Err(e) => {
+            duet::println!("kvd: cannot listen on port {}: {e}", cfg.port);
+            return 2;
+        }
+    };
     duet::println!(
         "kvd: ready on {}:{} (maxclients {}, maxmemory {} bytes, {} network hypercalls)",
         info.ip.0,

@@ -15,10 +15,6 @@ use alloc::vec::Vec;
 use duet::abi::hypercall::Error;
 use duet::net::{NetError, TcpListener, TcpStream};
 
-/// Listening sockets kept ready (smoltcp needs one per handshake).
-pub const BACKLOG: usize = 256;
-/// Socket buffer per direction.
-pub const SOCKET_BUFFER: usize = 16 * 1024;
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
 /// A connection's unsent replies above which its commands wait.
@@ -201,13 +197,19 @@ fn pump(st: &mut State, c: &mut Conn, held: &mut usize, scratch: &mut [u8]) -> b
                 }
             }
         }
-        // A large request in the making holds input budget; all clients
-        // together may hold `input_budget` (the heap is finite).
+        // A large request in the making holds what it declared; all
+        // clients together may hold `input_budget` (kept out of
+        // `maxmemory`), or half the free heap when that is more.
+        // Only a new declaration is judged: what was admitted stays so.
         let p = c.parser.pending();
         let now_held = if p > SMALL_REQUEST { p } else { 0 };
+        let grew = now_held > c.held;
         *held = *held - c.held + now_held;
         c.held = now_held;
-        if *held > st.cfg.input_budget {
+        let free = duet::rt::boot_info()
+            .heap_limit
+            .saturating_sub(State::used_memory());
+        if grew && *held > st.cfg.input_budget.max(free as usize / 2) {
             crate::resp::error(
                 &mut c.out,
                 "ERR kvd: too much request data in flight from all clients; retry later",
