@@ -4,7 +4,8 @@
 use crate::aof::Fsync;
 use crate::commands::{self, error_bytes, wrong_arity, NOT_INT};
 use crate::glob;
-use crate::resp::{self, parse_i64};
+use crate::reply;
+use crate::resp::parse_i64;
 use crate::state::{mono_ns, Persistence, State};
 use alloc::format;
 use alloc::string::String;
@@ -118,7 +119,7 @@ pub fn info(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>) {
         String::new()
     };
     section(&mut t, "Keyspace", keyspace);
-    resp::bulk(out, t.as_bytes());
+    reply::bulk(out, t.as_bytes());
 }
 
 /// The parameters `CONFIG GET` knows, with their values.
@@ -159,7 +160,7 @@ fn unknown_subcommand(out: &mut Vec<u8>, sub: &[u8], cmd: &str) {
 pub fn config(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>) {
     let sub = a[1];
     if sub.eq_ignore_ascii_case(b"set") {
-        return resp::error(
+        return reply::error(
             out,
             "ERR kvd does not change settings at run time; pass them with --env at start",
         );
@@ -189,10 +190,10 @@ pub fn config(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>) {
             taken[i] = true;
         }
     }
-    resp::array(out, hits.len() * 2);
+    reply::array(out, hits.len() * 2);
     for (name, value) in hits {
-        resp::bulk(out, name);
-        resp::bulk(out, value.as_bytes());
+        reply::bulk(out, name);
+        reply::bulk(out, value.as_bytes());
     }
 }
 
@@ -200,9 +201,9 @@ pub fn config(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>) {
 /// documents to give, which they accept.
 pub fn command(_: &mut State, a: &[&[u8]], out: &mut Vec<u8>) {
     match a.get(1) {
-        None => resp::array(out, 0),
-        Some(s) if s.eq_ignore_ascii_case(b"docs") => resp::array(out, 0),
-        Some(s) if s.eq_ignore_ascii_case(b"count") => resp::int(out, commands::count() as i64),
+        None => reply::array(out, 0),
+        Some(s) if s.eq_ignore_ascii_case(b"docs") => reply::array(out, 0),
+        Some(s) if s.eq_ignore_ascii_case(b"count") => reply::int(out, commands::count() as i64),
         Some(s) => unknown_subcommand(out, s, "COMMAND"),
     }
 }
@@ -210,9 +211,9 @@ pub fn command(_: &mut State, a: &[&[u8]], out: &mut Vec<u8>) {
 /// `SELECT 0` works; kvd has one database.
 pub fn select(_: &mut State, a: &[&[u8]], out: &mut Vec<u8>) {
     match parse_i64(a[1]) {
-        None => resp::error(out, NOT_INT),
-        Some(0) => resp::simple(out, "OK"),
-        Some(_) => resp::error(out, "ERR DB index is out of range"),
+        None => reply::error(out, NOT_INT),
+        Some(0) => reply::simple(out, "OK"),
+        Some(_) => reply::error(out, "ERR DB index is out of range"),
     }
 }
 
@@ -220,7 +221,7 @@ pub fn select(_: &mut State, a: &[&[u8]], out: &mut Vec<u8>) {
 /// thread), then answers as Redis does when it starts one.
 pub fn bgrewriteaof(st: &mut State, _: &[&[u8]], out: &mut Vec<u8>) {
     match st.compact() {
-        Ok(()) => resp::simple(out, "Background append only file rewriting started"),
-        Err(m) => resp::error(out, &format!("ERR {m}")),
+        Ok(()) => reply::simple(out, "Background append only file rewriting started"),
+        Err(m) => reply::error(out, &format!("ERR {m}")),
     }
 }

@@ -5,7 +5,8 @@
 use crate::commands::{error_bytes, NOT_INT, SYNTAX};
 use crate::glob;
 use crate::record::Record;
-use crate::resp::{self, parse_i64};
+use crate::reply;
+use crate::resp::parse_i64;
 use crate::state::{now_ms, State};
 use alloc::vec::Vec;
 
@@ -24,13 +25,14 @@ pub fn reply_too_large(out: &mut Vec<u8>, start: usize) -> bool {
         return false;
     }
     out.truncate(start);
-    resp::error(
+    reply::error(
         out,
         "ERR kvd: the reply would not fit in free memory; ask for less (SCAN with a COUNT, fewer keys)",
     );
     true
 }
 
+/// `DEL key ...`: how many existed.
 pub fn del(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>) {
     let now = now_ms();
     let mut n = 0;
@@ -40,13 +42,14 @@ pub fn del(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>) {
             n += 1;
         }
     }
-    resp::int(out, n);
+    reply::int(out, n);
 }
 
+/// `EXISTS key ...`: how many exist (repeats count).
 pub fn exists(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>) {
     let now = now_ms();
     let n = a[1..].iter().filter(|k| st.db.contains(k, now)).count();
-    resp::int(out, n as i64);
+    reply::int(out, n as i64);
 }
 
 #[derive(Default)]
@@ -93,7 +96,7 @@ pub fn expire(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>, unit: i64) {
         Err(m) => return error_bytes(out, &m),
     };
     let Some(v) = parse_i64(a[2]) else {
-        return resp::error(out, NOT_INT);
+        return reply::error(out, NOT_INT);
     };
     let now = now_ms();
     let name = if unit == 1 { "pexpire" } else { "expire" };
@@ -102,11 +105,11 @@ pub fn expire(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>, unit: i64) {
         .and_then(|ms| ms.checked_add(now as i64))
     else {
         let m = alloc::format!("ERR invalid expire time in '{name}' command");
-        return resp::error(out, &m);
+        return reply::error(out, &m);
     };
     let key = a[1];
     let Some(cur) = st.db.get(key, now).map(|e| e.expire_at) else {
-        return resp::int(out, 0);
+        return reply::int(out, 0);
     };
     // An expiry of 0 means "none": as large as can be for GT and LT.
     let refused = (f.nx && cur != 0)
@@ -114,7 +117,7 @@ pub fn expire(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>, unit: i64) {
         || (f.gt && (cur == 0 || at <= cur as i64))
         || (f.lt && cur != 0 && at >= cur as i64);
     if refused {
-        return resp::int(out, 0);
+        return reply::int(out, 0);
     }
     if at <= now as i64 {
         st.db.del(key, now);
@@ -124,7 +127,7 @@ pub fn expire(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>, unit: i64) {
         st.db.set_expire(key, at, now);
         st.log(Record::Expire { key, at });
     }
-    resp::int(out, 1);
+    reply::int(out, 1);
 }
 
 /// `TTL` (`unit` 1000) and `PTTL` (`unit` 1).
@@ -138,9 +141,10 @@ pub fn ttl(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>, unit: u64) {
             ((left + unit / 2) / unit) as i64
         }
     };
-    resp::int(out, v);
+    reply::int(out, v);
 }
 
+/// `PERSIST key`: drops its expiry.
 pub fn persist(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>) {
     let now = now_ms();
     let key = a[1];
@@ -149,18 +153,20 @@ pub fn persist(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>) {
         st.db.set_expire(key, 0, now);
         st.log(Record::Expire { key, at: 0 });
     }
-    resp::int(out, i64::from(had));
+    reply::int(out, i64::from(had));
 }
 
+/// `TYPE key`: `string` or `none`.
 pub fn key_type(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>) {
     let t = if st.db.contains(a[1], now_ms()) {
         "string"
     } else {
         "none"
     };
-    resp::simple(out, t);
+    reply::simple(out, t);
 }
 
+/// `KEYS pattern`.
 pub fn keys(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>) {
     let pattern = a[1];
     let all = pattern == b"*";
@@ -168,7 +174,7 @@ pub fn keys(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>) {
     let mut n = 0;
     for (k, _) in st.db.iter(now_ms()) {
         if all || glob::matches(pattern, k) {
-            resp::bulk(&mut body, k);
+            reply::bulk(&mut body, k);
             n += 1;
             if n % 1024 == 0 && reply_too_large(&mut body, 0) {
                 out.extend_from_slice(&body);
@@ -176,7 +182,7 @@ pub fn keys(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>) {
             }
         }
     }
-    resp::array(out, n);
+    reply::array(out, n);
     out.extend_from_slice(&body);
 }
 
@@ -200,9 +206,10 @@ fn cursor(s: &[u8]) -> Option<u64> {
     Some(if neg { v.wrapping_neg() } else { v })
 }
 
+/// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]`.
 pub fn scan(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>) {
     let Some(cur) = cursor(a[1]) else {
-        return resp::error(out, "ERR invalid cursor");
+        return reply::error(out, "ERR invalid cursor");
     };
     let (mut count, mut pattern, mut only_strings) = (10usize, None, true);
     let mut i = 2;
@@ -211,13 +218,13 @@ pub fn scan(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>) {
         let is = |s: &str| opt.eq_ignore_ascii_case(s.as_bytes());
         match val {
             Some(v) if is("count") => match parse_i64(v) {
-                None => return resp::error(out, NOT_INT),
-                Some(c) if c < 1 => return resp::error(out, SYNTAX),
+                None => return reply::error(out, NOT_INT),
+                Some(c) if c < 1 => return reply::error(out, SYNTAX),
                 Some(c) => count = c as usize,
             },
             Some(v) if is("match") => pattern = Some(*v),
             Some(v) if is("type") => only_strings = v.eq_ignore_ascii_case(b"string"),
-            _ => return resp::error(out, SYNTAX),
+            _ => return reply::error(out, SYNTAX),
         }
         i += 2;
     }
@@ -225,18 +232,19 @@ pub fn scan(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>) {
     let mut n = 0;
     let next = st.db.scan(cur, count, now_ms(), |k| {
         if only_strings && pattern.is_none_or(|p| glob::matches(p, k)) {
-            resp::bulk(&mut keys, k);
+            reply::bulk(&mut keys, k);
             n += 1;
         }
     });
-    resp::array(out, 2);
+    reply::array(out, 2);
     let mut c = Vec::new();
-    resp::push_u64(&mut c, next);
-    resp::bulk(out, &c);
-    resp::array(out, n);
+    reply::push_u64(&mut c, next);
+    reply::bulk(out, &c);
+    reply::array(out, n);
     out.extend_from_slice(&keys);
 }
 
+/// `FLUSHALL [ASYNC|SYNC]`.
 pub fn flushall(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>) {
     let ok = match a {
         [_] => true,
@@ -244,9 +252,9 @@ pub fn flushall(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>) {
         _ => false,
     };
     if !ok {
-        return resp::error(out, SYNTAX);
+        return reply::error(out, SYNTAX);
     }
     st.db.flush();
     st.log(Record::FlushAll);
-    resp::simple(out, "OK");
+    reply::simple(out, "OK");
 }

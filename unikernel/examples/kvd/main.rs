@@ -29,11 +29,14 @@ mod config;
 mod crc;
 mod db;
 mod glob;
+mod inline;
 mod keys;
 mod record;
+mod reply;
 mod resp;
 mod server;
 mod state;
+mod strings;
 mod superblock;
 
 use aof::{Log, Opened};

@@ -52,7 +52,7 @@ impl ProtoError {
             }
             ProtoError::TooLarge(n) => {
                 out.extend_from_slice(b"request larger than ");
-                push_u64(out, *n as u64);
+                crate::reply::push_u64(out, *n as u64);
                 out.extend_from_slice(b" bytes (KVD_MAX_REQUEST)");
             }
         }
@@ -305,7 +305,7 @@ impl Parser {
             line = head;
         }
         let mut args = Vec::new();
-        if split_args(line, &mut args).is_none() {
+        if crate::inline::split_args(line, &mut args).is_none() {
             return Some(Step::Error(ProtoError::Msg("unbalanced quotes in request")));
         }
         self.pos += nl + 1;
@@ -318,162 +318,4 @@ impl Parser {
         self.inline = args;
         Some(Step::Command)
     }
-}
-
-fn hex(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).map(|d| d as u8)
-}
-
-fn is_space(c: u8) -> bool {
-    matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
-}
-
-/// Splits an inline line as Redis's `sdssplitargs`: blanks separate
-/// arguments, `"..."` takes `\n \r \t \b \a \xHH` escapes, `'...'` takes
-/// `\'`; a closing quote must end the argument. `None`: unbalanced quotes.
-fn split_args(line: &[u8], args: &mut Vec<Vec<u8>>) -> Option<()> {
-    // Redis reads the line as a C string: a NUL ends it.
-    let line = &line[..find(line, 0).unwrap_or(line.len())];
-    let mut i = 0;
-    loop {
-        while i < line.len() && is_space(line[i]) {
-            i += 1;
-        }
-        if i >= line.len() {
-            return Some(());
-        }
-        let mut cur = Vec::new();
-        let (mut dq, mut sq) = (false, false);
-        loop {
-            let c = line.get(i).copied();
-            if dq {
-                match c {
-                    None => return None,
-                    Some(b'\\') if line.get(i + 1) == Some(&b'x') => {
-                        let hx = (line.get(i + 2).and_then(|&h| hex(h)))
-                            .zip(line.get(i + 3).and_then(|&h| hex(h)));
-                        match hx {
-                            Some((hi, lo)) => {
-                                cur.push(hi << 4 | lo);
-                                i += 3;
-                            }
-                            None => {
-                                cur.push(b'x');
-                                i += 1;
-                            }
-                        }
-                    }
-                    Some(b'\\') if i + 1 < line.len() => {
-                        i += 1;
-                        cur.push(match line[i] {
-                            b'n' => b'\n',
-                            b'r' => b'\r',
-                            b't' => b'\t',
-                            b'b' => 0x08,
-                            b'a' => 0x07,
-                            x => x,
-                        });
-                    }
-                    Some(b'"') => {
-                        if line.get(i + 1).is_some_and(|&n| !is_space(n)) {
-                            return None;
-                        }
-                        i += 1;
-                        break;
-                    }
-                    Some(x) => cur.push(x),
-                }
-            } else if sq {
-                match c {
-                    None => return None,
-                    Some(b'\\') if line.get(i + 1) == Some(&b'\'') => {
-                        i += 1;
-                        cur.push(b'\'');
-                    }
-                    Some(b'\'') => {
-                        if line.get(i + 1).is_some_and(|&n| !is_space(n)) {
-                            return None;
-                        }
-                        i += 1;
-                        break;
-                    }
-                    Some(x) => cur.push(x),
-                }
-            } else {
-                match c {
-                    None | Some(b' ' | b'\n' | b'\r' | b'\t') => break,
-                    Some(b'"') => dq = true,
-                    Some(b'\'') => sq = true,
-                    Some(x) => cur.push(x),
-                }
-            }
-            i += 1;
-        }
-        args.push(cur);
-    }
-}
-
-/// Appends the decimal digits of `v`.
-pub fn push_u64(out: &mut Vec<u8>, mut v: u64) {
-    let mut d = [0u8; 20];
-    let mut i = d.len();
-    loop {
-        i -= 1;
-        d[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&d[i..]);
-}
-
-/// Appends the decimal form of `v`.
-pub fn push_i64(out: &mut Vec<u8>, v: i64) {
-    if v < 0 {
-        out.push(b'-');
-    }
-    push_u64(out, v.unsigned_abs());
-}
-
-/// `+s`
-pub fn simple(out: &mut Vec<u8>, s: &str) {
-    out.push(b'+');
-    out.extend_from_slice(s.as_bytes());
-    out.extend_from_slice(b"\r\n");
-}
-
-/// `-s` (`s` starts with the error code, e.g. `ERR ...`).
-pub fn error(out: &mut Vec<u8>, s: &str) {
-    out.push(b'-');
-    out.extend_from_slice(s.as_bytes());
-    out.extend_from_slice(b"\r\n");
-}
-
-/// `:v`
-pub fn int(out: &mut Vec<u8>, v: i64) {
-    out.push(b':');
-    push_i64(out, v);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// `$len` and the bytes.
-pub fn bulk(out: &mut Vec<u8>, b: &[u8]) {
-    out.push(b'$');
-    push_u64(out, b.len() as u64);
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(b);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// The null bulk string.
-pub fn nil(out: &mut Vec<u8>) {
-    out.extend_from_slice(b"$-1\r\n");
-}
-
-/// An array header of `n` elements.
-pub fn array(out: &mut Vec<u8>, n: usize) {
-    out.push(b'*');
-    push_u64(out, n as u64);
-    out.extend_from_slice(b"\r\n");
 }

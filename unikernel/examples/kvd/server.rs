@@ -210,7 +210,7 @@ fn pump(st: &mut State, c: &mut Conn, held: &mut usize, scratch: &mut [u8]) -> b
             .heap_limit
             .saturating_sub(State::used_memory());
         if grew && *held > st.cfg.input_budget.max(free as usize / 2) {
-            crate::resp::error(
+            crate::reply::error(
                 &mut c.out,
                 "ERR kvd: too much request data in flight from all clients; retry later",
             );

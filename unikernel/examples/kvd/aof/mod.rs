@@ -18,13 +18,17 @@
 //! `compact-super-torn` (a damaged superblock written), `compact-super`
 //! (written, not flushed), `compact-done`.
 
+mod compact;
+mod replay;
+
 use crate::db::Db;
-use crate::record::{self, Record, HEADER};
+use crate::record::{Record, HEADER};
 use crate::superblock::{self, Slot, Super, DATA_START};
 use alloc::vec::Vec;
 use duet::abi::block::BLK_IO_MAX;
 use duet::abi::hypercall::Error;
 use duet::block::{Batch, Disk};
+use replay::{heap_free, replay, Reader};
 
 /// Replay reads the log in windows of this size (one exit each).
 const WINDOW: u64 = 1 << 20;
@@ -144,72 +148,6 @@ pub enum Opened {
     Log(Log),
     /// A read-only disk: replayed, then served from memory.
     ReadOnly(u64),
-}
-
-/// Reads a region through an aligned window.
-struct Reader<'d> {
-    disk: &'d Disk,
-    start: u64,
-    size: u64,
-    base: u64,
-    buf: Vec<u8>,
-}
-
-impl Reader<'_> {
-    /// Region bytes `[pos, pos + len)`, or `None` past the region.
-    fn get(&mut self, pos: u64, len: usize) -> Result<Option<&[u8]>, Error> {
-        let end = pos + len as u64;
-        if end > self.size {
-            return Ok(None);
-        }
-        if pos < self.base || end > self.base + self.buf.len() as u64 {
-            let ss = u64::from(self.disk.sector_size());
-            self.base = pos - pos % ss;
-            let want = (end - self.base).next_multiple_of(ss).max(WINDOW);
-            let n = want.min(self.size - self.base);
-            self.buf.clear();
-            self.buf.resize(n as usize, 0);
-            self.disk.read_at(self.start + self.base, &mut self.buf)?;
-        }
-        let at = (pos - self.base) as usize;
-        Ok(Some(&self.buf[at..at + len]))
-    }
-}
-
-/// Free heap: what a record read at replay may take at most (half of it),
-/// so a garbage length can never exhaust memory.
-fn heap_free() -> u64 {
-    let limit = duet::rt::boot_info().heap_limit;
-    limit.saturating_sub(duet::allocator::stats().0 as u64)
-}
-
-/// Replays region `sb.region` into `db`; returns the log's end and chain.
-fn replay(disk: &Disk, sb: &Super, db: &mut Db, now_ms: u64) -> Result<(u64, u32, u64), Error> {
-    let mut r = Reader {
-        disk,
-        start: sb.region_offset(sb.region),
-        size: sb.region_size,
-        base: 0,
-        buf: Vec::new(),
-    };
-    let (mut pos, mut chain, mut n) = (0u64, record::seed(sb.nonce), 0u64);
-    while let Some(h) = r.get(pos, HEADER)? {
-        let room = (sb.region_size - pos - HEADER as u64).min(heap_free() / 2);
-        let Some(len) = Record::payload_len(h, room as usize) else {
-            break;
-        };
-        let Some(rec) = r.get(pos, HEADER + len)? else {
-            break;
-        };
-        let Some((rec, crc)) = Record::verify(rec, chain) else {
-            break;
-        };
-        rec.apply(db, now_ms);
-        chain = crc;
-        pos += (HEADER + len) as u64;
-        n += 1;
-    }
-    Ok((pos, chain, n))
 }
 
 /// Stops here (sleeping) when `KVD_CRASH_AT` names `step`.
@@ -386,81 +324,6 @@ impl Log {
     pub fn wants_compaction(&self, live: u64, percent: u64, min: u64) -> bool {
         let len = self.len();
         len >= min && len > live.saturating_mul(100 + percent) / 100
-    }
-
-    /// Rewrites the log as the live keys of `db` in the other region and
-    /// switches to it (see the module docs). Queued records are dropped:
-    /// `db` already holds their effect. On error the old log stays current.
-    pub fn compact(&mut self, db: &Db, now_ms: u64, now_ns: u64) -> Result<(), LogError> {
-        let at = self.crash_at;
-        crash_point(at, "compact-begin");
-        let ss = self.ss as usize;
-        let next = Super {
-            generation: self.sb.generation + 1,
-            region: 1 - self.sb.region,
-            nonce: duet::rand::u64(),
-            region_size: self.sb.region_size,
-        };
-        let start = next.region_offset(next.region);
-        let mut chain = record::seed(next.nonce);
-        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + ss);
-        // Region bytes written so far (whole sectors).
-        let mut done = 0u64;
-        let full = LogError::Full(next.region_size);
-        for (key, e) in db.iter(now_ms) {
-            let rec = Record::Set {
-                key,
-                value: &e.value,
-                expire_at: e.expire_at,
-            };
-            chain = rec.append(&mut buf, chain);
-            if done + buf.len() as u64 > next.region_size {
-                return Err(full);
-            }
-            if buf.len() >= CHUNK {
-                let n = buf.len() - buf.len() % ss;
-                self.disk.write_at(start + done, &buf[..n])?;
-                buf.drain(..n);
-                done += n as u64;
-            }
-        }
-        let end = done + buf.len() as u64;
-        let tail = buf.len() % ss;
-        let keep = buf[buf.len() - tail..].to_vec();
-        buf.resize(buf.len().next_multiple_of(ss), 0);
-        if done + buf.len() as u64 > next.region_size {
-            return Err(full);
-        }
-        if at == Some("compact-partial") {
-            let half = (buf.len() / 2).next_multiple_of(ss).min(buf.len());
-            self.disk.write_at(start + done, &buf[..half])?;
-            crash_point(at, "compact-partial");
-        }
-        if !buf.is_empty() {
-            self.disk.write_at(start + done, &buf)?;
-        }
-        crash_point(at, "compact-written");
-        self.disk.flush()?;
-        crash_point(at, "compact-flushed");
-        if at == Some("compact-super-torn") {
-            superblock::write(&self.disk, &next, true)?;
-            crash_point(at, "compact-super-torn");
-        }
-        superblock::write(&self.disk, &next, false)?;
-        crash_point(at, "compact-super");
-        self.disk.flush()?;
-        crash_point(at, "compact-done");
-        self.sb = next;
-        self.wbase = end - tail as u64;
-        self.wbuf = keep;
-        self.wdone = self.wbuf.len();
-        self.chain = chain;
-        self.dirty = false;
-        self.last_flush_ns = now_ns;
-        self.base = end;
-        self.stats.rewrites += 1;
-        self.stats.flushes += 2;
-        Ok(())
     }
 
     /// After a restore from a template: whether the disk still holds
