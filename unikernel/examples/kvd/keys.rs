@@ -35,14 +35,18 @@ pub fn reply_too_large(out: &mut Vec<u8>, start: usize) -> bool {
 /// `DEL key ...`: how many existed.
 pub fn del(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>) {
     let now = now_ms();
-    let mut n = 0;
+    let mut gone = Vec::new();
     for &key in &a[1..] {
         if st.db.del(key, now) {
-            st.log(Record::Del { key });
-            n += 1;
+            gone.push(Record::Del { key });
         }
     }
-    reply::int(out, n);
+    match gone.as_slice() {
+        [] => {}
+        [one] => st.log(*one),
+        all => st.log_group(all),
+    }
+    reply::int(out, gone.len() as i64);
 }
 
 /// `EXISTS key ...`: how many exist (repeats count).

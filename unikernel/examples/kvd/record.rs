@@ -9,6 +9,10 @@
 //! | 2 `DEL` | key |
 //! | 3 `EXPIRE` | expiry u64 (0: persist), key |
 //! | 4 `FLUSHALL` | — |
+//! | 5 `GROUP` | count u32, then per record: payload length u32, payload |
+//!
+//! A command that writes several keys (`MSET`, `DEL a b`) logs one `GROUP`,
+//! so a crash leaves all of it or none, as in Redis.
 //!
 //! The CRC covers the previous record's CRC, the length and the payload,
 //! and the first record's "previous CRC" comes from the log's nonce (see
@@ -30,6 +34,7 @@ const SET: u8 = 1;
 const DEL: u8 = 2;
 const EXPIRE: u8 = 3;
 const FLUSHALL: u8 = 4;
+const GROUP: u8 = 5;
 
 /// One logged write.
 #[derive(Clone, Copy, Debug)]
@@ -57,6 +62,35 @@ pub enum Record<'a> {
     },
     /// Every key is gone.
     FlushAll,
+    /// Records applied together (a parsed `GROUP`: its checked body).
+    Group(&'a [u8]),
+}
+
+/// Fills in the header of the record written at `at`: its length, and its
+/// CRC chained to `prev` (returned).
+fn seal(out: &mut [u8], at: usize, prev: u32) -> u32 {
+    let len = ((out.len() - at - HEADER) as u32).to_le_bytes();
+    let crc = crc32(&[&prev.to_le_bytes(), &len, &out[at + HEADER..]]);
+    out[at..at + 4].copy_from_slice(&crc.to_le_bytes());
+    out[at + 4..at + 8].copy_from_slice(&len);
+    crc
+}
+
+/// The records of a `GROUP` body (after the kind byte), each parsed;
+/// `None` inside the iterator for a malformed one.
+fn members(body: &[u8]) -> impl Iterator<Item = Option<Record<'_>>> {
+    let n = le32(body, 0).unwrap_or(0);
+    let mut at = 4;
+    (0..n).map(move |_| {
+        let len = le32(body, at)? as usize;
+        let p = body.get(at + 4..at + 4 + len)?;
+        at += 4 + len;
+        match Record::parse(p)? {
+            // Groups do not nest.
+            Record::Group(_) => None,
+            r => Some(r),
+        }
+    })
 }
 
 /// The chain's start for a log with `nonce`.
@@ -78,6 +112,28 @@ impl<'a> Record<'a> {
     pub fn append(&self, out: &mut Vec<u8>, prev: u32) -> u32 {
         let at = out.len();
         out.extend_from_slice(&[0; HEADER]);
+        self.payload(out);
+        seal(out, at, prev)
+    }
+
+    /// Appends `recs` as one `GROUP` record chained to `prev`; returns its
+    /// CRC.
+    pub fn append_group(recs: &[Record], out: &mut Vec<u8>, prev: u32) -> u32 {
+        let at = out.len();
+        out.extend_from_slice(&[0; HEADER]);
+        out.push(GROUP);
+        out.extend_from_slice(&(recs.len() as u32).to_le_bytes());
+        for r in recs {
+            let len_at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            r.payload(out);
+            let len = (out.len() - len_at - 4) as u32;
+            out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+        }
+        seal(out, at, prev)
+    }
+
+    fn payload(&self, out: &mut Vec<u8>) {
         match *self {
             Record::Set {
                 key,
@@ -100,12 +156,11 @@ impl<'a> Record<'a> {
                 out.extend_from_slice(key);
             }
             Record::FlushAll => out.push(FLUSHALL),
+            Record::Group(body) => {
+                out.push(GROUP);
+                out.extend_from_slice(body);
+            }
         }
-        let len = ((out.len() - at - HEADER) as u32).to_le_bytes();
-        let crc = crc32(&[&prev.to_le_bytes(), &len, &out[at + HEADER..]]);
-        out[at..at + 4].copy_from_slice(&crc.to_le_bytes());
-        out[at + 4..at + 8].copy_from_slice(&len);
-        crc
     }
 
     /// The payload's length from a header, if the header is plausible.
@@ -143,6 +198,9 @@ impl<'a> Record<'a> {
                 key: p.get(9..)?,
             }),
             FLUSHALL if p.len() == 1 => Some(Record::FlushAll),
+            GROUP if le32(p, 1).is_some() && members(&p[1..]).all(|m| m.is_some()) => {
+                Some(Record::Group(&p[1..]))
+            }
             _ => None,
         }
     }
@@ -173,6 +231,11 @@ impl<'a> Record<'a> {
                 }
             }
             Record::FlushAll => db.flush(),
+            Record::Group(body) => {
+                for r in members(body).flatten() {
+                    r.apply(db, now_ms);
+                }
+            }
         }
     }
 }

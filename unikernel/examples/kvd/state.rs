@@ -75,6 +75,13 @@ impl State {
         }
     }
 
+    /// Logs writes that stand or fall together (one record).
+    pub fn log_group(&mut self, recs: &[Record]) {
+        if let Some(l) = &mut self.log {
+            l.append_group(recs);
+        }
+    }
+
     /// Heap bytes in use.
     pub fn used_memory() -> u64 {
         duet::allocator::stats().0 as u64

@@ -50,14 +50,16 @@ pub fn mset(st: &mut State, a: &[&[u8]], out: &mut Vec<u8>) {
     if a.len().is_multiple_of(2) {
         return wrong_arity(out, "mset");
     }
+    let mut recs = Vec::with_capacity(a.len() / 2);
     for kv in a[1..].chunks(2) {
         st.db.set(kv[0], kv[1].to_vec(), 0);
-        st.log(Record::Set {
+        recs.push(Record::Set {
             key: kv[0],
             value: kv[1],
             expire_at: 0,
         });
     }
+    st.log_group(&recs);
     reply::simple(out, "OK");
 }
 

@@ -252,6 +252,11 @@ impl Log {
         self.chain = rec.append(&mut self.wbuf, self.chain);
     }
 
+    /// Queues records as one group (written at the next [`Log::commit`]).
+    pub fn append_group(&mut self, recs: &[Record]) {
+        self.chain = Record::append_group(recs, &mut self.wbuf, self.chain);
+    }
+
     /// Whether records are waiting to be written.
     pub fn pending(&self) -> bool {
         self.wbuf.len() > self.wdone
