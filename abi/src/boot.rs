@@ -19,14 +19,15 @@ pub const IMAGE_HEADER_SECTION: &str = ".duet.header";
 /// to the guest's stack.
 pub const IMAGE_BASE: u64 = 0x20_0000;
 
-/// Number of exception vectors the guest provides entry points for.
-pub const EXCEPTION_VECTORS: usize = 32;
-
 /// Header every Duet image carries in its [`IMAGE_HEADER_SECTION`] section.
 ///
-/// The monitor reads it from the ELF file before touching KVM: it checks the
-/// magic and ABI version, and points the IDT at the exception entry points.
+/// The monitor reads it from the ELF file before touching KVM and refuses
+/// an image whose magic or ABI version is not its own. Only these fields
+/// are read, so images of any ABI version are recognised (version 1 images
+/// followed them with exception entry points; from version 2 the monitor
+/// owns all ring-0 code and an image supplies none).
 #[repr(C)]
+#[derive(Clone, Copy, Debug)]
 pub struct ImageHeader {
     /// [`IMAGE_MAGIC`].
     pub magic: u64,
@@ -34,22 +35,15 @@ pub struct ImageHeader {
     pub abi_version: u32,
     /// Reserved, zero.
     pub flags: u32,
-    /// Ring-0 entry point for each exception vector, or `None`. Each entry
-    /// reports the fault to the monitor with [`crate::hypercall::Hypercall::Fault`].
-    pub vectors: [Option<unsafe extern "C" fn()>; EXCEPTION_VECTORS],
 }
 
-/// Byte offset of [`ImageHeader::vectors`] (the monitor parses the header as
-/// raw little-endian bytes).
-pub const IMAGE_HEADER_VECTORS_OFFSET: usize = offset_of!(ImageHeader, vectors);
+plain!(ImageHeader = 16);
 /// Size of [`ImageHeader`] in bytes.
 pub const IMAGE_HEADER_SIZE: usize = size_of::<ImageHeader>();
-const _: () = assert!(IMAGE_HEADER_VECTORS_OFFSET == 16);
-const _: () = assert!(IMAGE_HEADER_SIZE == 16 + 8 * EXCEPTION_VECTORS);
-
-// SAFETY: function pointers are only ever read by the monitor as integers; the
-// guest never shares this struct across threads other than by reading it.
-unsafe impl Sync for ImageHeader {}
+/// Byte offset of [`ImageHeader::abi_version`] (the monitor parses the
+/// header as raw little-endian bytes).
+pub const IMAGE_HEADER_VERSION_OFFSET: usize = offset_of!(ImageHeader, abi_version);
+const _: () = assert!(IMAGE_HEADER_VERSION_OFFSET == 8);
 
 /// Boot-info flag: the monitor wants boot-phase timestamps
 /// ([`crate::hypercall::Hypercall::BootTrace`]).
@@ -68,8 +62,8 @@ pub const MAX_DEVICES: usize = 16;
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RegionKind {
-    /// Owned by the monitor (page tables, GDT, IDT, TSS, fault stack): not
-    /// accessible from ring 3.
+    /// Owned by the monitor (page tables, GDT, IDT, TSS, exception stack and
+    /// exception stubs): not accessible from ring 3.
     Monitor = 1,
     /// The boot info, argv and env strings: read-only to the guest.
     BootInfo = 2,

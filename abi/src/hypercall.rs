@@ -13,7 +13,8 @@
 //! Never use `vmcall`/`vmmcall`: they livelock KVM on nested PVM hosts.
 //!
 //! Number ranges: 1..16 core, 16..24 block, 24..32 network, 32..40
-//! snapshot/identity. Number 0 is reserved and always invalid.
+//! snapshot/identity. Number 0 is reserved and always invalid; number 4
+//! is retired (ABI version 1's fault report) and stays unused.
 
 use crate::{plain, Gpa};
 
@@ -33,9 +34,9 @@ pub enum Hypercall {
     /// Reports a fatal error (panic) and ends the guest. Args: [`AbortArgs`].
     /// Does not return.
     Abort = 3,
-    /// Reports a CPU exception from a ring-0 entry stub and ends the guest.
-    /// `eax` = address of a [`FaultFrame`]. Does not return.
-    Fault = 4,
+    // 4 is reserved: ABI version 1's `Fault`, through which the image's own
+    // ring-0 exception stubs reported. The monitor owns those stubs now and
+    // learns of exceptions without a hypercall; do not reuse the number.
     /// Does nothing and returns at once (`eax` ignored): measures the cost
     /// of a hypercall.
     Nop = 5,
@@ -88,7 +89,6 @@ impl Hypercall {
         Self::Exit,
         Self::ConsoleWrite,
         Self::Abort,
-        Self::Fault,
         Self::Nop,
         Self::BootTrace,
         Self::Poll,
@@ -268,92 +268,6 @@ pub struct SnapshotPointArgs {
     pub ret: i64,
 }
 
-/// Register state an exception entry stub pushes and reports with
-/// [`Hypercall::Fault`]. Field order is push order reversed (lowest address
-/// first).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct FaultFrame {
-    /// CR2 (the faulting address for a page fault).
-    pub cr2: u64,
-    /// General-purpose registers.
-    pub r15: u64,
-    /// General-purpose registers.
-    pub r14: u64,
-    /// General-purpose registers.
-    pub r13: u64,
-    /// General-purpose registers.
-    pub r12: u64,
-    /// General-purpose registers.
-    pub r11: u64,
-    /// General-purpose registers.
-    pub r10: u64,
-    /// General-purpose registers.
-    pub r9: u64,
-    /// General-purpose registers.
-    pub r8: u64,
-    /// General-purpose registers.
-    pub rbp: u64,
-    /// General-purpose registers.
-    pub rdi: u64,
-    /// General-purpose registers.
-    pub rsi: u64,
-    /// General-purpose registers.
-    pub rdx: u64,
-    /// General-purpose registers.
-    pub rcx: u64,
-    /// General-purpose registers.
-    pub rbx: u64,
-    /// General-purpose registers.
-    pub rax: u64,
-    /// Exception vector.
-    pub vector: u64,
-    /// Error code (0 for vectors without one).
-    pub error_code: u64,
-    /// Interrupted instruction pointer (pushed by the CPU).
-    pub rip: u64,
-    /// Interrupted code segment.
-    pub cs: u64,
-    /// Interrupted flags.
-    pub rflags: u64,
-    /// Interrupted stack pointer.
-    pub rsp: u64,
-    /// Interrupted stack segment.
-    pub ss: u64,
-}
-
-/// Vectors for which the CPU pushes an error code.
-pub const fn vector_has_error_code(vector: usize) -> bool {
-    matches!(vector, 8 | 10 | 11 | 12 | 13 | 14 | 17 | 21 | 29 | 30)
-}
-
-/// Conventional name of an exception vector.
-pub const fn vector_name(vector: u64) -> &'static str {
-    match vector {
-        0 => "#DE divide error",
-        1 => "#DB debug",
-        2 => "NMI",
-        3 => "#BP breakpoint",
-        4 => "#OF overflow",
-        5 => "#BR bound range exceeded",
-        6 => "#UD invalid opcode",
-        7 => "#NM device not available",
-        8 => "#DF double fault",
-        10 => "#TS invalid TSS",
-        11 => "#NP segment not present",
-        12 => "#SS stack-segment fault",
-        13 => "#GP general protection",
-        14 => "#PF page fault",
-        16 => "#MF x87 floating-point",
-        17 => "#AC alignment check",
-        18 => "#MC machine check",
-        19 => "#XM SIMD floating-point",
-        20 => "#VE virtualization",
-        21 => "#CP control protection",
-        _ => "reserved vector",
-    }
-}
-
 /// Length of the Ethernet header a network frame starts with (no VLAN tag,
 /// no FCS). The largest frame a network device accepts or delivers is its
 /// MTU (from [`crate::boot::DeviceInfo::mtu`]) plus this.
@@ -421,5 +335,4 @@ plain!(
     AbortArgs = 16,
     BootTraceArgs = 16,
     SnapshotPointArgs = 8,
-    FaultFrame = 23 * 8,
 );

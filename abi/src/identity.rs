@@ -1,4 +1,4 @@
-//! The identity page: who this guest is, rewritten by the monitor after every
+//! The identity page: who this guest is (and what the host asks of it), rewritten by the monitor after every
 //! restore, read by the guest without exits.
 //!
 //! A snapshot freezes a guest's memory, so every guest restored from it
@@ -24,7 +24,18 @@ pub struct IdentityPage {
     pub generation: u64,
     /// Random seed from the host, fresh at boot and after each restore.
     pub seed: [u64; 2],
+    /// What the host asks of the guest ([`REQUEST_SHUTDOWN`]); 0 after boot
+    /// and after each restore. Read on its own (no seqlock needed: the
+    /// monitor only ever sets bits until the next restore).
+    pub requests: u64,
 }
 
-plain!(IdentityPage = 32);
+/// [`IdentityPage::requests`] bit: the host asks the guest to shut down
+/// (`SIGTERM` to the monitor, `podman stop`, ...). The guest should finish
+/// what it is doing and exit; the monitor stops it anyway after its grace
+/// period. The guest's next poll hypercall also returns at once with
+/// [`crate::poll::READY_SHUTDOWN`] set.
+pub const REQUEST_SHUTDOWN: u64 = 1 << 0;
+
+plain!(IdentityPage = 40);
 const _: () = assert!(size_of::<IdentityPage>() as u64 <= crate::PAGE_SIZE);

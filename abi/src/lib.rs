@@ -30,7 +30,14 @@ pub mod poll;
 /// Version of the guest/monitor interface. The monitor reads it from the
 /// image header before boot and the guest checks it in the boot info; both
 /// refuse a mismatch.
-pub const ABI_VERSION: u32 = 1;
+///
+/// * 1: the image supplied its exception entry stubs (header `vectors`,
+///   hypercall 4 `Fault`).
+/// * 2: the monitor owns every ring-0 instruction; the header is magic,
+///   version and flags only, and hypercall 4 is reserved; the identity page
+///   gains `requests` (shutdown) and poll's `ready` gains
+///   [`poll::READY_SHUTDOWN`].
+pub const ABI_VERSION: u32 = 2;
 
 /// Size of a small page.
 pub const PAGE_SIZE: u64 = 0x1000;

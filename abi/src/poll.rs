@@ -7,6 +7,13 @@ use crate::plain;
 /// `deadline_ns` value meaning "no deadline".
 pub const POLL_FOREVER: u64 = u64::MAX;
 
+/// Bit of [`PollArgs::ready`] the monitor sets, once, on the first poll after
+/// the host asked the guest to shut down
+/// ([`crate::identity::REQUEST_SHUTDOWN`]); never a device (devices are
+/// numbered below [`crate::boot::MAX_DEVICES`]).
+pub const READY_SHUTDOWN: u64 = 1 << 63;
+const _: () = assert!(crate::boot::MAX_DEVICES < 63);
+
 /// Args of [`crate::hypercall::Hypercall::Poll`].
 ///
 /// Returns when the guest's monotonic clock reaches `deadline_ns`, or when a
@@ -24,7 +31,8 @@ pub struct PollArgs {
     pub deadline_ns: u64,
     /// IN: bit `i` set = wake when device `i` of the device table is ready.
     pub wait: u64,
-    /// OUT: the devices of `wait` that are ready.
+    /// OUT: the devices of `wait` that are ready, plus [`READY_SHUTDOWN`]
+    /// when a shutdown request arrived.
     pub ready: u64,
     /// OUT: 0, or a negated error.
     pub ret: i64,

@@ -17,6 +17,11 @@ pub const TSS: u64 = 0x3000;
 pub const IST_STACK: u64 = 0x6000;
 /// Top of the IST stack.
 pub const IST_STACK_TOP: u64 = 0xA000;
+/// The monitor's exception entry stubs (one page: supervisor-only,
+/// read-only, executable; the only executable page that is not the image's).
+pub const EXCEPTION_STUBS: u64 = 0xA000;
+/// End of the monitor-owned area that starts at [`GDT`].
+pub const MONITOR_END: u64 = EXCEPTION_STUBS + duet_abi::PAGE_SIZE;
 /// The clock page (read-only to the guest).
 pub const CLOCK_PAGE: u64 = 0x10000;
 /// The identity page (read-only to the guest): generation, seed, clone index.
@@ -38,7 +43,7 @@ pub const STACK_TOP: u64 = IMAGE_BASE;
 
 /// GDT selectors (Linux-like, which this host's PVM handles best).
 pub mod selector {
-    /// Ring-0 64-bit code (exception stubs).
+    /// Ring-0 64-bit code (the monitor's exception stubs).
     pub const KERNEL_CODE: u16 = 0x10;
     /// Ring-0 data.
     pub const KERNEL_DATA: u16 = 0x18;
@@ -57,3 +62,4 @@ pub const MAX_MEM: u64 = 64 << 30;
 
 const _: () = assert!(STACK_TOP % 16 == 0 && IST_STACK_TOP % 16 == 0);
 const _: () = assert!(PAGE_TABLES_END <= STACK_GUARD);
+const _: () = assert!(IST_STACK_TOP <= EXCEPTION_STUBS && MONITOR_END <= CLOCK_PAGE);

@@ -8,8 +8,7 @@
 
 use crate::memory::GuestMem;
 use duet_abi::boot::{
-    EXCEPTION_VECTORS, IMAGE_BASE, IMAGE_HEADER_SECTION, IMAGE_HEADER_SIZE,
-    IMAGE_HEADER_VECTORS_OFFSET, IMAGE_MAGIC,
+    IMAGE_BASE, IMAGE_HEADER_SECTION, IMAGE_HEADER_SIZE, IMAGE_HEADER_VERSION_OFFSET, IMAGE_MAGIC,
 };
 use duet_abi::{Gpa, ABI_VERSION, PAGE_SIZE};
 use goblin::elf::{header, program_header, Elf};
@@ -96,7 +95,7 @@ pub enum LoadError {
     #[error("the `{IMAGE_HEADER_SECTION}` section has a bad magic; the image is corrupt")]
     BadHeader,
     /// ABI mismatch.
-    #[error("image was built against Duet ABI version {image}, this monitor speaks version {monitor}; rebuild the image against this monitor's duet-abi")]
+    #[error("image was built for Duet ABI version {image}, but this duet speaks ABI version {monitor}; rebuild the image against this duet (its `duet` crate and duet-abi, e.g. with `cargo xtask build`)")]
     AbiMismatch {
         /// Image's version.
         image: u32,
@@ -146,8 +145,6 @@ pub struct Image {
     pub entry: u64,
     /// Loadable segments, sorted by address, page-rounded, non-overlapping.
     pub segments: Vec<Segment>,
-    /// Exception entry points from the image header (0 = absent).
-    pub vectors: [u64; EXCEPTION_VECTORS],
     /// Function symbols sorted by address.
     pub symbols: Vec<Symbol>,
 }
@@ -275,13 +272,12 @@ impl Image {
             return Err(LoadError::EntryOutsideText(entry));
         }
 
-        let vectors = read_header(&elf, &bytes)?;
+        read_header(&elf, &bytes)?;
         let symbols = read_symbols(&elf);
         Ok(Image {
             bytes,
             entry,
             segments,
-            vectors,
             symbols,
         })
     }
@@ -320,34 +316,34 @@ pub fn symbolize(symbols: &[Symbol], addr: u64) -> Option<String> {
     (s.size == 0 || off < s.size).then(|| format!("{}+{:#x}", s.name, off))
 }
 
-fn read_header(elf: &Elf<'_>, bytes: &[u8]) -> Result<[u64; EXCEPTION_VECTORS], LoadError> {
+/// Checks the image header's magic and ABI version. Only the fields every
+/// version shares are read, so an image of another version is recognised
+/// and refused by name rather than called corrupt.
+fn read_header(elf: &Elf<'_>, bytes: &[u8]) -> Result<(), LoadError> {
     let sh = elf
         .section_headers
         .iter()
         .find(|sh| elf.shdr_strtab.get_at(sh.sh_name) == Some(IMAGE_HEADER_SECTION))
         .ok_or(LoadError::NoHeader)?;
-    let off = sh.sh_offset as usize;
+    let off = usize::try_from(sh.sh_offset).map_err(|_| LoadError::BadHeader)?;
     let data = off
         .checked_add(IMAGE_HEADER_SIZE)
         .and_then(|end| bytes.get(off..end))
-        .filter(|_| sh.sh_size as usize >= IMAGE_HEADER_SIZE)
+        .filter(|_| sh.sh_size >= IMAGE_HEADER_SIZE as u64)
         .ok_or(LoadError::BadHeader)?;
-    let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().expect("8 bytes"));
-    if u64_at(0) != IMAGE_MAGIC {
+    let magic = u64::from_le_bytes(data[..8].try_into().expect("8 bytes"));
+    if magic != IMAGE_MAGIC {
         return Err(LoadError::BadHeader);
     }
-    let version = u32::from_le_bytes(data[8..12].try_into().expect("4 bytes"));
+    let v = IMAGE_HEADER_VERSION_OFFSET;
+    let version = u32::from_le_bytes(data[v..v + 4].try_into().expect("4 bytes"));
     if version != ABI_VERSION {
         return Err(LoadError::AbiMismatch {
             image: version,
             monitor: ABI_VERSION,
         });
     }
-    let mut vectors = [0u64; EXCEPTION_VECTORS];
-    for (i, v) in vectors.iter_mut().enumerate() {
-        *v = u64_at(IMAGE_HEADER_VECTORS_OFFSET + 8 * i);
-    }
-    Ok(vectors)
+    Ok(())
 }
 
 fn read_symbols(elf: &Elf<'_>) -> Vec<Symbol> {

@@ -2,17 +2,17 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use duet_monitor::api::{self, Request, Response};
 use duet_monitor::config::{self, VmConfig};
-use duet_monitor::control::{Request, Response};
+use duet_monitor::contract::status;
 use duet_monitor::devices::{block, net};
 use duet_monitor::migration::{self, MigrateRequest};
+use duet_monitor::outcome::Outcome;
 use duet_monitor::runner::{self, Finished};
 use duet_monitor::snapshot::{self, RestoreOptions, Snapshot};
-use duet_monitor::status;
 use duet_monitor::template;
 use duet_monitor::trace::BootTrace;
-use duet_monitor::vcpu::Outcome;
-use duet_monitor::vm::Vm;
+use duet_monitor::vmm::Vmm;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -62,6 +62,46 @@ struct Common {
     /// The KVM device node.
     #[arg(long, env = "DUET_KVM_DEVICE", default_value = "/dev/kvm")]
     kvm_device: PathBuf,
+    /// After SIGTERM, give the guest this many seconds to exit by itself
+    /// (it sees `duet::shutdown_requested()`) before stopping it (status 143).
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    stop_timeout: f64,
+    /// For container runtimes: build the VM, then open PATH (a FIFO) for
+    /// writing and enter the guest only once a reader has opened it.
+    #[arg(long, value_name = "PATH")]
+    wait_start: Option<PathBuf>,
+}
+
+impl Common {
+    fn run_options(&self) -> anyhow::Result<runner::RunOptions> {
+        let stop_timeout =
+            std::time::Duration::try_from_secs_f64(self.stop_timeout).map_err(|_| {
+                anyhow::anyhow!(
+                    "--stop-timeout {} is not a number of seconds >= 0",
+                    self.stop_timeout
+                )
+            })?;
+        if let Some(p) = &self.wait_start {
+            use std::os::unix::fs::FileTypeExt;
+            match std::fs::metadata(p) {
+                Ok(m) if m.file_type().is_fifo() => {}
+                Ok(_) => bail!(
+                    "--wait-start {}: not a FIFO; create one with `mkfifo {0}`",
+                    p.display()
+                ),
+                Err(e) => bail!(
+                    "--wait-start {}: {e}; create it with `mkfifo {0}`",
+                    p.display()
+                ),
+            }
+        }
+        Ok(runner::RunOptions {
+            api: self.api.clone(),
+            wait_start: self.wait_start.clone(),
+            stop_timeout,
+            snapshot_at_point: None,
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -214,6 +254,8 @@ fn boot(
     at_point: Option<PathBuf>,
 ) -> anyhow::Result<Outcome> {
     let trace = c.trace_boot.then(|| BootTrace::new(start));
+    let mut opts = c.run_options()?;
+    opts.snapshot_at_point = at_point;
     let cfg = VmConfig {
         image,
         mem: g.mem,
@@ -223,17 +265,8 @@ fn boot(
         disks: g.disks,
         net: g.net,
     };
-    let f = runner::run(
-        move |ctl| {
-            let mut vm = Vm::create(&cfg, trace, ctl)?;
-            if let Some(dir) = at_point {
-                vm.snapshot_at_point(dir);
-            }
-            Ok::<_, duet_monitor::vm::VmError>(vm)
-        },
-        c.api,
-    )
-    .context("cannot start the guest")?;
+    let f = runner::run(move |ctl| Vmm::create(&cfg, trace, ctl), opts)
+        .context("cannot start the guest")?;
     Ok(finish(f))
 }
 
@@ -245,19 +278,20 @@ fn restore_one(
     verify: bool,
 ) -> anyhow::Result<Outcome> {
     let trace = c.trace_boot.then(|| BootTrace::new(start));
+    let opts = c.run_options()?;
     let kvm_device = c.kvm_device;
     let f = runner::run(
         move |ctl| {
             let snap = Snapshot::open(&dir)?;
-            let opts = RestoreOptions {
+            let ropts = RestoreOptions {
                 kvm_device,
                 clone_index,
                 verify,
                 trace,
             };
-            snapshot::restore(&snap, opts, ctl)
+            snapshot::restore(&snap, ropts, ctl)
         },
-        c.api,
+        opts,
     )
     .context("cannot restore the snapshot")?;
     Ok(finish(f))
@@ -312,7 +346,7 @@ fn clones(dir: &Path, n: u32, c: &Common, start: Instant, verify: bool) -> anyho
 }
 
 fn migrate(socket: &Path, req: MigrateRequest) -> anyhow::Result<Outcome> {
-    let resp = migration::call(socket, &req, |p| {
+    let resp = api::call(socket, &Request::Migrate(req), |p| {
         println!(
             "round {}: {:.1} MiB sent, {} dirty pages ({:.1} MiB/s dirtied, {:.0} MiB/s link), est. downtime {:.2} ms",
             p.round, p.sent_mib, p.dirty_pages, p.dirty_rate_mib_s, p.bandwidth_mib_s, p.est_downtime_ms
@@ -353,14 +387,18 @@ fn ctl(socket: &Path, cmd: CtlCmd) -> anyhow::Result<Outcome> {
             migration_key_file,
         } => {
             let key = std::path::absolute(&migration_key_file).unwrap_or(migration_key_file);
-            // Test hooks (docs/migration.md): cut the connection at a phase, or lie in the hello.
+            // Test hooks (docs/migration.md; `test-hooks` builds only): cut
+            // the connection at a phase, or lie in the hello.
+            #[cfg(feature = "test-hooks")]
             let hook = |v: &str| std::env::var(v).ok().filter(|s| !s.is_empty());
             let req = MigrateRequest {
                 addr,
                 max_downtime_ms: max_downtime,
                 key_file: key.display().to_string(),
                 copy_disks,
+                #[cfg(feature = "test-hooks")]
                 fail_at: hook("DUET_MIGRATE_FAIL"),
+                #[cfg(feature = "test-hooks")]
                 fake: hook("DUET_MIGRATE_FAKE"),
             };
             return migrate(socket, req);
@@ -376,7 +414,7 @@ fn ctl(socket: &Path, cmd: CtlCmd) -> anyhow::Result<Outcome> {
             }
         }
     };
-    let resp: Response = duet_monitor::api::call(socket, &req)?;
+    let resp: Response = api::call(socket, &req, |_| {})?;
     println!("{}", serde_json::to_string_pretty(&resp)?);
     if !resp.ok {
         bail!("{}", resp.error.unwrap_or_else(|| "request failed".into()));
@@ -399,6 +437,8 @@ fn template_cmd(cmd: TemplateCmd, start: Instant) -> anyhow::Result<Outcome> {
                 api: None,
                 trace_boot: false,
                 kvm_device,
+                stop_timeout: 5.0,
+                wait_start: None,
             };
             match boot(image, guest, c, start, Some(dir))? {
                 Outcome::Snapshotted(d) => {
@@ -427,11 +467,12 @@ fn template_cmd(cmd: TemplateCmd, start: Instant) -> anyhow::Result<Outcome> {
 }
 
 fn incoming(addr: String, key: PathBuf, g: GuestArgs, c: Common) -> anyhow::Result<Outcome> {
+    let opts = c.run_options()?;
     let kvm_device = c.kvm_device;
     let (disks, nets) = (g.disks, g.net);
     let f = runner::run(
         move |ctl| migration::destination::incoming(&addr, &key, &kvm_device, &disks, &nets, ctl),
-        c.api,
+        opts,
     )
     .context("no guest arrived; nothing runs here")?;
     Ok(finish(f))
@@ -476,16 +517,28 @@ fn main() -> ExitCode {
     match dispatch(cli.command, start) {
         Ok(outcome) => {
             match &outcome {
-                Outcome::Exited(_) | Outcome::Snapshotted(_) => {}
+                Outcome::Exited(_) | Outcome::Snapshotted(_) | Outcome::AtSnapshotPoint => {}
                 Outcome::Migrated(to) => eprintln!("duet: guest migrated to {to}"),
                 Outcome::Aborted(msg) => eprintln!("duet: guest aborted: {msg}"),
                 Outcome::Faulted(report) => eprintln!("duet: {report}"),
                 Outcome::Failed(report) => eprintln!("duet: VM failure: {report}"),
+                Outcome::Terminated(sig) => eprintln!(
+                    "duet: stopped the guest on {} (status {})",
+                    if sig.number() == libc::SIGINT {
+                        "SIGINT"
+                    } else {
+                        "SIGTERM"
+                    },
+                    outcome.status()
+                ),
             }
             ExitCode::from(outcome.status())
         }
         Err(e) => {
-            eprintln!("duet: error: {e:#}");
+            eprintln!(
+                "duet: error: {}",
+                duet_monitor::errors::chain(e.as_ref() as &(dyn std::error::Error + 'static))
+            );
             ExitCode::from(status::MONITOR_ERROR)
         }
     }

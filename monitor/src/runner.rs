@@ -1,12 +1,12 @@
-//! Running a guest: the vCPU on its own thread, the `--api` socket served
-//! on the calling thread's behalf by a control thread.
+//! Running a guest: the vCPU on its own thread while a control socket is
+//! served (`--api`), or on the calling thread when there is none (one
+//! thread fewer to start on the boot path).
 
-use crate::control::Control;
+use crate::outcome::Outcome;
 use crate::trace::BootTrace;
-use crate::vcpu::Outcome;
-use crate::vm::Vm;
+use crate::vmm::{Control, Vmm};
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use thiserror::Error;
 
 /// Why a guest could not be started.
@@ -26,6 +26,64 @@ pub enum RunError {
     Thread(String),
 }
 
+/// How to run a guest besides what builds it.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Serve the control socket at this path (`--api`).
+    pub api: Option<PathBuf>,
+    /// Once the VM is built, open this path for writing (a FIFO: blocks
+    /// until a reader opens it), write one byte, and only then enter the
+    /// guest (`--wait-start`, for container runtimes: `create` then `start`).
+    pub wait_start: Option<PathBuf>,
+    /// Grace period after `SIGTERM` (`--stop-timeout`).
+    pub stop_timeout: std::time::Duration,
+    /// Template mode: at the guest's `duet::snapshot_point()`, snapshot it
+    /// into this new directory and stop it.
+    pub snapshot_at_point: Option<PathBuf>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            api: None,
+            wait_start: None,
+            stop_timeout: crate::signals::DEFAULT_STOP_TIMEOUT,
+            snapshot_at_point: None,
+        }
+    }
+}
+
+/// Opens `path` for writing (blocking until a reader opens it) and writes
+/// one byte. A signal ends the wait: then the guest never starts.
+fn wait_start(path: &std::path::Path) -> Result<(), Outcome> {
+    use std::os::unix::ffi::OsStrExt;
+    let fail = |e: std::io::Error| {
+        Outcome::Failed(format!(
+            "--wait-start {}: {e}; create it first (`mkfifo PATH`)",
+            path.display()
+        ))
+    };
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| fail(std::io::Error::other("path contains NUL")))?;
+    loop {
+        // Raw open(2): std retries EINTR, but a signal must end this wait.
+        // SAFETY: a valid NUL-terminated path; the fd is owned below.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+        if fd >= 0 {
+            // SAFETY: `fd` is a fresh descriptor nobody else owns.
+            let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            return std::io::Write::write_all(&mut f, b"0").map_err(fail);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(fail(e));
+        }
+        if let Some(sig) = crate::signals::take() {
+            return Err(Outcome::Terminated(sig));
+        }
+    }
+}
+
 /// How a guest run ended.
 pub struct Finished {
     /// What the guest did.
@@ -34,59 +92,84 @@ pub struct Finished {
     pub trace: Option<BootTrace>,
 }
 
-/// Builds a VM with `make` on a new vCPU thread and runs it there; serves
-/// `api` (a Unix socket path) while it runs. Returns when the guest ends.
-pub fn run<F, E>(make: F, api: Option<PathBuf>) -> Result<Finished, RunError>
+/// Builds a guest with `make` and runs it (on a vCPU thread while the
+/// control socket is served); returns when the guest ends.
+pub fn run<F, E>(make: F, opts: RunOptions) -> Result<Finished, RunError>
 where
-    F: FnOnce(Arc<Control>) -> Result<Vm, E> + Send + 'static,
+    F: FnOnce(Arc<Control>) -> Result<Vmm, E> + Send + 'static,
     E: std::error::Error + Send + Sync + 'static,
 {
+    // Before any thread exists: they all inherit the blocked signals; only
+    // the thread running the vCPU takes them (see `signals`).
+    crate::signals::install();
     let ctl = Arc::new(Control::new().map_err(RunError::Control)?);
+    let Some(api) = opts.api.clone() else {
+        crate::signals::unblock();
+        return drive(make, ctl, opts, |_| {});
+    };
     // The socket first: a bad --api path fails before the guest starts.
     // Requests that arrive before the vCPU runs wait in the queue.
-    let server = api
-        .map(|path| crate::api::serve(path, ctl.clone()))
-        .transpose()?;
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), RunError>>();
-    let vcpu_ctl = ctl.clone();
+    let server = crate::api::serve(api, ctl.clone())?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let vcpu = std::thread::Builder::new()
         .name("duet-vcpu".into())
         .spawn(move || {
-            let mut vm = match make(vcpu_ctl.clone()) {
-                Ok(vm) => vm,
-                Err(e) => {
-                    vcpu_ctl.finish();
-                    // The error crosses threads as text: keep its whole chain.
-                    let mut msg = e.to_string();
-                    let mut src = e.source();
-                    while let Some(s) = src {
-                        msg.push_str(&format!(": {s}"));
-                        src = s.source();
-                    }
-                    let _ = ready_tx.send(Err(RunError::Start(msg)));
-                    return None;
-                }
-            };
-            let _ = ready_tx.send(Ok(()));
-            let outcome = vm.run();
-            let mut trace = vm.take_trace();
-            if let Some(t) = &mut trace {
-                t.mark("guest exit");
-            }
-            Some(Finished { outcome, trace })
+            crate::signals::unblock();
+            drive(make, ctl, opts, move |_| {
+                let _ = ready_tx.send(());
+            })
         })
         .map_err(RunError::Control)?;
-    let started = ready_rx
-        .recv()
-        .unwrap_or_else(|_| Err(RunError::Thread("it ended before the VM was built".into())));
-    if let Err(e) = started {
-        let _ = vcpu.join();
-        return Err(e);
-    }
+    let _ = ready_rx.recv();
     let finished = vcpu
         .join()
-        .map_err(|_| RunError::Thread("it panicked".into()))?
-        .ok_or_else(|| RunError::Thread("no outcome".into()))?;
+        .map_err(|_| RunError::Thread("it panicked".into()))?;
     drop(server);
-    Ok(finished)
+    finished
+}
+
+/// Builds the guest, waits at the start gate, runs it, and saves it at its
+/// snapshot point in template mode.
+fn drive<F, E>(
+    make: F,
+    ctl: Arc<Control>,
+    opts: RunOptions,
+    built: impl FnOnce(&Vmm),
+) -> Result<Finished, RunError>
+where
+    F: FnOnce(Arc<Control>) -> Result<Vmm, E>,
+    E: std::error::Error + 'static,
+{
+    let mut vmm = match make(ctl.clone()) {
+        Ok(v) => v,
+        Err(e) => {
+            ctl.finish();
+            // Keep the error's whole chain, in one line, each cause once.
+            return Err(RunError::Start(crate::errors::chain(&e)));
+        }
+    };
+    built(&vmm);
+    vmm.set_stop_timeout(opts.stop_timeout);
+    vmm.set_template(opts.snapshot_at_point.is_some());
+    if let Some(Err(outcome)) = opts.wait_start.as_deref().map(wait_start) {
+        ctl.finish();
+        return Ok(Finished {
+            outcome,
+            trace: vmm.take_trace(),
+        });
+    }
+    let mut outcome = vmm.run();
+    if let (Outcome::AtSnapshotPoint, Some(dir)) = (&outcome, &opts.snapshot_at_point) {
+        outcome = match crate::snapshot::save(&mut vmm, dir) {
+            Ok(_) => Outcome::Snapshotted(dir.display().to_string()),
+            Err(e) => Outcome::Failed(format!(
+                "cannot snapshot the guest at its snapshot point: {e}"
+            )),
+        };
+    }
+    let mut trace = vmm.take_trace();
+    if let Some(t) = &mut trace {
+        t.mark("guest exit");
+    }
+    Ok(Finished { outcome, trace })
 }

@@ -5,7 +5,9 @@
 //! `DUET_IMAGES`; under a plain `cargo test` the first test builds them.
 
 pub mod netns;
+pub mod oci;
 pub mod redis;
+pub mod statefile;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -43,14 +45,25 @@ pub fn paths() -> &'static Paths {
             },
             _ => {
                 let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-                let st = Command::new(cargo)
+                let st = Command::new(&cargo)
                     .current_dir(root())
                     .args(["run", "--quiet", "-p", "xtask", "--", "build"])
                     .status()
                     .expect("run cargo xtask build");
                 assert!(st.success(), "cargo xtask build failed");
+                // The tests run the monitor with its failure-injection hooks
+                // (as `cargo xtask test` builds it).
+                let hooks = root().join("target/test-hooks");
+                let st = Command::new(&cargo)
+                    .current_dir(root())
+                    .args(["build", "--release", "--quiet", "-p", "duet-monitor"])
+                    .args(["--features", "test-hooks", "--target-dir"])
+                    .arg(&hooks)
+                    .status()
+                    .expect("build the test monitor");
+                assert!(st.success(), "building the test monitor failed");
                 Paths {
-                    bin: root().join("target/release/duet"),
+                    bin: hooks.join("release/duet"),
                     images: root().join("unikernel/target/x86_64-unknown-none/release/examples"),
                 }
             }
@@ -181,8 +194,20 @@ pub fn boot(app: &str, opts: &[&str], args: &[&str]) -> Output {
     duet(&v)
 }
 
+/// Panics unless the test runs as root, naming what needs it: a missing
+/// prerequisite fails a test, it never passes it unrun.
+#[track_caller]
+pub fn require_root(what: &str) {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root ({what}); run the suite as root, as `cargo xtask test` does"
+    );
+}
+
 /// The monitor's documented exit statuses.
-pub use duet_monitor::status;
+pub use duet_monitor::contract::status;
 
 /// Little-endian field access into an ELF64 file, for crafting bad images.
 pub mod elf {
@@ -380,6 +405,18 @@ impl Background {
             reader: Some(reader),
             err_reader: Some(err_reader),
         }
+    }
+
+    /// The monitor's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends signal `sig` to the monitor.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill({sig}) failed");
     }
 
     /// What the guest printed so far.

@@ -1,4 +1,5 @@
-//! Every kind of CPU exception is reported with its vector and a symbolized RIP.
+//! Every kind of CPU exception is reported with its vector and a symbolized
+//! RIP, read by the monitor from the frame the CPU pushed for its own stubs.
 
 use duet_tests::{boot, status};
 
@@ -21,8 +22,11 @@ fn exceptions_report_vector_and_symbol() {
     ] {
         fault(kind)
             .expect_stderr(vector)
-            .expect_stderr("<fault::main+0x");
+            .expect_stderr("<fault::main+0x")
+            // The interrupted ring-3 context, not the stub's.
+            .expect_stderr("cs 0x33 ss 0x2b");
     }
+    fault("breakpoint").expect_stderr("breakpoint (int3) at rip 0x");
 }
 
 #[test]

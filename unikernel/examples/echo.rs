@@ -27,10 +27,18 @@ fn main() -> i32 {
             return 2;
         }
     };
-    if let Err(e) = r {
-        duet::println!("echo: {e}");
+    match r {
+        // SIGTERM to the monitor (`podman stop`): a clean exit.
+        Err(NetError::Shutdown) => {
+            duet::println!("echo: shutdown requested; stopping");
+            0
+        }
+        Err(e) => {
+            duet::println!("echo: {e}");
+            3
+        }
+        Ok(()) => 0,
     }
-    3
 }
 
 fn tcp(port: u16) -> Result<(), NetError> {

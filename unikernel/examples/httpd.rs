@@ -82,6 +82,11 @@ fn main() -> i32 {
     );
     match serve(&mut listener) {
         Ok(()) => 0,
+        // `podman stop`, SIGTERM to the monitor: a clean exit.
+        Err(NetError::Shutdown) => {
+            duet::println!("httpd: shutdown requested; stopping");
+            0
+        }
         Err(e) => {
             duet::println!("httpd: {e}; stopping");
             3

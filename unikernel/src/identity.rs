@@ -4,7 +4,7 @@
 use core::sync::atomic::{fence, Ordering};
 use duet_abi::boot::BOOT_FLAG_IDENTITY;
 use duet_abi::hypercall::{Hypercall, SnapshotPointArgs, SNAPSHOT_POINT_RESTORED};
-use duet_abi::identity::IdentityPage;
+use duet_abi::identity::{IdentityPage, REQUEST_SHUTDOWN};
 
 /// This guest's identity.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -43,6 +43,24 @@ pub fn identity() -> Identity {
         }
         core::hint::spin_loop();
     }
+}
+
+/// Whether the host asked this guest to shut down (`SIGTERM` to the
+/// monitor, `podman stop`, ...). Reading it costs no exit. A guest that
+/// wants to stop cleanly checks it in its main loop and exits; blocking
+/// network calls return [`crate::net::NetError::Shutdown`] once it is set.
+/// The monitor stops the guest anyway after its grace period
+/// (`duet run --stop-timeout`).
+pub fn shutdown_requested() -> bool {
+    let bi = crate::rt::boot_info();
+    if bi.flags & BOOT_FLAG_IDENTITY == 0 {
+        return false;
+    }
+    let page = bi.identity.0 as *const IdentityPage;
+    // SAFETY: the monitor maps the identity page read-only for the guest's
+    // whole life; one aligned u64 that only gains bits is read as a whole.
+    let requests = unsafe { core::ptr::read_volatile(&raw const (*page).requests) };
+    requests & REQUEST_SHUTDOWN != 0
 }
 
 /// Marks the guest's ready point. `duet template create` snapshots the guest

@@ -27,8 +27,8 @@ pub mod allocator;
 pub mod block;
 pub mod console;
 pub mod env;
-pub mod exceptions;
 mod fmtbuf;
+pub mod header;
 pub mod hypercall;
 pub mod identity;
 pub mod mem;
@@ -39,7 +39,7 @@ pub mod rt;
 pub mod time;
 
 pub use duet_abi as abi;
-pub use identity::{identity, snapshot_point, Identity};
+pub use identity::{identity, shutdown_requested, snapshot_point, Identity};
 pub use rt::{exit, Termination};
 
 /// Declares the application's entry point.

@@ -35,7 +35,7 @@ pub unsafe extern "C" fn _start(boot: *const BootInfo) -> ! {
     let entry_tsc = rdtsc();
     // Keep the image header reachable so the linker never drops it.
     // SAFETY: reading a static through a volatile read is always valid.
-    unsafe { core::ptr::read_volatile(&crate::exceptions::HEADER.magic) };
+    unsafe { core::ptr::read_volatile(&crate::header::HEADER.magic) };
 
     // SAFETY: the monitor maps the boot info read-only for the guest's whole
     // life and passes its address here; we check the magic before trusting it.

@@ -122,16 +122,47 @@ pub fn monitor() -> Result<PathBuf> {
     Ok(root().join("target/release/duet"))
 }
 
+/// Builds the monitor the tests run: the release build plus the
+/// failure-injection hooks (`--features test-hooks`), in its own target
+/// directory so the release binary never has them and neither build
+/// invalidates the other. Returns its path.
+pub fn test_monitor() -> Result<PathBuf> {
+    let dir = root().join("target/test-hooks");
+    run(cargo()
+        .current_dir(root())
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "duet-monitor",
+            "--features",
+            "test-hooks",
+            "--target-dir",
+        ])
+        .arg(&dir))?;
+    Ok(dir.join("release/duet"))
+}
+
 /// Builds everything, then runs every host test with the images in place.
 pub fn test(extra: &[String]) -> Result<()> {
     ensure_tools(&[
         ("curl", "curl"),
         ("dnsmasq", "dnsmasq-base"),
+        ("tc", "iproute2"),
+        // The OCI runtime tests (tests/tests/oci_*.rs): the engines, runc
+        // for non-Duet images, and criu, without which Podman refuses to
+        // checkpoint (Duet's checkpoints do not use it).
+        ("podman", "podman"),
+        ("containerd", "containerd"),
+        ("runc", "runc"),
+        ("criu", "criu"),
         ("redis-cli", "redis-tools"),
         ("redis-server", "redis-server"),
     ])?;
     images(&[])?;
-    let duet = monitor()?;
+    monitor()?;
+    let duet = test_monitor()?;
     run(cargo()
         .current_dir(root())
         .env("DUET_IMAGES", images_dir())
@@ -139,7 +170,8 @@ pub fn test(extra: &[String]) -> Result<()> {
         .args(["test", "--workspace"])
         .args(extra))?;
     // Benchmarks are not tests: a smoke pass with tiny counts keeps the
-    // harness from rotting; no figure is checked.
+    // harness from rotting; no figure is checked, but a section that fails
+    // or cannot run fails the command.
     crate::bench::smoke()
 }
 
@@ -166,5 +198,5 @@ fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing))
-    .context("installing test tools (the network and kvd tests use them)")
+    .context("installing test tools (the network, OCI and kvd tests use them)")
 }

@@ -1,41 +1,33 @@
-//! Abort, fault reports and boot tracing: the calls that end or describe a guest.
+//! Abort and boot tracing: the calls that end or describe a guest.
 
-use super::{bad_args, Flow};
-use crate::report;
-use crate::vcpu::Outcome;
-use crate::vm::Vm;
-use duet_abi::hypercall::{AbortArgs, BootTraceArgs, FaultFrame, Hypercall, ABORT_MSG_MAX};
+use crate::call::bad_args;
+use crate::memory::GuestMem;
+use crate::outcome::{Flow, Outcome};
+use crate::trace::BootTrace;
+use duet_abi::hypercall::{AbortArgs, BootTraceArgs, Hypercall, ABORT_MSG_MAX};
 use duet_abi::Gpa;
 
 /// [`Hypercall::Abort`]: the guest panicked.
-pub fn abort(vm: &mut Vm, value: u32) -> Flow {
-    let args: AbortArgs = match vm.mem.read_plain(Gpa(u64::from(value))) {
+pub fn abort(mem: &GuestMem, value: u32) -> Flow {
+    let args: AbortArgs = match mem.read_plain(Gpa(u64::from(value))) {
         Ok(a) => a,
         Err(e) => return bad_args(Hypercall::Abort, value, e),
     };
     let mut buf = vec![0u8; args.len.min(ABORT_MSG_MAX) as usize];
-    let msg = match vm.mem.read_bytes(args.msg, &mut buf) {
+    let msg = match mem.read_bytes(args.msg, &mut buf) {
         Ok(()) => String::from_utf8_lossy(&buf).into_owned(),
         Err(e) => format!("(abort message unreadable: {e})"),
     };
     Flow::Stop(Outcome::Aborted(msg))
 }
 
-/// [`Hypercall::Fault`]: an exception stub reports a CPU exception.
-pub fn fault(vm: &mut Vm, value: u32) -> Flow {
-    match vm.mem.read_plain::<FaultFrame>(Gpa(u64::from(value))) {
-        Ok(frame) => Flow::Stop(Outcome::Faulted(report::fault(vm, &frame))),
-        Err(e) => bad_args(Hypercall::Fault, value, e),
-    }
-}
-
 /// [`Hypercall::BootTrace`]: guest-side boot timestamps.
-pub fn boot_trace(vm: &mut Vm, value: u32) -> Flow {
-    let args: BootTraceArgs = match vm.mem.read_plain(Gpa(u64::from(value))) {
+pub fn boot_trace(mem: &GuestMem, trace: Option<&mut BootTrace>, value: u32) -> Flow {
+    let args: BootTraceArgs = match mem.read_plain(Gpa(u64::from(value))) {
         Ok(a) => a,
         Err(e) => return bad_args(Hypercall::BootTrace, value, e),
     };
-    if let Some(t) = &mut vm.trace {
+    if let Some(t) = trace {
         t.mark_guest("guest first instruction", args.entry_tsc);
         t.mark_guest("guest main", args.main_tsc);
     }

@@ -66,6 +66,9 @@ pub enum NetError {
     TimedOut,
     /// A datagram does not fit the socket's buffer.
     TooBig,
+    /// The host asked the guest to shut down ([`crate::shutdown_requested`]):
+    /// blocking calls stop waiting so the app can exit cleanly.
+    Shutdown,
 }
 
 impl core::fmt::Display for NetError {
@@ -80,6 +83,7 @@ impl core::fmt::Display for NetError {
             NetError::Closed => f.write_str("connection closed"),
             NetError::TimedOut => f.write_str("timed out"),
             NetError::TooBig => f.write_str("datagram too big"),
+            NetError::Shutdown => f.write_str("shutdown requested"),
         }
     }
 }
@@ -354,6 +358,9 @@ impl Stack {
     /// Waits until `deadline_ns` for frames or a stack timer, unless a poll
     /// already changed a socket.
     fn wait(&mut self, deadline_ns: Option<u64>) -> Result<(), NetError> {
+        if crate::shutdown_requested() {
+            return Err(NetError::Shutdown);
+        }
         if self.poll() {
             return Ok(());
         }
@@ -372,10 +379,13 @@ impl Stack {
         let id = self.info.device;
         wait::wait_io(&mut self.dev, id, deadline, 1 << id);
         self.poll();
-        match self.dev.error() {
-            Some(e) => Err(NetError::Device(e)),
-            None => Ok(()),
+        if let Some(e) = self.dev.error() {
+            return Err(NetError::Device(e));
         }
+        if crate::shutdown_requested() {
+            return Err(NetError::Shutdown);
+        }
+        Ok(())
     }
 }
 

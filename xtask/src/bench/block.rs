@@ -157,7 +157,7 @@ fn med(s: &Series, key: &str) -> Result<f64> {
 /// The section: `--runs 100` covers 32 MiB in 5 rounds; `--runs 2`, 1 MiB
 /// in one round (the latency tests always make 2000 requests per kind).
 pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
-    let Some(image) = ctx.image("blkbench", "block") else {
+    let Some(image) = ctx.image("blkbench", "block")? else {
         return Ok(Vec::new());
     };
     let mib = (ctx.runs as u64 * MAX_MIB / 100).clamp(1, MAX_MIB);

@@ -14,7 +14,7 @@ const WARMUP: usize = 3;
 const TRACE_RUNS: usize = 20;
 
 pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
-    let Some(hello) = ctx.image("hello", "boot") else {
+    let Some(hello) = ctx.image("hello", "boot")? else {
         return Ok(Vec::new());
     };
     let duet = || {

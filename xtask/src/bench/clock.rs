@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
-    let Some(app) = ctx.image("timebench", "clock") else {
+    let Some(app) = ctx.image("timebench", "clock")? else {
         return Ok(Vec::new());
     };
     let rounds = (ctx.runs / 5).clamp(1, 20);
@@ -46,8 +46,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
         }
     }
     if rows.is_empty() {
-        ctx.notes
-            .push("clock: timebench printed no BENCH lines".to_string());
+        ctx.problem("clock", "timebench printed no BENCH lines")?;
     }
     Ok(rows)
 }

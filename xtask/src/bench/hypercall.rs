@@ -15,7 +15,7 @@ const KINDS: &[(&str, &str)] = &[
 ];
 
 pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
-    let Some(app) = ctx.image("hcbench", "hypercall") else {
+    let Some(app) = ctx.image("hcbench", "hypercall")? else {
         return Ok(Vec::new());
     };
     // Many short rounds, finely interleaved, so a burst of load on the

@@ -4,10 +4,11 @@
 //! loopback in the same namespace with its persistence matched to kvd's:
 //! in memory (`save ""`, `appendonly no`), and with the log on a disk
 //! (`appendonly yes`, `appendfsync everysec` and `always`; write tests,
-//! default transport). redis-server is the floor. Round after round, redis-server
-//! and then each transport take turns on the same benchmark; a fresh
-//! server serves each run. Figures are medians over rounds. Needs root,
-//! /dev/net/tun and the Redis tools (skipped with a note otherwise).
+//! default transport). redis-server is the floor. Round after round,
+//! redis-server and then each transport take turns on the same benchmark;
+//! a fresh server serves each run. Figures are medians over rounds. Needs
+//! root, /dev/net/tun and the Redis tools (skipped with a note otherwise;
+//! an error in the smoke pass).
 
 use super::bars::{BarChart, Panel};
 use super::netns::{connect, Netns, GUEST};
@@ -143,10 +144,10 @@ fn key(cfg: &str, p: usize, side: &str, test: &str, what: &str) -> String {
 /// The section.
 pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
     if let Some(why) = missing() {
-        ctx.notes.push(format!("kvd: skipped: {why}"));
+        ctx.problem("kvd", format!("skipped: {why}"))?;
         return Ok(Vec::new());
     }
-    let Some(image) = ctx.image("kvd", "kvd") else {
+    let Some(image) = ctx.image("kvd", "kvd")? else {
         return Ok(Vec::new());
     };
     let plan = Plan::new(ctx.runs);

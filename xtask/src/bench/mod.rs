@@ -94,7 +94,7 @@ impl Row {
 }
 
 /// What sections share: the binaries, the repetition count, raw samples
-/// for charts and JSON, and notes (skips) for the report.
+/// for charts and JSON, and notes (skips and caveats) for the report.
 pub struct Ctx {
     /// `--runs`.
     pub runs: usize,
@@ -112,22 +112,36 @@ pub struct Ctx {
     pub out_dir: PathBuf,
     /// Bar charts sections describe; drawn with the others at the end.
     pub charts: Vec<bars::BarChart>,
+    /// The smoke pass: a section that cannot run here, or a measurement
+    /// that fails, is an error (so `cargo xtask test` fails) instead of a
+    /// note under the table.
+    pub strict: bool,
     floor_exit_ns: Option<f64>,
 }
 
 impl Ctx {
-    /// The image of example app `app`, or `None` (with a note) when this
-    /// build has no such app.
-    pub fn image(&mut self, app: &str, section: &str) -> Option<PathBuf> {
+    /// Records that `section` could not run or measure something: an error
+    /// in the smoke pass, a note under the table otherwise.
+    pub fn problem(&mut self, section: &str, what: impl std::fmt::Display) -> Result<()> {
+        if self.strict {
+            bail!("{section}: {what}");
+        }
+        self.notes.push(format!("{section}: {what}"));
+        Ok(())
+    }
+
+    /// The image of example app `app`, or `None` (with a note; an error in
+    /// the smoke pass) when this build has no such app.
+    pub fn image(&mut self, app: &str, section: &str) -> Result<Option<PathBuf>> {
         let p = self.images.join(app);
         if p.is_file() {
-            Some(p)
-        } else {
-            self.notes.push(format!(
-                "{section}: skipped: app `{app}` is not in this build (unikernel/examples/{app}.rs)"
-            ));
-            None
+            return Ok(Some(p));
         }
+        self.problem(
+            section,
+            format!("skipped: app `{app}` is not in this build (unikernel/examples/{app}.rs)"),
+        )?;
+        Ok(None)
     }
 
     /// The floor's cost of one `out` exit in ns, measured once per run.
@@ -158,6 +172,8 @@ pub struct Section {
     pub name: &'static str,
     /// Measures and returns rows.
     pub run: fn(&mut Ctx) -> Result<Vec<Row>>,
+    /// Whether the smoke pass runs it (every Duet section does).
+    pub smoke: bool,
 }
 
 /// Every section, in report order.
@@ -165,38 +181,50 @@ pub const SECTIONS: &[Section] = &[
     Section {
         name: "boot",
         run: boot::run,
+        smoke: true,
     },
     Section {
         name: "hypercall",
         run: hypercall::run,
+        smoke: true,
     },
     Section {
         name: "clock",
         run: clock::run,
+        smoke: true,
     },
     Section {
         name: "block",
         run: block::run,
+        smoke: true,
     },
     Section {
         name: "net",
         run: net::run,
+        smoke: true,
     },
     Section {
         name: "kvd",
         run: kvd::run,
+        smoke: true,
     },
     Section {
         name: "snapshot",
         run: snapshot::run,
+        smoke: true,
     },
     Section {
         name: "migrate",
         run: migrate::run,
+        smoke: true,
     },
     Section {
         name: "qemu",
         run: qemu::run,
+        // A reference, not Duet: QEMU is optional and `cargo xtask test`
+        // does not install it (Debian's qemu-system-x86 would replace the
+        // backported qemu-utils these machines come with).
+        smoke: false,
     },
 ];
 
@@ -215,9 +243,15 @@ fn build_floor() -> Result<PathBuf> {
 
 /// `cargo xtask bench`.
 pub fn run(args: &BenchArgs) -> Result<()> {
+    run_with(args, false)
+}
+
+/// Runs the sections `args` selects; `strict` as [`Ctx::strict`].
+fn run_with(args: &BenchArgs, strict: bool) -> Result<()> {
     let sections: Vec<&Section> = SECTIONS
         .iter()
         .filter(|s| args.what == "all" || args.what == s.name)
+        .filter(|s| s.smoke || !strict)
         .collect();
     if sections.is_empty() {
         let names: Vec<_> = SECTIONS.iter().map(|s| s.name).collect();
@@ -256,6 +290,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         notes: Vec::new(),
         out_dir: dir.clone(),
         charts: Vec::new(),
+        strict,
         floor_exit_ns: None,
     };
     let mut rows = Vec::new();
@@ -275,8 +310,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The smoke pass `cargo xtask test` runs: every section with tiny counts,
-/// results in a temporary directory, no timing checked.
+/// The smoke pass `cargo xtask test` runs: every Duet section (not the QEMU
+/// reference) with tiny counts, results in a temporary directory, no timing
+/// checked. Strict: a section that fails or cannot run fails the pass (and
+/// so the test command).
 pub fn smoke() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("duet-bench-smoke-{}", std::process::id()));
     let args = BenchArgs {
@@ -285,7 +322,52 @@ pub fn smoke() -> Result<()> {
         json: Some(dir.join("results.json")),
         force: true,
     };
-    let r = run(&args);
+    let r = run_with(&args, true);
     let _ = std::fs::remove_dir_all(&dir);
     r.context("bench smoke pass")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(strict: bool) -> Ctx {
+        Ctx {
+            runs: 2,
+            duet: PathBuf::new(),
+            floor: PathBuf::new(),
+            images: PathBuf::from("/nonexistent/images"),
+            samples: BTreeMap::new(),
+            notes: Vec::new(),
+            out_dir: PathBuf::new(),
+            charts: Vec::new(),
+            strict,
+            floor_exit_ns: None,
+        }
+    }
+
+    #[test]
+    fn the_smoke_pass_turns_problems_into_errors() {
+        let mut smoke = ctx(true);
+        let e = smoke
+            .problem("migrate", "64M guest, idle: refused")
+            .unwrap_err();
+        assert_eq!(e.to_string(), "migrate: 64M guest, idle: refused");
+        let e = smoke.image("hello", "boot").unwrap_err();
+        assert!(SECTIONS
+            .iter()
+            .filter(|s| !s.smoke)
+            .all(|s| s.name == "qemu"));
+        assert!(
+            e.to_string().contains("app `hello` is not in this build"),
+            "{e}"
+        );
+        assert!(smoke.notes.is_empty());
+
+        let mut bench = ctx(false);
+        bench.problem("migrate", "refused").unwrap();
+        assert_eq!(bench.image("hello", "boot").unwrap(), None);
+        assert_eq!(bench.notes.len(), 2);
+        assert_eq!(bench.notes[0], "migrate: refused");
+    }
 }

@@ -147,10 +147,10 @@ fn missing_privilege() -> Option<&'static str> {
 /// The section.
 pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
     if let Some(why) = missing_privilege() {
-        ctx.notes.push(format!("net: skipped: {why}"));
+        ctx.problem("net", format!("skipped: {why}"))?;
         return Ok(Vec::new());
     }
-    let (Some(echo), Some(httpd)) = (ctx.image("echo", "net"), ctx.image("httpd", "net")) else {
+    let (Some(echo), Some(httpd)) = (ctx.image("echo", "net")?, ctx.image("httpd", "net")?) else {
         return Ok(Vec::new());
     };
     let plan = Plan::new(ctx.runs);

@@ -125,8 +125,10 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
         .status()
         .is_ok_and(|s| s.success());
     if !found {
-        ctx.notes
-            .push(format!("qemu: skipped: {QEMU} is not installed"));
+        ctx.problem(
+            "qemu",
+            format!("skipped: {QEMU} is not installed (Debian: apt-get install qemu-system-x86)"),
+        )?;
         return Ok(Vec::new());
     }
     let elf = ctx.out_dir.join("qemu-halt.elf");

@@ -52,10 +52,10 @@ impl Drop for TempDir {
 
 /// The section: snapshot times, restore vs cold boot, clones.
 pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
-    let Some(counter) = ctx.image("counter", "snapshot") else {
+    let Some(counter) = ctx.image("counter", "snapshot")? else {
         return Ok(Vec::new());
     };
-    let memfill = ctx.image("memfill", "snapshot");
+    let memfill = ctx.image("memfill", "snapshot")?;
     let tmp = TempDir::new("snapshot")?;
     let mut chart = BarChart::new("snapshot.svg", "Snapshot: cold boot vs restore vs clones");
     chart.series = vec!["cold boot", "restore / clone"];

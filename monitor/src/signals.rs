@@ -1,0 +1,123 @@
+//! How the monitor ends on `SIGTERM` and `SIGINT`, without a signal thread.
+//!
+//! The signals are blocked in every thread but the vCPU thread (the thread
+//! that calls [`install`] blocks them before it spawns anything; the vCPU
+//! thread unblocks them with [`unblock`]), so the kernel delivers them there:
+//! a running `KVM_RUN` or a sleeping poll hypercall returns `EINTR`, and the
+//! handler only records the signal. The run loop then reads it with
+//! [`take`] (one relaxed load per exit) and decides:
+//!
+//! * the first `SIGTERM` asks the guest to shut down (the identity page's
+//!   `REQUEST_SHUTDOWN`) and arms a one-shot timer for the grace period
+//!   ([`arm_grace`]); the timer's `SIGALRM` comes back here as
+//!   [`Signal::GraceOver`];
+//! * `SIGINT`, a second `SIGTERM`, or the end of the grace period stop the
+//!   guest at once: [`crate::status::terminated`] gives the exit status.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
+/// Default grace period between a `SIGTERM` and the monitor stopping a
+/// guest that has not exited by itself (`--stop-timeout`).
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The last signal received and not yet taken (0: none).
+static PENDING: AtomicI32 = AtomicI32::new(0);
+
+/// A signal the run loop acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// `SIGTERM`: shut down (gracefully the first time).
+    Term,
+    /// `SIGINT` (Ctrl-C): stop now.
+    Int,
+    /// The grace period after a `SIGTERM` is over: stop now.
+    GraceOver,
+}
+
+impl Signal {
+    /// The signal number the monitor's exit status reports (128 + it).
+    pub fn number(self) -> i32 {
+        match self {
+            Signal::Term | Signal::GraceOver => libc::SIGTERM,
+            Signal::Int => libc::SIGINT,
+        }
+    }
+}
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    // Async-signal-safe: one atomic store. A later signal replaces an
+    // earlier one; SIGINT and SIGALRM end the guest either way.
+    PENDING.store(sig, Ordering::SeqCst);
+}
+
+fn handled() -> [libc::c_int; 3] {
+    [libc::SIGTERM, libc::SIGINT, libc::SIGALRM]
+}
+
+fn set_mask(how: libc::c_int) {
+    // SAFETY: a sigset_t we initialise with sigemptyset/sigaddset, then
+    // pthread_sigmask on the calling thread; no memory is shared.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in handled() {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+    }
+}
+
+/// Installs the handlers (without `SA_RESTART`, so blocking calls return
+/// `EINTR`) and blocks the signals in the calling thread, which must then
+/// spawn every other thread: they inherit the blocked mask.
+pub fn install() {
+    for s in handled() {
+        // SAFETY: a zeroed sigaction with a handler that only stores to an
+        // atomic (async-signal-safe); no SA_RESTART on purpose.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(s, &sa, std::ptr::null_mut());
+        }
+    }
+    set_mask(libc::SIG_BLOCK);
+}
+
+/// Unblocks the signals in the calling thread (the vCPU thread), so they
+/// interrupt `KVM_RUN` and blocking calls there.
+pub fn unblock() {
+    set_mask(libc::SIG_UNBLOCK);
+}
+
+/// Takes the pending signal, if any.
+#[inline]
+pub fn take() -> Option<Signal> {
+    if PENDING.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    match PENDING.swap(0, Ordering::SeqCst) {
+        libc::SIGTERM => Some(Signal::Term),
+        libc::SIGINT => Some(Signal::Int),
+        libc::SIGALRM => Some(Signal::GraceOver),
+        _ => None,
+    }
+}
+
+/// Arms a one-shot `SIGALRM` `after` from now (the grace period).
+pub fn arm_grace(after: Duration) {
+    let t = libc::itimerval {
+        it_interval: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        it_value: libc::timeval {
+            tv_sec: after.as_secs().min(i64::MAX as u64) as libc::time_t,
+            // At least 1 us: a zero it_value would disarm the timer.
+            tv_usec: (after.subsec_micros().max(u32::from(after.is_zero()))) as libc::suseconds_t,
+        },
+    };
+    // SAFETY: setitimer with a valid itimerval we own.
+    unsafe { libc::setitimer(libc::ITIMER_REAL, &t, std::ptr::null_mut()) };
+}
