@@ -7,6 +7,7 @@
 pub mod docs;
 pub mod netns;
 pub mod oci;
+pub mod redis;
 pub mod statefile;
 
 use std::io::Read;
@@ -470,6 +471,17 @@ impl Background {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Whether the monitor has ended.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Kills the monitor (SIGKILL, as `kill -9`) and waits for it.
+    pub fn kill(mut self) -> Output {
+        let _ = self.child.kill();
+        self.finish()
     }
 
     /// Waits (up to 60 s) for the monitor to end.

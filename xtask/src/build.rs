@@ -160,6 +160,8 @@ pub fn test(extra: &[String]) -> Result<()> {
         // The docs' examples (tests/tests/docs.rs runs them).
         ("socat", "socat"),
         ("ping", "iputils-ping"),
+        ("redis-cli", "redis-tools"),
+        ("redis-server", "redis-server"),
     ])?;
     images(&[])?;
     monitor()?;
@@ -199,5 +201,7 @@ fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing))
-    .context("installing test tools (the network and OCI tests and the docs' examples use them)")
+    .context(
+        "installing test tools (the network, OCI and kvd tests and the docs' examples use them)",
+    )
 }

@@ -112,7 +112,7 @@ pub(crate) struct Stack {
     dev: NetDev,
     pub(crate) sockets: SocketSet<'static>,
     /// Closed TCP sockets still finishing their shutdown.
-    closing: Vec<SocketHandle>,
+    closing: Vec<Closing>,
     /// The DHCP client, when `IP=dhcp`.
     dhcp: Option<SocketHandle>,
     info: NetInfo,
@@ -128,6 +128,20 @@ pub(crate) struct Stack {
 /// (each later gap is one step longer), as QEMU's announce does.
 const ANNOUNCE_ROUNDS: u32 = 5;
 const ANNOUNCE_STEP_NS: u64 = 50_000_000;
+
+/// How long a closed socket may take to finish its shutdown before it is
+/// reset (Linux's `tcp_fin_timeout`): a peer that never closes its side
+/// must not hold a socket for ever.
+const LINGER_NS: u64 = 60_000_000_000;
+
+/// A TCP socket the application closed.
+struct Closing {
+    handle: SocketHandle,
+    /// When it is reset if still not closed.
+    deadline_ns: u64,
+    /// Reset; removed at the next poll, once the reset went out.
+    aborted: bool,
+}
 
 /// A gratuitous ARP frame's length (Ethernet header + ARP for IPv4).
 const GARP_LEN: usize = 14 + 28;
@@ -285,15 +299,23 @@ impl Stack {
         self.dev.tx.flush();
         self.dhcp_event();
         let sockets = &mut self.sockets;
-        self.closing.retain(|&h| {
-            let done = matches!(
-                sockets.get::<stcp::Socket>(h).state(),
-                stcp::State::Closed | stcp::State::TimeWait
-            );
+        let now_ns = wait::now_ns();
+        self.closing.retain_mut(|c| {
+            let s = sockets.get_mut::<stcp::Socket>(c.handle);
+            // Nobody reads a closed stream: drop what the peer still sends
+            // so that it is not stalled by a full window.
+            while s.can_recv() && s.recv(|b| (b.len(), ())).is_ok() {}
+            let done =
+                c.aborted || matches!(s.state(), stcp::State::Closed | stcp::State::TimeWait);
             if done {
-                sockets.remove(h);
+                sockets.remove(c.handle);
+                return false;
             }
-            !done
+            if now_ns >= c.deadline_ns {
+                s.abort();
+                c.aborted = true;
+            }
+            true
         });
         changed
     }
@@ -342,7 +364,11 @@ impl Stack {
 
     pub(crate) fn close_tcp(&mut self, h: SocketHandle) {
         self.sockets.get_mut::<stcp::Socket>(h).close();
-        self.closing.push(h);
+        self.closing.push(Closing {
+            handle: h,
+            deadline_ns: wait::now_ns().saturating_add(LINGER_NS),
+            aborted: false,
+        });
         self.poll();
     }
 

@@ -17,11 +17,13 @@ mod clones;
 mod group;
 mod host;
 mod hypercall;
+mod kvd;
 mod migrate;
 mod net;
 mod netns;
 mod progress;
 mod qemu;
+mod redis;
 mod report;
 mod snapshot;
 mod stats;
@@ -37,7 +39,7 @@ pub use progress::Progress;
 /// `cargo xtask bench` options.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Which section to run: boot, hypercall, clock, block, net, snapshot, qemu, or all.
+    /// Which section to run: boot, hypercall, clock, block, net, kvd, snapshot, migrate, qemu, or all.
     #[arg(default_value = "all")]
     pub what: String,
     /// Repetitions: boot runs per side (use at least 50); other sections scale from it.
@@ -199,6 +201,11 @@ pub const SECTIONS: &[Section] = &[
     Section {
         name: "net",
         run: net::run,
+        smoke: true,
+    },
+    Section {
+        name: "kvd",
+        run: kvd::run,
         smoke: true,
     },
     Section {

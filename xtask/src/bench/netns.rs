@@ -80,6 +80,21 @@ impl Netns {
         Ok(ns)
     }
 
+    /// `program` run inside the namespace (`ip netns exec`); it dies with
+    /// the harness.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, program]);
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            c.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        c
+    }
+
     fn path(&self) -> String {
         format!("/run/netns/{}", self.0)
     }
@@ -99,16 +114,32 @@ impl Netns {
 
     /// Boots `image` on the TAP as 10.0.0.2, single-frame if `single`.
     pub fn boot(&self, duet: &Path, image: &Path, single: bool, args: &[&str]) -> Result<Guest> {
+        let opts: &[&str] = if single {
+            &["--env", "NET_SINGLE=1"]
+        } else {
+            &[]
+        };
+        self.boot_with(duet, image, "", opts, args)
+    }
+
+    /// Boots `image` on the TAP as 10.0.0.2 with `--net tap=tap0{net}`
+    /// (e.g. `,transport=...`) and the monitor options `opts`.
+    pub fn boot_with(
+        &self,
+        duet: &Path,
+        image: &Path,
+        net: &str,
+        opts: &[&str],
+        args: &[&str],
+    ) -> Result<Guest> {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.0])
             .arg(duet)
             .arg("run")
             .arg(image)
-            .args(["--net", &format!("tap={TAP}")])
-            .args(["--env", &format!("IP={GUEST}/24")]);
-        if single {
-            c.args(["--env", "NET_SINGLE=1"]);
-        }
+            .args(["--net", &format!("tap={TAP}{net}")])
+            .args(["--env", &format!("IP={GUEST}/24")])
+            .args(opts);
         // SAFETY: prctl is async-signal-safe. The guest dies with the
         // harness even when the harness is killed before its drops run.
         unsafe {
