@@ -39,6 +39,19 @@ pub enum Request {
     /// A migration step for the vCPU thread (internal; never on the wire).
     #[serde(skip)]
     Migration(crate::migration::source::Step),
+    /// Serve GDB on this `ADDRESS:PORT` (see `debug`).
+    Gdb {
+        /// Where to listen.
+        addr: String,
+    },
+    /// Write an ELF core file of the guest to this path.
+    Core {
+        /// The file to write (replaced atomically).
+        path: String,
+    },
+    /// A command from the GDB thread (internal; never on the wire).
+    #[serde(skip)]
+    Debug(crate::debug::Cmd),
 }
 
 /// The answer to a [`Request`].
@@ -82,6 +95,15 @@ pub struct Response {
     /// Migrate: what the migration did.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub migration: Option<crate::migration::Summary>,
+    /// Gdb: the address GDB connects to (its real port when 0 was given).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub gdb: Option<String>,
+    /// Core: the core file's size in bytes.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub core_bytes: Option<u64>,
+    /// The answer to a GDB thread's command (internal; never on the wire).
+    #[serde(skip)]
+    pub debug: Option<crate::debug::Reply>,
 }
 
 impl Response {

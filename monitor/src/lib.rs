@@ -9,11 +9,14 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod backtrace;
 pub mod bootinfo;
 pub mod config;
 pub mod control;
+pub mod coredump;
 pub mod cpu;
 pub mod cpuid;
+pub mod debug;
 pub mod devices;
 pub mod exception;
 pub mod heap;
@@ -33,3 +36,4 @@ pub mod template;
 pub mod trace;
 pub mod vcpu;
 pub mod vm;
+pub mod vmem;

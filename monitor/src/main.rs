@@ -4,6 +4,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use duet_monitor::config::{self, VmConfig};
 use duet_monitor::control::{Request, Response};
+use duet_monitor::debug;
 use duet_monitor::devices::{block, net};
 use duet_monitor::migration::{self, MigrateRequest};
 use duet_monitor::runner::{self, Finished};
@@ -70,6 +71,19 @@ struct Common {
     /// writing and enter the guest only once a reader has opened it.
     #[arg(long, value_name = "PATH")]
     wait_start: Option<PathBuf>,
+    /// Serve the GDB remote protocol on ADDR:PORT (that address only; port 0
+    /// picks a free one). Connect with `gdb IMAGE -ex 'target remote ADDR:PORT'`.
+    #[arg(long, value_name = "ADDR:PORT")]
+    gdb: Option<String>,
+    /// With --gdb: wait for GDB before the guest's first instruction (the
+    /// default); `--gdb-wait false` starts the guest at once, and GDB stops
+    /// it when it attaches.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, requires = "gdb")]
+    gdb_wait: bool,
+    /// Write an ELF core file to PATH if the guest faults or panics
+    /// (`gdb IMAGE PATH` then shows where).
+    #[arg(long, value_name = "PATH")]
+    core: Option<PathBuf>,
 }
 
 impl Common {
@@ -95,10 +109,33 @@ impl Common {
                 ),
             }
         }
+        let core = self
+            .core
+            .as_ref()
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+        // Bound here, before anything boots: a port in use fails at once.
+        let gdb = match &self.gdb {
+            Some(addr) => {
+                let l = debug::Listener::bind(addr)?;
+                let at = l.local_addr();
+                if self.gdb_wait {
+                    eprintln!("duet: waiting for GDB on {at} before the first instruction (gdb IMAGE -ex 'target remote {at}')");
+                } else {
+                    eprintln!("duet: GDB can attach on {at} (gdb IMAGE -ex 'target remote {at}')");
+                }
+                Some(l)
+            }
+            None => None,
+        };
         Ok(runner::RunOptions {
             api: self.api.clone(),
             wait_start: self.wait_start.clone(),
             stop_timeout,
+            debug: debug::DebugOptions {
+                gdb,
+                wait: self.gdb_wait,
+                core,
+            },
         })
     }
 }
@@ -201,6 +238,17 @@ enum CtlCmd {
         /// The key shared with the destination.
         #[arg(long, value_name = "PATH")]
         migration_key_file: PathBuf,
+    },
+    /// Serve GDB on ADDR:PORT (port 0 picks one; the answer says which); the
+    /// guest stops when GDB attaches and runs on when it detaches.
+    Gdb {
+        /// Where to listen.
+        addr: String,
+    },
+    /// Write an ELF core file of the guest to PATH; it keeps running.
+    Core {
+        /// The file (written atomically).
+        path: PathBuf,
     },
 }
 
@@ -309,6 +357,9 @@ fn clones(dir: &Path, n: u32, c: &Common, start: Instant, verify: bool) -> anyho
     if n == 0 {
         bail!("--clones must be at least 1");
     }
+    if c.gdb.is_some() || c.core.is_some() {
+        bail!("--gdb and --core serve one guest; restore without --clones to debug one");
+    }
     // Check once here; each clone then maps the files without re-reading them.
     Snapshot::open(dir)
         .and_then(|s| if verify { s.verify_memory() } else { Ok(()) })
@@ -406,6 +457,13 @@ fn ctl(socket: &Path, cmd: CtlCmd) -> anyhow::Result<Outcome> {
             };
             return migrate(socket, req);
         }
+        CtlCmd::Gdb { addr } => Request::Gdb { addr },
+        CtlCmd::Core { path } => {
+            let path = std::path::absolute(&path).unwrap_or(path);
+            Request::Core {
+                path: path.display().to_string(),
+            }
+        }
         CtlCmd::Pause => Request::Pause,
         CtlCmd::Resume => Request::Resume,
         CtlCmd::Status => Request::Status,
@@ -442,6 +500,9 @@ fn template_cmd(cmd: TemplateCmd, start: Instant) -> anyhow::Result<Outcome> {
                 kvm_device,
                 stop_timeout: 5.0,
                 wait_start: None,
+                gdb: None,
+                gdb_wait: true,
+                core: None,
             };
             match boot(image, guest, c, start, Some(dir))? {
                 Outcome::Snapshotted(d) => {

@@ -27,7 +27,7 @@ pub enum RunError {
 }
 
 /// How to run a guest besides what builds it.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct RunOptions {
     /// Serve the control socket at this path (`--api`).
     pub api: Option<PathBuf>,
@@ -37,6 +37,8 @@ pub struct RunOptions {
     pub wait_start: Option<PathBuf>,
     /// Grace period after `SIGTERM` (`--stop-timeout`).
     pub stop_timeout: std::time::Duration,
+    /// GDB (`--gdb`, `--gdb-wait`) and core files (`--core`).
+    pub debug: crate::debug::DebugOptions,
 }
 
 impl Default for RunOptions {
@@ -45,6 +47,7 @@ impl Default for RunOptions {
             api: None,
             wait_start: None,
             stop_timeout: crate::signals::DEFAULT_STOP_TIMEOUT,
+            debug: Default::default(),
         }
     }
 }
@@ -105,7 +108,7 @@ where
         .api
         .map(|path| crate::api::serve(path, ctl.clone()))
         .transpose()?;
-    let (gate, stop_timeout) = (opts.wait_start, opts.stop_timeout);
+    let (gate, stop_timeout, debug) = (opts.wait_start, opts.stop_timeout, opts.debug);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), RunError>>();
     let vcpu_ctl = ctl.clone();
     let vcpu = std::thread::Builder::new()
@@ -127,6 +130,11 @@ where
                     return None;
                 }
             };
+            if let Err(e) = crate::debug::setup(&mut vm, debug) {
+                vcpu_ctl.finish();
+                let _ = ready_tx.send(Err(RunError::Start(e.to_string())));
+                return None;
+            }
             let _ = ready_tx.send(Ok(()));
             vm.set_stop_timeout(stop_timeout);
             if let Some(Err(outcome)) = gate.as_deref().map(wait_start) {

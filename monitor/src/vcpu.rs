@@ -101,6 +101,8 @@ enum Exit {
     Hypercall(u16, u32),
     /// KVM_RUN was interrupted by a signal: just run again.
     Retry,
+    /// A debugger took the exit: run on, or wait if it stopped the guest.
+    Debugger,
     Stop(Outcome),
 }
 
@@ -114,6 +116,7 @@ impl Vm {
             t.mark("enter guest");
         }
         let outcome = self.run_loop();
+        crate::debug::on_end(self, &outcome);
         if matches!(outcome, Outcome::Terminated(_)) {
             // What the guest wrote must survive the stop it did not choose.
             if let Err(e) = self.devices.flush_disks() {
@@ -134,11 +137,18 @@ impl Vm {
                     return o;
                 }
             }
+            // A request waits, or the guest is paused (by a request, or
+            // stopped by a debugger): serve requests until it may run.
+            if self.ctl.pending() || self.paused {
+                if let Some(o) = self.serve_control() {
+                    return o;
+                }
+            }
             let exit = self.run_once();
             self.exits += 1;
             match exit {
                 Exit::Hypercall(nr, value) => match hypercall::dispatch(self, nr, value) {
-                    Flow::Continue => {}
+                    Flow::Continue => crate::debug::after_hypercall(self),
                     Flow::Stop(o) => return o,
                 },
                 Exit::Retry => {
@@ -151,12 +161,8 @@ impl Vm {
                         self.ctl.set_immediate_exit(false);
                     }
                 }
+                Exit::Debugger => {}
                 Exit::Stop(o) => return o,
-            }
-            if self.ctl.pending() {
-                if let Some(o) = self.serve_control() {
-                    return o;
-                }
             }
         }
     }
@@ -235,6 +241,9 @@ impl Vm {
             if let Some(to) = self.ctl.migration.migrated() {
                 return Some(Outcome::Migrated(to));
             }
+            if let Some(o) = self.debug.take_end() {
+                return Some(o);
+            }
         }
     }
 
@@ -253,6 +262,9 @@ impl Vm {
             }
             Request::Resume if self.ctl.migration.held() => {
                 Response::err("the guest is paused for a migration in progress; it resumes if the migration fails")
+            }
+            Request::Resume if self.debug.holds() => {
+                Response::err("the guest is stopped in GDB; continue it from GDB, or detach")
             }
             Request::Resume => {
                 self.paused = false;
@@ -289,6 +301,9 @@ impl Vm {
                 Err(e) => Response::err(e.to_string()),
             },
             Request::Migration(step) => crate::migration::source::on_request(self, step),
+            Request::Gdb { addr } => crate::debug::listen(self, &addr),
+            Request::Core { path } => crate::debug::dump(self, Path::new(&path)),
+            Request::Debug(cmd) => crate::debug::handle(self, cmd),
             Request::Migrate(_) => Response::err("migrate is served by the API thread"),
         }
     }
@@ -296,8 +311,18 @@ impl Vm {
     fn run_once(&mut self) -> Exit {
         match self.vcpu.run() {
             Ok(VcpuExit::IoOut(port, _)) if exception::is_stub_port(port) => {
-                Exit::Stop(exception::on_exit(self, port))
+                match exception::on_exit(self, port) {
+                    Some(o) => Exit::Stop(o),
+                    None => Exit::Debugger,
+                }
             }
+            Ok(VcpuExit::Debug(_)) => match crate::debug::on_debug_exit(self) {
+                true => Exit::Debugger,
+                false => Exit::Stop(Outcome::Failed(report::with_regs(
+                    self,
+                    "KVM_EXIT_DEBUG without a single step asked of KVM",
+                ))),
+            },
             Ok(VcpuExit::IoOut(port, data)) => {
                 if !(PORT_BASE..PORT_BASE + PORT_COUNT).contains(&port) {
                     return Exit::Stop(Outcome::Failed(format!(

@@ -138,6 +138,8 @@ pub struct Vm {
     pub(crate) shutdown_unreported: bool,
     /// How long a guest asked to shut down may take before it is stopped.
     pub(crate) stop_timeout: std::time::Duration,
+    /// GDB sessions and core files (reached through `debug::DebugVm`).
+    pub(crate) debug: crate::debug::Debugger,
 }
 
 /// Registers `mem` as KVM memory slot 0 of `vm`.
@@ -230,6 +232,7 @@ impl Vm {
             shutdown_requested: false,
             shutdown_unreported: false,
             stop_timeout: crate::signals::DEFAULT_STOP_TIMEOUT,
+            debug: Default::default(),
         };
         let boot_info = vm_.build_guest(cfg, tsc_khz)?;
         mark(&mut vm_.trace, "load image + tables");

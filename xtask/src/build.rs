@@ -37,6 +37,22 @@ pub fn images_dir() -> PathBuf {
         .join("release/examples")
 }
 
+/// The guest's profile for debugging (`unikernel/Cargo.toml`): full debug
+/// info, no optimisation.
+pub const DEBUG_PROFILE: &str = "gdb";
+
+/// Where images built with [`DEBUG_PROFILE`] land.
+pub fn debug_images_dir() -> PathBuf {
+    root()
+        .join("unikernel/target")
+        .join(TARGET)
+        .join(DEBUG_PROFILE)
+        .join("examples")
+}
+
+/// The example apps the debugger tests run with debug info.
+pub const DEBUG_TEST_APPS: &[&str] = &["args", "counter"];
+
 /// Installs the guest target with rustup if it is missing.
 pub fn ensure_target() -> Result<()> {
     let out = Command::new("rustup")
@@ -56,16 +72,18 @@ pub fn ensure_target() -> Result<()> {
     }
 }
 
-/// Link flags every Duet image needs: a static (non-PIE) executable at the
-/// ABI's image base, one page per segment so each gets its own protection.
+/// Flags every Duet image is built with: a static (non-PIE) executable at
+/// the ABI's image base, one page per segment so each gets its own
+/// protection, and frame pointers so the monitor can print a backtrace
+/// when the guest faults or panics.
 pub fn guest_rustflags() -> String {
     format!(
-        "-C relocation-model=static -C link-arg=--image-base={:#x} -C link-arg=-zmax-page-size=4096 -C link-arg=-zseparate-loadable-segments",
+        "-C relocation-model=static -C link-arg=--image-base={:#x} -C link-arg=-zmax-page-size=4096 -C link-arg=-zseparate-loadable-segments -C force-frame-pointers=yes",
         duet_abi::boot::IMAGE_BASE
     )
 }
 
-fn guest_cargo(dir: &Path) -> Command {
+fn guest_cargo(dir: &Path, profile: &str) -> Command {
     let mut c = cargo();
     c.current_dir(dir)
         .env(
@@ -75,14 +93,24 @@ fn guest_cargo(dir: &Path) -> Command {
         // The host workspace's flags must not leak into the guest build.
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .args(["build", "--release", "--target", TARGET]);
+        .args(["build", "--profile", profile, "--target", TARGET]);
     c
 }
 
 /// Builds the named example apps (all when empty).
 pub fn images(apps: &[String]) -> Result<()> {
+    images_with(apps, "release")
+}
+
+/// Builds the named example apps (all when empty) with the debugging
+/// profile, into [`debug_images_dir`].
+pub fn debug_images(apps: &[String]) -> Result<()> {
+    images_with(apps, DEBUG_PROFILE)
+}
+
+fn images_with(apps: &[String], profile: &str) -> Result<()> {
     ensure_target()?;
-    let mut c = guest_cargo(&root().join("unikernel"));
+    let mut c = guest_cargo(&root().join("unikernel"), profile);
     if apps.is_empty() {
         c.arg("--examples");
     }
@@ -99,7 +127,7 @@ pub fn external_app(manifest: &Path) -> Result<PathBuf> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut c = guest_cargo(dir);
+    let mut c = guest_cargo(dir, "release");
     c.arg("--manifest-path").arg(manifest);
     run(&mut c).context("building the application")?;
     let text = std::fs::read_to_string(manifest)?;
@@ -124,12 +152,19 @@ pub fn monitor() -> Result<PathBuf> {
 
 /// Builds everything, then runs every host test with the images in place.
 pub fn test(extra: &[String]) -> Result<()> {
-    ensure_tools(&[("curl", "curl"), ("dnsmasq", "dnsmasq-base")])?;
+    ensure_tools(&[
+        ("curl", "curl"),
+        ("dnsmasq", "dnsmasq-base"),
+        ("gdb", "gdb"),
+    ])?;
     images(&[])?;
+    let debug_apps: Vec<String> = DEBUG_TEST_APPS.iter().map(|a| a.to_string()).collect();
+    debug_images(&debug_apps)?;
     let duet = monitor()?;
     run(cargo()
         .current_dir(root())
         .env("DUET_IMAGES", images_dir())
+        .env("DUET_DEBUG_IMAGES", debug_images_dir())
         .env("DUET_BIN", duet)
         .args(["test", "--workspace"])
         .args(extra))?;
@@ -162,5 +197,5 @@ fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing))
-    .context("installing test tools (the network tests use them)")
+    .context("installing test tools (the network and debugger tests use them)")
 }

@@ -138,12 +138,20 @@ pub const fn name(vector: u8) -> &'static str {
     }
 }
 
-/// The run loop's hook for an `out` to a stub port: reads the exception and
-/// ends the guest with its report (a #BP too, while there is no debugger).
+/// The run loop's hook for an `out` to a stub port: reads the exception;
+/// an attached debugger may take it (`None`: the guest is stopped for GDB,
+/// back in its ring-3 context). Otherwise it ends the guest with its
+/// report and, with `--core`, a core file (a #BP too, without a debugger).
 /// A stray access to such a port ends it as a VM failure.
-pub fn on_exit(vm: &Vm, port: u16) -> Outcome {
-    match frame::read(&vm.vcpu, &vm.mem, port) {
-        Ok(e) => Outcome::Faulted(report::fault(vm, &e)),
-        Err(e) => Outcome::Failed(report::with_regs(vm, &e.to_string())),
+pub fn on_exit(vm: &mut Vm, port: u16) -> Option<Outcome> {
+    let e = match frame::read(&vm.vcpu, &vm.mem, port) {
+        Ok(e) => e,
+        Err(e) => return Some(Outcome::Failed(report::with_regs(vm, &e.to_string()))),
+    };
+    if crate::debug::on_exception(vm, &e) {
+        return None;
     }
+    let mut report = report::fault(vm, &e);
+    report.extend(crate::debug::core_on_fault(vm, &e));
+    Some(Outcome::Faulted(report))
 }

@@ -13,10 +13,15 @@ pub fn abort(vm: &mut Vm, value: u32) -> Flow {
         Err(e) => return bad_args(Hypercall::Abort, value, e),
     };
     let mut buf = vec![0u8; args.len.min(ABORT_MSG_MAX) as usize];
-    let msg = match vm.mem.read_bytes(args.msg, &mut buf) {
+    let mut msg = match vm.mem.read_bytes(args.msg, &mut buf) {
         Ok(()) => String::from_utf8_lossy(&buf).into_owned(),
         Err(e) => format!("(abort message unreadable: {e})"),
     };
+    // Where it panicked: the vCPU still stands at the abort call.
+    if let Ok(r) = vm.vcpu.get_regs() {
+        msg.push_str(&crate::report::backtrace(vm, r.rip, r.rbp));
+    }
+    msg.extend(crate::debug::core_on_abort(vm));
     Flow::Stop(Outcome::Aborted(msg))
 }
 

@@ -458,6 +458,7 @@ pub(crate) fn assemble(st: &StateFile, p: Parts) -> Result<Vm, SnapshotError> {
         shutdown_requested: false,
         shutdown_unreported: false,
         stop_timeout: crate::signals::DEFAULT_STOP_TIMEOUT,
+        debug: Default::default(),
     };
     vm.write_identity()
         .map_err(|e| SnapshotError::Invalid(format!("writing the identity page: {e}")))?;
