@@ -4,6 +4,7 @@
 //! `cargo xtask test` builds everything first and passes `DUET_BIN` and
 //! `DUET_IMAGES`; under a plain `cargo test` the first test builds them.
 
+pub mod gdb;
 pub mod netns;
 
 use std::io::Read;
