@@ -264,7 +264,7 @@ impl Vm {
                 Response::err("the guest is paused for a migration in progress; it resumes if the migration fails")
             }
             Request::Resume if self.debug.holds() => {
-                Response::err("the guest is stopped in GDB; continue it from GDB, or detach")
+                Response::err("the guest is held for GDB (waiting for it, or stopped in it); continue it from GDB, or detach")
             }
             Request::Resume => {
                 self.paused = false;
@@ -291,7 +291,9 @@ impl Vm {
                 clone_index: Some(self.clone_index),
                 ..Response::ok()
             },
-            Request::Snapshot { dir } => match crate::snapshot::save(self, Path::new(&dir)) {
+            Request::Snapshot { dir } => match crate::debug::without_breakpoints(self, |vm| {
+                crate::snapshot::save(vm, Path::new(&dir))
+            }) {
                 Ok(stats) => Response {
                     state: Some(self.state_name()),
                     snapshot_ms: Some(stats.elapsed.as_secs_f64() * 1e3),

@@ -78,18 +78,22 @@ pub fn ensure_target() -> Result<()> {
 /// when the guest faults or panics.
 pub fn guest_rustflags() -> String {
     format!(
-        "-C relocation-model=static -C link-arg=--image-base={:#x} -C link-arg=-zmax-page-size=4096 -C link-arg=-zseparate-loadable-segments -C force-frame-pointers=yes",
+        "-C relocation-model=static -C link-arg=--image-base={:#x} -C link-arg=-zmax-page-size=4096 -C link-arg=-zseparate-loadable-segments{FRAME_POINTERS}",
         duet_abi::boot::IMAGE_BASE
     )
 }
 
+/// The frame-pointer flag in [`guest_rustflags`].
+const FRAME_POINTERS: &str = " -C force-frame-pointers=yes";
+
 fn guest_cargo(dir: &Path, profile: &str) -> Command {
+    guest_cargo_with(dir, profile, &guest_rustflags())
+}
+
+fn guest_cargo_with(dir: &Path, profile: &str, rustflags: &str) -> Command {
     let mut c = cargo();
     c.current_dir(dir)
-        .env(
-            "CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS",
-            guest_rustflags(),
-        )
+        .env("CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS", rustflags)
         // The host workspace's flags must not leak into the guest build.
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
@@ -106,6 +110,22 @@ pub fn images(apps: &[String]) -> Result<()> {
 /// profile, into [`debug_images_dir`].
 pub fn debug_images(apps: &[String]) -> Result<()> {
     images_with(apps, DEBUG_PROFILE)
+}
+
+/// Builds the named example apps without frame pointers, in a target
+/// directory of their own (for `cargo xtask bench framepointers`); returns
+/// where the images are.
+pub fn images_without_frame_pointers(apps: &[&str]) -> Result<PathBuf> {
+    ensure_target()?;
+    let flags = guest_rustflags().replace(FRAME_POINTERS, "");
+    let target_dir = root().join("unikernel/target/no-frame-pointers");
+    let mut c = guest_cargo_with(&root().join("unikernel"), "release", &flags);
+    c.arg("--target-dir").arg(&target_dir).arg("--quiet");
+    for a in apps {
+        c.args(["--example", a]);
+    }
+    run(&mut c).context("building images without frame pointers")?;
+    Ok(target_dir.join(TARGET).join("release/examples"))
 }
 
 fn images_with(apps: &[String], profile: &str) -> Result<()> {

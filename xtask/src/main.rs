@@ -59,7 +59,7 @@ enum Cmd {
     Rustflags,
     /// Benchmark boot, hypercalls, the clock, block and network I/O, each
     /// beside a floor measured in the same run:
-    /// `cargo xtask bench [boot|hypercall|clock|block|net|snapshot|migrate|qemu|all] [--runs N] [--json PATH]`.
+    /// `cargo xtask bench [boot|hypercall|clock|block|net|snapshot|migrate|framepointers|qemu|all] [--runs N] [--json PATH]`.
     Bench(bench::BenchArgs),
     /// Build every image, then run every test (unit and end-to-end).
     Test {

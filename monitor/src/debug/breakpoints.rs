@@ -68,6 +68,17 @@ impl SwBreakpoints {
         }
     }
 
+    /// Puts the original bytes back (`false`) or the `int3`s again
+    /// (`true`), keeping the table: for a snapshot, which must not keep them.
+    pub fn set_planted(&self, mem: &GuestMem, planted: bool) {
+        for (&a, &orig) in &self.planted {
+            if let Some(p) = vmem::page(mem, a) {
+                let b = if planted { INT3 } else { orig };
+                let _ = mem.write_bytes(Gpa(p.phys + (a - p.start)), &[b]);
+            }
+        }
+    }
+
     /// Whether an `int3` of ours is at `addr`.
     pub fn contains(&self, addr: u64) -> bool {
         self.planted.contains_key(&addr)
@@ -117,6 +128,12 @@ mod tests {
         bps.unpatch(0x20_0010, &mut b);
         assert_eq!(b, [0x55, 0x48, 0x89]);
         bps.unpatch(u64::MAX - 1, &mut b);
+        bps.set_planted(&mem, false);
+        mem.read_bytes(Gpa(0x20_0010), &mut b).unwrap();
+        assert_eq!(b, [0x55, 0x48, 0x89]);
+        bps.set_planted(&mem, true);
+        mem.read_bytes(Gpa(0x20_0010), &mut b).unwrap();
+        assert_eq!(b, [0x55, INT3, 0x89]);
         assert!(bps.remove(&mem, 0x20_0011));
         assert!(!bps.remove(&mem, 0x20_0011));
         mem.read_bytes(Gpa(0x20_0010), &mut b).unwrap();

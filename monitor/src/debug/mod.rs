@@ -43,7 +43,9 @@ mod target;
 
 pub use adapter::{DebugVm, VmRefs};
 pub use dump::{core_on_abort, core_on_fault, dump};
-pub use session::{after_hypercall, handle, on_debug_exit, on_end, on_exception};
+pub use session::{
+    after_hypercall, handle, on_debug_exit, on_end, on_exception, without_breakpoints,
+};
 pub use stub::{DebugError, Listener};
 
 use crate::control::Response;

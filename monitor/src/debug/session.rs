@@ -334,6 +334,26 @@ pub fn on_debug_exit(vm: &mut impl DebugVm) -> bool {
     true
 }
 
+/// Runs `f` (a snapshot) with GDB's `int3`s taken out of the text, so a
+/// guest restored from it without a debugger does not trip over them.
+pub fn without_breakpoints<V: DebugVm, T>(vm: &mut V, f: impl FnOnce(&mut V) -> T) -> T {
+    let r = vm.debug_refs();
+    let lifted = r
+        .debug
+        .session
+        .as_ref()
+        .map(|s| s.bps.set_planted(r.mem, false))
+        .is_some();
+    let out = f(vm);
+    if lifted {
+        let r = vm.debug_refs();
+        if let Some(s) = &r.debug.session {
+            s.bps.set_planted(r.mem, true);
+        }
+    }
+    out
+}
+
 /// The run loop's end: a debugger waiting for the guest hears how it ended
 /// (GDB prints the exit status) before the monitor exits.
 pub fn on_end(vm: &mut impl DebugVm, outcome: &Outcome) {
