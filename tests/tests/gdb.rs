@@ -70,6 +70,54 @@ fn breakpoints_steps_registers_and_exit_status_on_args() {
 }
 
 #[test]
+fn a_single_step_over_a_hypercall_stops_right_after_it() {
+    require_gdb();
+    let img = debug_image("args");
+    // The console write's `out` (the hypercall) and the instruction after it.
+    let dis = gdb(&img, None, &["disassemble 'duet::console::write_bytes'"]);
+    let lines: Vec<&str> = dis.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.contains("\tout "))
+        .unwrap_or_else(|| panic!("no `out` in write_bytes:\n{dis}"));
+    let addr = |l: &str| {
+        let hex = l
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_start_matches("0x");
+        format!("{:#x}", u64::from_str_radix(hex, 16).unwrap())
+    };
+    let (out, next) = (addr(lines[at]), addr(lines[at + 1]));
+    let mut m = Monitor::start(&[
+        "run".as_ref(),
+        img.as_os_str(),
+        "--gdb".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--".as_ref(),
+        "hi".as_ref(),
+    ]);
+    let addr = m.gdb_addr();
+    let got = gdb(
+        &img,
+        None,
+        &[
+            &format!("target remote {addr}"),
+            &format!("break *{out}"),
+            "continue",
+            "delete",
+            "stepi",
+            "print/x $pc",
+            "continue",
+        ],
+    );
+    // The hypercall ran (the guest printed), and the step stopped after it.
+    has(&got, &[&format!("$1 = {next}"), "exited normally"]);
+    assert_eq!(m.finish(), Some(0));
+    assert_eq!(m.stdout(), "arg[0]=hi\n");
+}
+
+#[test]
 fn a_fault_stops_in_gdb_then_ends_the_guest() {
     require_gdb();
     let img = image("fault");

@@ -2,8 +2,8 @@
 //!
 //! Two threads share the work, like every other control request:
 //!
-//! * The GDB thread ([`stub`]) owns the TCP connection and the `gdbstub`
-//!   protocol state. Its target ([`target`]) owns nothing of the VM: each
+//! * The GDB thread (`stub.rs`) owns the TCP connection and the `gdbstub`
+//!   protocol state. Its target (`target.rs`) owns nothing of the VM: each
 //!   register or memory access, breakpoint or resume becomes a [`Cmd`] sent
 //!   through the control block ([`crate::control::Request::Debug`]).
 //! * The vCPU thread serves those commands between two `KVM_RUN`s
@@ -28,7 +28,7 @@
 //! GDB reads any mapped page and writes only where the guest could write
 //! itself; the text changes only through breakpoints.
 //!
-//! The VM is reached only through [`DebugVm`] ([`adapter`]); the run loop
+//! The VM is reached only through [`DebugVm`] (`adapter.rs`); the run loop
 //! calls the hooks [`session::on_exception`], [`session::after_hypercall`],
 //! [`session::on_debug_exit`] and [`session::on_end`], and the control
 //! plane [`listen`], [`session::handle`] and [`dump::dump`].
@@ -154,7 +154,7 @@ pub struct DebugOptions {
     pub core: Option<PathBuf>,
 }
 
-/// The debugger's state, kept in the VM (see [`adapter`]).
+/// The debugger's state, kept in the VM (reached through [`DebugVm`]).
 #[derive(Debug, Default)]
 pub struct Debugger {
     core: Option<PathBuf>,
