@@ -153,7 +153,7 @@ mod tests {
 
     fn guest() -> GuestMem {
         let mem = GuestMem::new(8 << 20).unwrap();
-        let mut pt = PageTables::new();
+        let mut pt = PageTables::new(&mem).unwrap();
         pt.map_4k(&mem, 0x20_0000, 0x20_1000, Access::UserExec)
             .unwrap();
         pt.map_4k(&mem, 0x10_0000, 0x10_4000, Access::UserWrite)

@@ -76,7 +76,7 @@ pub fn write(mem: &GuestMem, p: &BootParams<'_>) -> Result<u64, BootInfoError> {
             ptr: Gpa(text),
             len: s.len() as u64,
         };
-        mem.write_plain_unchecked_policy(Gpa(argv + i as u64 * str_size), &entry)?;
+        mem.write_monitor_plain(Gpa(argv + i as u64 * str_size), &entry)?;
         text += s.len() as u64;
     }
 
@@ -111,7 +111,7 @@ pub fn write(mem: &GuestMem, p: &BootParams<'_>) -> Result<u64, BootInfoError> {
         heap_limit: p.heap.2,
         identity: Gpa(layout::IDENTITY_PAGE),
     };
-    mem.write_plain_unchecked_policy(Gpa(layout::BOOT_INFO), &bi)?;
+    mem.write_monitor_plain(Gpa(layout::BOOT_INFO), &bi)?;
     Ok(layout::BOOT_INFO)
 }
 
@@ -128,14 +128,14 @@ fn write_seqlocked<T: duet_abi::Plain>(
     let mut cur: T = mem.read_plain(at)?;
     let odd = seq(&mut cur).wrapping_add(1) | 1;
     *seq(&mut cur) = odd;
-    mem.write_plain_unchecked_policy(at, &cur)?;
+    mem.write_monitor_plain(at, &cur)?;
     fence(Ordering::SeqCst);
     let mut p = *page;
     *seq(&mut p) = odd;
-    mem.write_plain_unchecked_policy(at, &p)?;
+    mem.write_monitor_plain(at, &p)?;
     fence(Ordering::SeqCst);
     *seq(&mut p) = odd.wrapping_add(1);
-    mem.write_plain_unchecked_policy(at, &p)
+    mem.write_monitor_plain(at, &p)
 }
 
 /// Writes the clock page (seqlocked). Safe to call while the guest runs.

@@ -304,7 +304,7 @@ mod tests {
     #[test]
     fn writes_notes_and_user_memory_at_virtual_addresses() {
         let mem = GuestMem::new(8 << 20).unwrap();
-        let mut pt = PageTables::new();
+        let mut pt = PageTables::new(&mem).unwrap();
         pt.map_4k(&mem, 0x1000, 0x2000, Access::Supervisor).unwrap();
         pt.map_4k(&mem, 0x20_0000, 0x20_1000, Access::UserExec)
             .unwrap();

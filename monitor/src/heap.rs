@@ -4,13 +4,36 @@
 
 use crate::memory::GuestMem;
 use crate::paging::{Access, PageTables, PagingError};
+use crate::persist::{Persist, StateError};
 use duet_abi::hypercall::Error;
 use duet_abi::mem::{PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE};
 use duet_abi::{Gpa, PAGE_SIZE};
-use std::collections::BTreeSet;
 
 /// Bytes of heap mapped at boot; the guest grows it on demand.
 pub const INITIAL_HEAP: u64 = 2 << 20;
+/// Most separate non-writable ranges a guest may keep (guard pages and the
+/// like); past it `MemProtect` answers `NoMem`. Bounds the monitor's own
+/// memory and every later check.
+pub const MAX_PROTECTED_RANGES: usize = 4096;
+
+/// What the guest made a heap range: read-only or inaccessible.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Prot {
+    /// `PROT_NONE`.
+    None,
+    /// `PROT_READ`.
+    Read,
+}
+
+impl Prot {
+    /// The page-table access for it.
+    pub fn access(self) -> Access {
+        match self {
+            Prot::None => Access::None,
+            Prot::Read => Access::UserRead,
+        }
+    }
+}
 
 /// Heap bookkeeping.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -18,9 +41,12 @@ pub struct Heap {
     start: u64,
     end: u64,
     limit: u64,
-    /// Heap pages the guest made non-writable (the monitor must not write
-    /// there on its behalf either).
-    no_write: BTreeSet<u64>,
+    /// Heap ranges the guest made non-writable (the monitor must not write
+    /// there on its behalf either), with what they are: sorted, disjoint
+    /// `[start, end)`, neighbours of one kind merged, at most
+    /// [`MAX_PROTECTED_RANGES`]. With the bounds, enough to rebuild the
+    /// heap's page tables.
+    no_write: Vec<(u64, u64, Prot)>,
     /// Other guest-writable ranges (stack, the image's data).
     fixed_writable: Vec<(u64, u64)>,
 }
@@ -33,7 +59,7 @@ impl Heap {
             start,
             end: start + initial,
             limit,
-            no_write: BTreeSet::new(),
+            no_write: Vec::new(),
             fixed_writable,
         }
     }
@@ -57,16 +83,53 @@ impl Heap {
     pub fn writable_ranges(&self) -> Vec<(u64, u64)> {
         let mut out = self.fixed_writable.clone();
         let mut from = self.start;
-        for &p in &self.no_write {
-            if p > from {
-                out.push((from, p));
+        for &(s, e, _) in &self.no_write {
+            if s > from {
+                out.push((from, s));
             }
-            from = p + PAGE_SIZE;
+            from = e;
         }
         if self.end > from {
             out.push((from, self.end));
         }
         out
+    }
+
+    /// The protected ranges, in order.
+    pub fn protections(&self) -> impl Iterator<Item = (u64, u64, Prot)> + '_ {
+        self.no_write.iter().copied()
+    }
+
+    /// Records `[start, end)` as `prot` (or writable again when `None`) in
+    /// the interval list; refuses (changing nothing) when that would exceed
+    /// [`MAX_PROTECTED_RANGES`].
+    fn set_protection(&mut self, start: u64, end: u64, prot: Option<Prot>) -> Result<(), Error> {
+        let mut out = Vec::with_capacity(self.no_write.len() + 2);
+        for &(s, e, p) in &self.no_write {
+            // Keep the parts of each range outside [start, end).
+            if s < start {
+                out.push((s, e.min(start), p));
+            }
+            if e > end {
+                out.push((s.max(end), e, p));
+            }
+        }
+        if let Some(p) = prot {
+            out.push((start, end, p));
+        }
+        out.sort_unstable_by_key(|r| r.0);
+        let mut merged: Vec<(u64, u64, Prot)> = Vec::with_capacity(out.len());
+        for (s, e, p) in out {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 && last.2 == p => last.1 = last.1.max(e),
+                _ => merged.push((s, e, p)),
+            }
+        }
+        if merged.len() > MAX_PROTECTED_RANGES {
+            return Err(Error::NoMem);
+        }
+        self.no_write = merged;
+        Ok(())
     }
 
     /// Maps `len` more bytes (rounded up to a page) at the heap's end.
@@ -110,7 +173,7 @@ impl Heap {
 
     /// Gives `[addr, addr + len)` back to the host: the pages read as zero
     /// afterwards and no longer count in the monitor's RSS.
-    pub fn release(&self, mem: &GuestMem, addr: Gpa, len: u64) -> Result<(), Error> {
+    pub fn release(&self, mem: &mut GuestMem, addr: Gpa, len: u64) -> Result<(), Error> {
         let (start, end) = self.check_range(mem, addr, len)?;
         mem.discard(Gpa(start), end - start).map_err(|_| Error::Io)
     }
@@ -131,23 +194,55 @@ impl Heap {
         if prot & PROT_EXEC != 0 {
             return Err(Error::Perm);
         }
-        let access = match prot {
-            PROT_NONE => Access::None,
-            PROT_READ => Access::UserRead,
-            p if p == PROT_READ | PROT_WRITE => Access::UserWrite,
+        let kind = match prot {
+            PROT_NONE => Some(Prot::None),
+            PROT_READ => Some(Prot::Read),
+            p if p == PROT_READ | PROT_WRITE => None,
             _ => return Err(Error::Inval), // write without read
         };
+        let access = kind.map_or(Access::UserWrite, Prot::access);
         let (start, end) = self.check_range(mem, addr, len)?;
-        pt.protect(mem, start, end, access).map_err(paging_error)?;
-        for p in (start..end).step_by(PAGE_SIZE as usize) {
-            if access == Access::UserWrite {
-                self.no_write.remove(&p);
-            } else {
-                self.no_write.insert(p);
-            }
+        // The bookkeeping first: a refusal must leave the tables untouched.
+        let before = self.no_write.clone();
+        self.set_protection(start, end, kind)?;
+        if let Err(e) = pt.protect(mem, start, end, access) {
+            self.no_write = before;
+            return Err(paging_error(e));
         }
         mem.set_writable(self.writable_ranges());
         Ok(())
+    }
+}
+
+impl Persist for Heap {
+    type State = Heap;
+    type ConstructorArgs<'a> = ();
+    type Error = StateError;
+
+    fn save(&self) -> Result<Heap, StateError> {
+        Ok(self.clone())
+    }
+
+    /// Refuses a heap that could not have come from a monitor: out of
+    /// order, unaligned, or with more protected ranges than allowed.
+    fn restore((): (), h: &Heap) -> Result<Heap, StateError> {
+        let aligned = |v: u64| v % PAGE_SIZE == 0;
+        let ranges_ok = h.no_write.len() <= MAX_PROTECTED_RANGES
+            && h.no_write.windows(2).all(|w| w[0].1 <= w[1].0)
+            && h.no_write
+                .iter()
+                .all(|&(s, e, _)| s < e && s >= h.start && e <= h.end && aligned(s) && aligned(e));
+        if !(h.start <= h.end
+            && h.end <= h.limit
+            && aligned(h.start)
+            && aligned(h.end)
+            && ranges_ok)
+        {
+            return Err(StateError::Invalid(
+                "the heap's bounds or protected ranges are impossible".into(),
+            ));
+        }
+        Ok(h.clone())
     }
 }
 
@@ -166,7 +261,7 @@ mod tests {
     #[test]
     fn writable_ranges_skip_protected_pages() {
         let mut mem = GuestMem::new(16 << 20).unwrap();
-        let mut pt = PageTables::new();
+        let mut pt = PageTables::new(&mem).unwrap();
         pt.map_range(&mem, 0x40_0000, 0x60_0000, Access::UserWrite)
             .unwrap();
         let mut h = Heap::new(0x40_0000, 0x20_0000, 0x100_0000, vec![(0x1000, 0x2000)]);
@@ -210,5 +305,62 @@ mod tests {
         assert_eq!(h.grow(&mut pt, &mut mem, u64::MAX), Err(Error::NoMem));
         assert_eq!(h.grow(&mut pt, &mut mem, 0), Err(Error::Inval));
         assert_eq!(h.grow(&mut pt, &mut mem, 1), Ok((0x60_0000, 0x1000)));
+        // Writable again in the middle: the interval splits.
+        h.protect(
+            &mut pt,
+            &mut mem,
+            Gpa(0x40_1000),
+            0x1000,
+            PROT_READ | PROT_WRITE,
+        )
+        .unwrap();
+        assert_eq!(h.no_write, vec![(0x40_2000, 0x40_3000, Prot::Read)]);
+        assert_eq!(Heap::restore((), &h.save().unwrap()).unwrap(), h);
+    }
+
+    #[test]
+    fn protected_ranges_are_intervals_with_a_bound() {
+        let mut mem = GuestMem::new(128 << 20).unwrap();
+        let mut pt = PageTables::new(&mem).unwrap();
+        let (start, end) = (0x40_0000, 0x40_0000 + 0x300_0000);
+        pt.map_range(&mem, start, end, Access::UserWrite).unwrap();
+        let mut h = Heap::new(start, end - start, 128 << 20, vec![]);
+        // One range for 4096 pages protected at once, not 4096 entries.
+        h.protect(&mut pt, &mut mem, Gpa(start), 0x100_0000, PROT_READ)
+            .unwrap();
+        assert_eq!(h.no_write.len(), 1);
+        h.protect(
+            &mut pt,
+            &mut mem,
+            Gpa(start),
+            0x100_0000,
+            PROT_READ | PROT_WRITE,
+        )
+        .unwrap();
+        assert!(h.no_write.is_empty());
+        // Every other page: one range each, until the bound.
+        let mut refused = false;
+        for i in 0..(MAX_PROTECTED_RANGES as u64 + 10) {
+            let at = start + 2 * i * PAGE_SIZE;
+            if at + PAGE_SIZE > end {
+                break;
+            }
+            match h.protect(&mut pt, &mut mem, Gpa(at), PAGE_SIZE, PROT_NONE) {
+                Ok(()) => {}
+                Err(e) => {
+                    assert_eq!(e, Error::NoMem);
+                    refused = true;
+                    break;
+                }
+            }
+        }
+        assert!(refused, "no bound on protected ranges");
+        assert_eq!(h.no_write.len(), MAX_PROTECTED_RANGES);
+        assert_eq!(mem.writable().len(), MAX_PROTECTED_RANGES);
+        let bad = Heap {
+            no_write: vec![(start + PAGE_SIZE, start, Prot::None)],
+            ..h.clone()
+        };
+        assert!(Heap::restore((), &bad).is_err());
     }
 }

@@ -2,18 +2,18 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use duet_monitor::api::{self, Request, Response};
 use duet_monitor::config::{self, VmConfig};
-use duet_monitor::control::{Request, Response};
+use duet_monitor::contract::status;
 use duet_monitor::debug;
 use duet_monitor::devices::{block, net};
 use duet_monitor::migration::{self, MigrateRequest};
+use duet_monitor::outcome::Outcome;
 use duet_monitor::runner::{self, Finished};
 use duet_monitor::snapshot::{self, RestoreOptions, Snapshot};
-use duet_monitor::status;
 use duet_monitor::template;
 use duet_monitor::trace::BootTrace;
-use duet_monitor::vcpu::Outcome;
-use duet_monitor::vm::Vm;
+use duet_monitor::vmm::Vmm;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -131,6 +131,7 @@ impl Common {
             api: self.api.clone(),
             wait_start: self.wait_start.clone(),
             stop_timeout,
+            snapshot_at_point: None,
             debug: debug::DebugOptions {
                 gdb,
                 wait: self.gdb_wait,
@@ -301,7 +302,8 @@ fn boot(
     at_point: Option<PathBuf>,
 ) -> anyhow::Result<Outcome> {
     let trace = c.trace_boot.then(|| BootTrace::new(start));
-    let opts = c.run_options()?;
+    let mut opts = c.run_options()?;
+    opts.snapshot_at_point = at_point;
     let cfg = VmConfig {
         image,
         mem: g.mem,
@@ -311,17 +313,8 @@ fn boot(
         disks: g.disks,
         net: g.net,
     };
-    let f = runner::run(
-        move |ctl| {
-            let mut vm = Vm::create(&cfg, trace, ctl)?;
-            if let Some(dir) = at_point {
-                vm.snapshot_at_point(dir);
-            }
-            Ok::<_, duet_monitor::vm::VmError>(vm)
-        },
-        opts,
-    )
-    .context("cannot start the guest")?;
+    let f = runner::run(move |ctl| Vmm::create(&cfg, trace, ctl), opts)
+        .context("cannot start the guest")?;
     Ok(finish(f))
 }
 
@@ -404,7 +397,7 @@ fn clones(dir: &Path, n: u32, c: &Common, start: Instant, verify: bool) -> anyho
 }
 
 fn migrate(socket: &Path, req: MigrateRequest) -> anyhow::Result<Outcome> {
-    let resp = migration::call(socket, &req, |p| {
+    let resp = api::call(socket, &Request::Migrate(req), |p| {
         println!(
             "round {}: {:.1} MiB sent, {} dirty pages ({:.1} MiB/s dirtied, {:.0} MiB/s link), est. downtime {:.2} ms",
             p.round, p.sent_mib, p.dirty_pages, p.dirty_rate_mib_s, p.bandwidth_mib_s, p.est_downtime_ms
@@ -445,14 +438,18 @@ fn ctl(socket: &Path, cmd: CtlCmd) -> anyhow::Result<Outcome> {
             migration_key_file,
         } => {
             let key = std::path::absolute(&migration_key_file).unwrap_or(migration_key_file);
-            // Test hooks (docs/migration.md): cut the connection at a phase, or lie in the hello.
+            // Test hooks (docs/migration.md; `test-hooks` builds only): cut
+            // the connection at a phase, or lie in the hello.
+            #[cfg(feature = "test-hooks")]
             let hook = |v: &str| std::env::var(v).ok().filter(|s| !s.is_empty());
             let req = MigrateRequest {
                 addr,
                 max_downtime_ms: max_downtime,
                 key_file: key.display().to_string(),
                 copy_disks,
+                #[cfg(feature = "test-hooks")]
                 fail_at: hook("DUET_MIGRATE_FAIL"),
+                #[cfg(feature = "test-hooks")]
                 fake: hook("DUET_MIGRATE_FAKE"),
             };
             return migrate(socket, req);
@@ -475,7 +472,7 @@ fn ctl(socket: &Path, cmd: CtlCmd) -> anyhow::Result<Outcome> {
             }
         }
     };
-    let resp: Response = duet_monitor::api::call(socket, &req)?;
+    let resp: Response = api::call(socket, &req, |_| {})?;
     println!("{}", serde_json::to_string_pretty(&resp)?);
     if !resp.ok {
         bail!("{}", resp.error.unwrap_or_else(|| "request failed".into()));
@@ -581,7 +578,7 @@ fn main() -> ExitCode {
     match dispatch(cli.command, start) {
         Ok(outcome) => {
             match &outcome {
-                Outcome::Exited(_) | Outcome::Snapshotted(_) => {}
+                Outcome::Exited(_) | Outcome::Snapshotted(_) | Outcome::AtSnapshotPoint => {}
                 Outcome::Migrated(to) => eprintln!("duet: guest migrated to {to}"),
                 Outcome::Aborted(msg) => eprintln!("duet: guest aborted: {msg}"),
                 Outcome::Faulted(report) => eprintln!("duet: {report}"),
@@ -599,7 +596,10 @@ fn main() -> ExitCode {
             ExitCode::from(outcome.status())
         }
         Err(e) => {
-            eprintln!("duet: error: {e:#}");
+            eprintln!(
+                "duet: error: {}",
+                duet_monitor::errors::chain(e.as_ref() as &(dyn std::error::Error + 'static))
+            );
             ExitCode::from(status::MONITOR_ERROR)
         }
     }

@@ -72,29 +72,27 @@ impl PageTables {
     /// Address of the PML4 (CR3).
     pub const ROOT: u64 = layout::PAGE_TABLES;
 
-    /// Starts empty tables (guest memory is zero, so all entries are absent).
-    pub fn new() -> Self {
-        PageTables {
+    /// Starts empty tables in `mem`: an empty root; every table allocated
+    /// later is zeroed first. Whatever the table area held before (a
+    /// restored guest's memory comes from a file) is never trusted.
+    pub fn new(mem: &GuestMem) -> Result<Self, PagingError> {
+        mem.write_bytes(Gpa(Self::ROOT), &[0; PAGE_SIZE as usize])?;
+        Ok(PageTables {
             next_table: layout::PAGE_TABLES + PAGE_SIZE,
-        }
+        })
     }
 
-    /// Where the next table will be allocated (saved in snapshots).
+    /// Where the next table will be allocated.
     pub fn next_table(&self) -> u64 {
         self.next_table
     }
 
-    /// Tables that already exist in guest memory, allocating from `next`
-    /// on (a restore; the caller checks `next` is in the table area).
-    pub fn resume_at(next: u64) -> Self {
-        PageTables { next_table: next }
-    }
-
-    fn alloc_table(&mut self) -> Result<u64, PagingError> {
+    fn alloc_table(&mut self, mem: &GuestMem) -> Result<u64, PagingError> {
         if self.next_table >= layout::PAGE_TABLES_END {
             return Err(PagingError::OutOfTables);
         }
         let t = self.next_table;
+        mem.write_bytes(Gpa(t), &[0; PAGE_SIZE as usize])?;
         self.next_table += PAGE_SIZE;
         Ok(t)
     }
@@ -106,8 +104,8 @@ impl PageTables {
         if e & P != 0 {
             return Ok(e & ADDR_MASK);
         }
-        let t = self.alloc_table()?;
-        mem.write_plain_unchecked_policy(slot, &(t | P | RW | US))?;
+        let t = self.alloc_table(mem)?;
+        mem.write_monitor_plain(slot, &(t | P | RW | US))?;
         Ok(t)
     }
 
@@ -164,7 +162,7 @@ impl PageTables {
                 let pt = self.child(mem, pd, (a >> 21) & 511)?;
                 (pt + ((a >> 12) & 511) * 8, a | access.bits())
             };
-            mem.write_plain_unchecked_policy(Gpa(slot), &leaf)?;
+            mem.write_monitor_plain(Gpa(slot), &leaf)?;
             a += size;
         }
         Ok(())
@@ -210,28 +208,25 @@ impl PageTables {
                 // The whole 2 MiB page changes: keep it large.
                 let bits = access.bits();
                 let v = if bits == 0 { 0 } else { a | bits | PS };
-                mem.write_plain_unchecked_policy(slot, &v)?;
+                mem.write_monitor_plain(slot, &v)?;
                 a += LARGE_PAGE_SIZE;
                 continue;
             }
             if e & PS != 0 {
                 // Split: a page table with the same rights for all 512 pages
                 // (PS is PAT in a PTE, so it must not carry over).
-                let pt = self.alloc_table()?;
+                let pt = self.alloc_table(mem)?;
                 let base = e & ADDR_MASK & !(LARGE_PAGE_SIZE - 1);
                 let flags = e & !ADDR_MASK & !PS;
                 for i in 0..512u64 {
-                    mem.write_plain_unchecked_policy(
-                        Gpa(pt + i * 8),
-                        &((base + i * PAGE_SIZE) | flags),
-                    )?;
+                    mem.write_monitor_plain(Gpa(pt + i * 8), &((base + i * PAGE_SIZE) | flags))?;
                 }
-                mem.write_plain_unchecked_policy(slot, &(pt | P | RW | US))?;
+                mem.write_monitor_plain(slot, &(pt | P | RW | US))?;
             }
             let pt = self.child(mem, pd, (a >> 21) & 511)?;
             let bits = access.bits();
             let v = if bits == 0 { 0 } else { a | bits };
-            mem.write_plain_unchecked_policy(Gpa(pt + ((a >> 12) & 511) * 8), &v)?;
+            mem.write_monitor_plain(Gpa(pt + ((a >> 12) & 511) * 8), &v)?;
             a += PAGE_SIZE;
         }
         Ok(())
@@ -257,12 +252,6 @@ impl PageTables {
     }
 }
 
-impl Default for PageTables {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,7 +259,7 @@ mod tests {
     #[test]
     fn maps_and_translates() {
         let mem = GuestMem::new(8 << 20).unwrap();
-        let mut pt = PageTables::new();
+        let mut pt = PageTables::new(&mem).unwrap();
         pt.map_4k(&mem, 0x1000, 0x3000, Access::Supervisor).unwrap();
         pt.map_4k(&mem, 0x20_0000, 0x20_1000, Access::UserExec)
             .unwrap();
@@ -292,7 +281,7 @@ mod tests {
     #[test]
     fn map_range_mixes_page_sizes_and_protect_splits() {
         let mem = GuestMem::new(16 << 20).unwrap();
-        let mut pt = PageTables::new();
+        let mut pt = PageTables::new(&mem).unwrap();
         pt.map_range(&mem, 0x30_0000, 0xa0_1000, Access::UserWrite)
             .unwrap();
         assert_eq!(pt.leaf(&mem, 0x30_0000).unwrap() & PS, 0);

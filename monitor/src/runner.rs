@@ -1,12 +1,12 @@
-//! Running a guest: the vCPU on its own thread, the `--api` socket served
-//! on the calling thread's behalf by a control thread.
+//! Running a guest: the vCPU on its own thread while a control socket is
+//! served (`--api`), or on the calling thread when there is none (one
+//! thread fewer to start on the boot path).
 
-use crate::control::Control;
+use crate::outcome::Outcome;
 use crate::trace::BootTrace;
-use crate::vcpu::Outcome;
-use crate::vm::Vm;
+use crate::vmm::{Control, Vmm};
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use thiserror::Error;
 
 /// Why a guest could not be started.
@@ -37,6 +37,9 @@ pub struct RunOptions {
     pub wait_start: Option<PathBuf>,
     /// Grace period after `SIGTERM` (`--stop-timeout`).
     pub stop_timeout: std::time::Duration,
+    /// Template mode: at the guest's `duet::snapshot_point()`, snapshot it
+    /// into this new directory and stop it.
+    pub snapshot_at_point: Option<PathBuf>,
     /// GDB (`--gdb`, `--gdb-wait`) and core files (`--core`).
     pub debug: crate::debug::DebugOptions,
 }
@@ -47,6 +50,7 @@ impl Default for RunOptions {
             api: None,
             wait_start: None,
             stop_timeout: crate::signals::DEFAULT_STOP_TIMEOUT,
+            snapshot_at_point: None,
             debug: Default::default(),
         }
     }
@@ -91,78 +95,88 @@ pub struct Finished {
     pub trace: Option<BootTrace>,
 }
 
-/// Builds a VM with `make` on a new vCPU thread and runs it there; serves
-/// the control socket while it runs. Returns when the guest ends.
+/// Builds a guest with `make` and runs it (on a vCPU thread while the
+/// control socket is served); returns when the guest ends.
 pub fn run<F, E>(make: F, opts: RunOptions) -> Result<Finished, RunError>
 where
-    F: FnOnce(Arc<Control>) -> Result<Vm, E> + Send + 'static,
+    F: FnOnce(Arc<Control>) -> Result<Vmm, E> + Send + 'static,
     E: std::error::Error + Send + Sync + 'static,
 {
     // Before any thread exists: they all inherit the blocked signals; only
-    // the vCPU thread takes them (see `signals`).
+    // the thread running the vCPU takes them (see `signals`).
     crate::signals::install();
     let ctl = Arc::new(Control::new().map_err(RunError::Control)?);
+    let Some(api) = opts.api.clone() else {
+        crate::signals::unblock();
+        return drive(make, ctl, opts, |_| {});
+    };
     // The socket first: a bad --api path fails before the guest starts.
     // Requests that arrive before the vCPU runs wait in the queue.
-    let server = opts
-        .api
-        .map(|path| crate::api::serve(path, ctl.clone()))
-        .transpose()?;
-    let (gate, stop_timeout, debug) = (opts.wait_start, opts.stop_timeout, opts.debug);
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), RunError>>();
-    let vcpu_ctl = ctl.clone();
+    let server = crate::api::serve(api, ctl.clone())?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let vcpu = std::thread::Builder::new()
         .name("duet-vcpu".into())
         .spawn(move || {
             crate::signals::unblock();
-            let mut vm = match make(vcpu_ctl.clone()) {
-                Ok(vm) => vm,
-                Err(e) => {
-                    vcpu_ctl.finish();
-                    // The error crosses threads as text: keep its whole chain.
-                    let mut msg = e.to_string();
-                    let mut src = e.source();
-                    while let Some(s) = src {
-                        msg.push_str(&format!(": {s}"));
-                        src = s.source();
-                    }
-                    let _ = ready_tx.send(Err(RunError::Start(msg)));
-                    return None;
-                }
-            };
-            if let Err(e) = crate::debug::setup(&mut vm, debug) {
-                vcpu_ctl.finish();
-                let _ = ready_tx.send(Err(RunError::Start(e.to_string())));
-                return None;
-            }
-            let _ = ready_tx.send(Ok(()));
-            vm.set_stop_timeout(stop_timeout);
-            if let Some(Err(outcome)) = gate.as_deref().map(wait_start) {
-                vcpu_ctl.finish();
-                return Some(Finished {
-                    outcome,
-                    trace: vm.take_trace(),
-                });
-            }
-            let outcome = vm.run();
-            let mut trace = vm.take_trace();
-            if let Some(t) = &mut trace {
-                t.mark("guest exit");
-            }
-            Some(Finished { outcome, trace })
+            drive(make, ctl, opts, move |_| {
+                let _ = ready_tx.send(());
+            })
         })
         .map_err(RunError::Control)?;
-    let started = ready_rx
-        .recv()
-        .unwrap_or_else(|_| Err(RunError::Thread("it ended before the VM was built".into())));
-    if let Err(e) = started {
-        let _ = vcpu.join();
-        return Err(e);
-    }
+    let _ = ready_rx.recv();
     let finished = vcpu
         .join()
-        .map_err(|_| RunError::Thread("it panicked".into()))?
-        .ok_or_else(|| RunError::Thread("no outcome".into()))?;
+        .map_err(|_| RunError::Thread("it panicked".into()))?;
     drop(server);
-    Ok(finished)
+    finished
+}
+
+/// Builds the guest, waits at the start gate, runs it, and saves it at its
+/// snapshot point in template mode.
+fn drive<F, E>(
+    make: F,
+    ctl: Arc<Control>,
+    opts: RunOptions,
+    built: impl FnOnce(&Vmm),
+) -> Result<Finished, RunError>
+where
+    F: FnOnce(Arc<Control>) -> Result<Vmm, E>,
+    E: std::error::Error + 'static,
+{
+    let mut vmm = match make(ctl.clone()) {
+        Ok(v) => v,
+        Err(e) => {
+            ctl.finish();
+            // Keep the error's whole chain, in one line, each cause once.
+            return Err(RunError::Start(crate::errors::chain(&e)));
+        }
+    };
+    if let Err(e) = crate::debug::setup(&mut vmm, opts.debug) {
+        ctl.finish();
+        return Err(RunError::Start(crate::errors::chain(&e)));
+    }
+    built(&vmm);
+    vmm.set_stop_timeout(opts.stop_timeout);
+    vmm.set_template(opts.snapshot_at_point.is_some());
+    if let Some(Err(outcome)) = opts.wait_start.as_deref().map(wait_start) {
+        ctl.finish();
+        return Ok(Finished {
+            outcome,
+            trace: vmm.take_trace(),
+        });
+    }
+    let mut outcome = vmm.run();
+    if let (Outcome::AtSnapshotPoint, Some(dir)) = (&outcome, &opts.snapshot_at_point) {
+        outcome = match crate::snapshot::save(&mut vmm, dir) {
+            Ok(_) => Outcome::Snapshotted(dir.display().to_string()),
+            Err(e) => Outcome::Failed(format!(
+                "cannot snapshot the guest at its snapshot point: {e}"
+            )),
+        };
+    }
+    let mut trace = vmm.take_trace();
+    if let Some(t) = &mut trace {
+        t.mark("guest exit");
+    }
+    Ok(Finished { outcome, trace })
 }

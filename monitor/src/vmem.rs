@@ -278,7 +278,7 @@ mod tests {
     #[test]
     fn walks_rights_and_refuses_what_ring3_could_not_do() {
         let mem = GuestMem::new(8 << 20).unwrap();
-        let mut pt = PageTables::new();
+        let mut pt = PageTables::new(&mem).unwrap();
         pt.map_4k(&mem, 0x1000, 0x2000, Access::Supervisor).unwrap();
         pt.map_4k(&mem, 0x20_0000, 0x20_1000, Access::UserExec)
             .unwrap();

@@ -6,6 +6,8 @@
 
 pub mod gdb;
 pub mod netns;
+pub mod oci;
+pub mod statefile;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -43,14 +45,25 @@ pub fn paths() -> &'static Paths {
             },
             _ => {
                 let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-                let st = Command::new(cargo)
+                let st = Command::new(&cargo)
                     .current_dir(root())
                     .args(["run", "--quiet", "-p", "xtask", "--", "build"])
                     .status()
                     .expect("run cargo xtask build");
                 assert!(st.success(), "cargo xtask build failed");
+                // The tests run the monitor with its failure-injection hooks
+                // (as `cargo xtask test` builds it).
+                let hooks = root().join("target/test-hooks");
+                let st = Command::new(&cargo)
+                    .current_dir(root())
+                    .args(["build", "--release", "--quiet", "-p", "duet-monitor"])
+                    .args(["--features", "test-hooks", "--target-dir"])
+                    .arg(&hooks)
+                    .status()
+                    .expect("build the test monitor");
+                assert!(st.success(), "building the test monitor failed");
                 Paths {
-                    bin: root().join("target/release/duet"),
+                    bin: hooks.join("release/duet"),
                     images: root().join("unikernel/target/x86_64-unknown-none/release/examples"),
                 }
             }
@@ -194,7 +207,7 @@ pub fn require_root(what: &str) {
 }
 
 /// The monitor's documented exit statuses.
-pub use duet_monitor::status;
+pub use duet_monitor::contract::status;
 
 /// Little-endian field access into an ELF64 file, for crafting bad images.
 pub mod elf {

@@ -3,7 +3,7 @@
 //! and no privileged instruction, software interrupt or access to the
 //! monitor's ring-0 pages gets the guest anywhere but a fault report.
 
-use duet_monitor::layout::{EXCEPTION_STUBS, IDT};
+use duet_monitor::contract::layout::{EXCEPTION_STUBS, IDT};
 use duet_tests::{boot, status, Output};
 
 #[test]
@@ -71,6 +71,7 @@ fn privileged_instructions_in_ring_3_fault() {
         // monitor's stub ports included, and popf cannot raise IOPL.
         ("in-port", gp),
         ("out-port", gp),
+        ("out-high-port", gp),
         ("out-stub-port", gp),
         ("popf-iopl", gp),
         // Ring-0 selectors: the error code names the selector.

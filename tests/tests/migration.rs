@@ -1,8 +1,12 @@
 //! Live migration between two monitors: over loopback and across two
-//! network namespaces; cuts at every phase; refusals; a dirtying guest.
+//! network namespaces; cuts at every phase; refusals; a tampered stream;
+//! a dirtying guest.
 
-use duet_monitor::migration::FAIL_PHASES;
-use duet_monitor::migration::MAX_ROUNDS;
+// In a folder of its own so cargo does not take it for a test target.
+#[path = "migration/proxy.rs"]
+mod proxy;
+
+use duet_monitor::contract::migration::{FAIL_PHASES, MAX_ROUNDS};
 use duet_tests::{duet, duet_cmd, image, run_cmd, status, temp_dir, wait_path, Background, Output};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -189,6 +193,55 @@ fn a_cut_at_any_phase_leaves_the_source_running_and_a_retry_succeeds() {
     let b = dst.finish();
     b.expect_status(0).expect_stdout("counter done");
     assert_continues(&a.stdout, &b.stdout, 1500);
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn a_tampered_stream_is_refused_and_the_source_keeps_running() {
+    use proxy::{Proxy, Tamper};
+    let tmp = temp_dir("mig-tamper");
+    let k = key(&tmp, "key", 8);
+    let (src, sock) = start_source(&tmp, &[], "counter", &["3000", "2000"]);
+    src.wait_for("count 5\n");
+    let out_of_order = "dropped, replayed or reordered";
+    for (how, why) in [
+        (Tamper::Flip, "failed authentication"),
+        (Tamper::Drop, out_of_order),
+        (Tamper::Replay, out_of_order),
+        (Tamper::Reorder, out_of_order),
+    ] {
+        let addr = free_addr();
+        let dst = start_dest(&[], &addr, &k, None);
+        let p = Proxy::start(&addr, how);
+        let m = migrate(&sock, &p.addr, &k, &[], &[]);
+        m.expect_status(i32::from(status::MONITOR_ERROR))
+            .expect_stderr("keeps running");
+        let d = dst.finish();
+        d.expect_status(i32::from(status::MONITOR_ERROR))
+            .expect_stderr("tampered with")
+            .expect_stderr(why)
+            .expect_stderr("nothing runs here");
+        assert!(counts(&d.stdout).is_empty(), "the destination ran: {d:#?}");
+        assert!(p.finish(), "the proxy never got to {how:?} a page frame");
+        // The source goes on counting and answers.
+        let last = *counts(&src.stdout()).last().unwrap();
+        src.wait_for(&format!("count {}\n", last + 3));
+        duet(&["ctl", s(&sock), "status"])
+            .expect_status(0)
+            .expect_stdout("\"running\"");
+    }
+    // The same proxy relaying faithfully: the move goes through, so the
+    // refusals above were the tampering's doing.
+    let addr = free_addr();
+    let dst = start_dest(&[], &addr, &k, None);
+    let p = Proxy::start(&addr, Tamper::Nothing);
+    migrate(&sock, &p.addr, &k, &[], &[]).expect_status(0);
+    assert!(p.finish());
+    let a = src.finish();
+    a.expect_status(MIGRATED);
+    let b = dst.finish();
+    b.expect_status(0).expect_stdout("counter done");
+    assert_continues(&a.stdout, &b.stdout, 3000);
     std::fs::remove_dir_all(&tmp).unwrap();
 }
 

@@ -1,8 +1,10 @@
 //! Snapshots, restore, clones, templates, and every kind of bad snapshot.
 
-use duet_monitor::snapshot::format::{StateFile, Tag};
-use duet_monitor::snapshot::persist::VcpuState;
-use duet_monitor::snapshot::{MEMORY_FILE, STATE_FILE};
+use duet_monitor::contract::statefile::{
+    ABI_OFFSET, FEATURES_OFFSET, TSC_OFFSET, VENDOR_OFFSET, VERSION_OFFSET,
+};
+use duet_monitor::contract::{MEMORY_FILE, STATE_FILE};
+use duet_tests::statefile::{edit_header, set_u32, set_u64, u64_at};
 use duet_tests::{boot, duet, image, status, temp_dir, wait_path, Background, Output};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -306,11 +308,8 @@ fn refused(dir: &Path, want: &str) {
     assert!(o.stdout.is_empty(), "the guest ran: {o:#?}");
 }
 
-fn edit_state(dir: &Path, f: impl FnOnce(&mut StateFile)) {
-    let p = dir.join(STATE_FILE);
-    let mut s = StateFile::decode(&std::fs::read(&p).unwrap(), "state").unwrap();
-    f(&mut s);
-    std::fs::write(&p, s.encode()).unwrap();
+fn edit_state(dir: &Path, f: impl FnOnce(&mut [u8])) {
+    edit_header(&dir.join(STATE_FILE), f);
 }
 
 #[test]
@@ -350,34 +349,26 @@ fn bad_snapshots_are_refused_with_a_clear_error() {
     refused(&d, "checksum mismatch");
 
     let d = case("format");
-    edit_state(&d, |s| s.header.format_version = 99);
-    refused(&d, "snapshot format version 99");
+    edit_state(&d, |h| set_u32(h, VERSION_OFFSET, 99));
+    refused(&d, "format version 99");
 
     let d = case("abi");
-    edit_state(&d, |s| s.header.abi_version = 99);
+    edit_state(&d, |h| set_u32(h, ABI_OFFSET, 99));
     refused(&d, "ABI version 99");
 
     let d = case("vendor");
-    edit_state(&d, |s| s.header.vendor = *b"NotARealCPU!");
+    edit_state(&d, |h| {
+        h[VENDOR_OFFSET..VENDOR_OFFSET + 12].copy_from_slice(b"NotARealCPU!")
+    });
     refused(&d, "NotARealCPU!");
 
     let d = case("features");
-    edit_state(&d, |s| s.header.features[5] = u32::MAX);
+    edit_state(&d, |h| set_u32(h, FEATURES_OFFSET + 20, u32::MAX));
     refused(&d, "CPU features this host lacks");
 
     let d = case("tsc");
-    edit_state(&d, |s| {
-        let i = s
-            .sections
-            .iter()
-            .position(|(t, _)| *t == Tag::Vcpu as u32)
-            .unwrap();
-        let mut v: VcpuState = postcard::from_bytes(&s.sections[i].1).unwrap();
-        // KVM can scale a guest TSC up, never down.
-        v.tsc_khz /= 2;
-        s.header.tsc_khz = u64::from(v.tsc_khz);
-        s.sections[i].1 = postcard::to_stdvec(&v).unwrap();
-    });
+    // KVM can scale a guest TSC up, never down.
+    edit_state(&d, |h| set_u64(h, TSC_OFFSET, u64_at(h, TSC_OFFSET) / 2));
     refused(&d, "TSC");
 
     // Two snapshots' files mixed up.
@@ -396,7 +387,7 @@ fn bad_snapshots_are_refused_with_a_clear_error() {
     refused(&good.join(STATE_FILE), "not a directory");
     let d = case("garbage");
     std::fs::write(d.join(STATE_FILE), b"hello, world").unwrap();
-    refused(&d, "not a Duet snapshot state file");
+    refused(&d, "not a Duet state file");
 
     // The original is still good.
     restore(&good)
@@ -461,11 +452,11 @@ fn many_requests_while_running_never_stall_the_guest() {
 fn a_bad_api_socket_path_stops_before_the_guest_runs() {
     let o = boot("hello", &["--api", "/nonexistent-dir/duet.sock"], &[]);
     o.expect_status(status::MONITOR_ERROR as i32)
-        .expect_stderr("cannot open control socket /nonexistent-dir/duet.sock");
+        .expect_stderr("cannot create control socket /nonexistent-dir/duet.sock");
     assert!(o.stdout.is_empty(), "{o:#?}");
     let o = duet(&["ctl", "/nonexistent-dir/duet.sock", "status"]);
     o.expect_status(status::MONITOR_ERROR as i32)
-        .expect_stderr("cannot talk to the duet at /nonexistent-dir/duet.sock");
+        .expect_stderr("no control socket at /nonexistent-dir/duet.sock");
 }
 
 #[test]
@@ -500,5 +491,34 @@ fn disk_data_written_before_the_snapshot_is_there_after_restore() {
     o.expect_status(status::MONITOR_ERROR as i32)
         .expect_stderr("disk.img, which does not exist");
     assert!(!o.stdout.contains("disk says"), "{o:#?}");
+    std::fs::remove_dir_all(&store).unwrap();
+}
+
+#[test]
+fn a_snapshot_taken_before_the_restructuring_is_refused_by_its_version() {
+    let dir = duet_tests::root().join("tests/fixtures/snapshot-v1");
+    let o = duet(&["restore", dir.to_str().unwrap()]);
+    o.expect_status(status::MONITOR_ERROR as i32)
+        .expect_stderr("state format version 1, this duet reads version 2")
+        .expect_stderr("take the snapshot again with this one");
+    assert!(o.stdout.is_empty(), "the old guest ran: {o:#?}");
+}
+
+#[test]
+fn a_restore_rebuilds_the_monitors_structures_whatever_the_snapshot_says() {
+    // The test hook makes the saved vCPU claim ring 0, its own CR3, IDT and
+    // GDT and IOPL 3, and fills the monitor's pages with junk: the restored
+    // guest still runs in ring 3 on the monitor's tables.
+    let store = temp_dir("tamper");
+    create_template(&store, "h", "hostile", &["snapshot-then-cli"]);
+    let mut c =
+        duet_tests::duet_cmd(&["run", "--template", "h", "--store", store.to_str().unwrap()]);
+    c.env("DUET_TEST_TAMPER", "1");
+    let o = duet_tests::run_cmd(c, std::time::Duration::from_secs(60));
+    o.expect_status(status::GUEST_FAULT as i32)
+        .expect_stdout("hostile: restored=true, trying cli")
+        .expect_stderr("#GP general protection")
+        .expect_stderr("cs 0x33 ss 0x2b");
+    assert!(!o.stdout.contains("survived"), "{o:#?}");
     std::fs::remove_dir_all(&store).unwrap();
 }

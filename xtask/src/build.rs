@@ -170,17 +170,48 @@ pub fn monitor() -> Result<PathBuf> {
     Ok(root().join("target/release/duet"))
 }
 
+/// Builds the monitor the tests run: the release build plus the
+/// failure-injection hooks (`--features test-hooks`), in its own target
+/// directory so the release binary never has them and neither build
+/// invalidates the other. Returns its path.
+pub fn test_monitor() -> Result<PathBuf> {
+    let dir = root().join("target/test-hooks");
+    run(cargo()
+        .current_dir(root())
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "duet-monitor",
+            "--features",
+            "test-hooks",
+            "--target-dir",
+        ])
+        .arg(&dir))?;
+    Ok(dir.join("release/duet"))
+}
+
 /// Builds everything, then runs every host test with the images in place.
 pub fn test(extra: &[String]) -> Result<()> {
     ensure_tools(&[
         ("curl", "curl"),
         ("dnsmasq", "dnsmasq-base"),
+        ("tc", "iproute2"),
+        // The OCI runtime tests (tests/tests/oci_*.rs): the engines, runc
+        // for non-Duet images, and criu, without which Podman refuses to
+        // checkpoint (Duet's checkpoints do not use it).
+        ("podman", "podman"),
+        ("containerd", "containerd"),
+        ("runc", "runc"),
+        ("criu", "criu"),
         ("gdb", "gdb"),
     ])?;
     images(&[])?;
     let debug_apps: Vec<String> = DEBUG_TEST_APPS.iter().map(|a| a.to_string()).collect();
     debug_images(&debug_apps)?;
-    let duet = monitor()?;
+    monitor()?;
+    let duet = test_monitor()?;
     run(cargo()
         .current_dir(root())
         .env("DUET_IMAGES", images_dir())
@@ -217,5 +248,5 @@ fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing))
-    .context("installing test tools (the network and debugger tests use them)")
+    .context("installing test tools (the network, OCI and debugger tests use them)")
 }

@@ -7,6 +7,7 @@
 mod bench;
 mod build;
 mod debug;
+mod image;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -57,6 +58,18 @@ enum Cmd {
     },
     /// Print the RUSTFLAGS a guest image is built with.
     Rustflags,
+    /// Build APP and the monitor, and import APP as a local OCI image for
+    /// `podman run --runtime target/release/duet-runtime` (see docs/oci.md).
+    Image {
+        /// The example app.
+        app: String,
+        /// The image's name (default `duet-APP`, i.e. localhost/duet-APP:latest).
+        #[arg(long)]
+        tag: Option<String>,
+        /// Write the root-filesystem tarball here instead of importing it.
+        #[arg(long, value_name = "PATH")]
+        tar: Option<PathBuf>,
+    },
     /// Benchmark boot, hypercalls, the clock, block and network I/O, each
     /// beside a floor measured in the same run:
     /// `cargo xtask bench [boot|hypercall|clock|block|net|snapshot|migrate|framepointers|qemu|all] [--runs N] [--json PATH]`.
@@ -112,6 +125,10 @@ fn main() -> Result<()> {
         Cmd::Rustflags => {
             println!("{}", build::guest_rustflags());
             Ok(())
+        }
+        Cmd::Image { app, tag, tar } => {
+            build::monitor()?;
+            image::image(&app, tag.as_deref(), tar.as_deref())
         }
         Cmd::Bench(a) => bench::run(&a),
         Cmd::Test { rest } => build::test(&rest),

@@ -104,7 +104,7 @@ mod tests {
     #[test]
     fn plants_only_in_text_and_hides_itself() {
         let mem = GuestMem::new(8 << 20).unwrap();
-        let mut pt = PageTables::new();
+        let mut pt = PageTables::new(&mem).unwrap();
         pt.map_4k(&mem, 0x20_0000, 0x20_1000, Access::UserExec)
             .unwrap();
         pt.map_4k(&mem, 0x20_1000, 0x20_2000, Access::UserWrite)

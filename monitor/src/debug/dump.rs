@@ -2,15 +2,15 @@
 //! (`duet ctl SOCKET core PATH`). The writing itself is [`coredump`]'s;
 //! this picks the registers and puts GDB's breakpoint bytes back.
 
-use super::{DebugVm, VmRefs};
-use crate::control::Response;
+use super::{DebugVm, Debugger};
 use crate::coredump::{self, CoreRegs};
-use crate::exception::Exception;
+use crate::cpu::exception::Exception;
+use crate::vmm::Vmm;
 use kvm_bindings::kvm_regs;
 use std::path::Path;
 
-fn core_regs(r: &VmRefs, regs: kvm_regs, cs: u16, ss: u16, signal: u32) -> CoreRegs {
-    let sregs = r.vcpu.get_sregs().unwrap_or_default();
+fn core_regs(vm: &impl DebugVm, regs: kvm_regs, cs: u16, ss: u16, signal: u32) -> CoreRegs {
+    let sregs = vm.vcpu().get_sregs().unwrap_or_default();
     CoreRegs {
         regs,
         cs,
@@ -18,71 +18,71 @@ fn core_regs(r: &VmRefs, regs: kvm_regs, cs: u16, ss: u16, signal: u32) -> CoreR
         ds: sregs.ds.selector,
         fs_base: sregs.fs.base,
         gs_base: sregs.gs.base,
-        fpu: r.vcpu.get_fpu().ok(),
+        fpu: vm.vcpu().get_fpu().ok(),
         signal,
     }
 }
 
-fn write(r: &VmRefs, path: &Path, regs: &CoreRegs) -> Result<coredump::Written, String> {
-    let bps = r.debug.session.as_ref().map(|s| &s.bps);
+/// Writes a core file of `vm` to `path`, GDB's breakpoint bytes (`d`'s
+/// session's) put back.
+fn write(
+    d: Option<&Debugger>,
+    vm: &impl DebugVm,
+    path: &Path,
+    regs: &CoreRegs,
+) -> Result<coredump::Written, String> {
+    let bps = d.and_then(|d| d.session.as_ref()).map(|s| &s.bps);
     let patch = |a: u64, page: &mut [u8]| {
         if let Some(b) = bps {
             b.unpatch(a, page)
         }
     };
-    coredump::write(path, r.mem, regs, &patch)
+    coredump::write(path, vm.mem(), regs, &patch)
         .map_err(|e| format!("cannot write core file {}: {e}", path.display()))
 }
 
-/// Writes the `--core` file, if asked for; returns the report's line.
-fn on_death(r: &VmRefs, regs: &CoreRegs) -> Option<String> {
-    let path = r.debug.core.as_deref()?;
-    Some(match write(r, path, regs) {
+/// `--core`: the core file of a guest that dies of exception `fault`, with
+/// the interrupted context's registers, or that panicked (`None`: the vCPU
+/// stands at its abort hypercall). Returns a line for the report.
+pub(super) fn on_death(
+    d: &mut Debugger,
+    vm: &mut impl DebugVm,
+    fault: Option<&Exception>,
+) -> Option<String> {
+    let path = d.core.as_deref()?;
+    let regs = match fault {
+        Some(e) => {
+            let signal = coredump::signal_for_vector(e.frame.vector);
+            core_regs(vm, e.regs, e.frame.cs as u16, e.frame.ss as u16, signal)
+        }
+        None => {
+            let regs = vm.vcpu().get_regs().ok()?;
+            let s = vm.vcpu().get_sregs().ok()?;
+            core_regs(vm, regs, s.cs.selector, s.ss.selector, coredump::SIGABRT)
+        }
+    };
+    Some(match write(Some(d), vm, path, &regs) {
         Ok(w) => format!("\n  core dumped to {} ({} bytes)", path.display(), w.bytes),
         Err(e) => format!("\n  {e}"),
     })
 }
 
-/// `--core`: the core file of a guest that took exception `e`, with the
-/// interrupted context's registers. Returns a line for the report.
-pub fn core_on_fault(vm: &mut impl DebugVm, e: &Exception) -> Option<String> {
-    let r = vm.debug_refs();
-    r.debug.core.as_ref()?;
-    let signal = coredump::signal_for_vector(e.frame.vector);
-    let regs = core_regs(&r, e.regs, e.frame.cs as u16, e.frame.ss as u16, signal);
-    on_death(&r, &regs)
-}
-
-/// `--core`: the core file of a guest that panicked (the vCPU stands at its
-/// abort hypercall). Returns a line for the report.
-pub fn core_on_abort(vm: &mut impl DebugVm) -> Option<String> {
-    let r = vm.debug_refs();
-    r.debug.core.as_ref()?;
-    let regs = r.vcpu.get_regs().ok()?;
-    let s = r.vcpu.get_sregs().ok()?;
-    let regs = core_regs(&r, regs, s.cs.selector, s.ss.selector, coredump::SIGABRT);
-    on_death(&r, &regs)
-}
-
 /// `duet ctl SOCKET core PATH`: a core file of the live guest, which keeps
-/// running (or stays paused).
-pub fn dump(vm: &mut impl DebugVm, path: &Path) -> Response {
-    let r = vm.debug_refs();
-    let (regs, s) = match (r.vcpu.get_regs(), r.vcpu.get_sregs()) {
+/// running (or stays paused). Returns the file's size.
+pub fn dump(vmm: &mut Vmm, path: &Path) -> Result<u64, String> {
+    super::with(vmm, |d, v| live(Some(d), v, path)).unwrap_or_else(|| live(None, vmm, path))
+}
+
+fn live(d: Option<&Debugger>, vm: &impl DebugVm, path: &Path) -> Result<u64, String> {
+    let (regs, s) = match (vm.vcpu().get_regs(), vm.vcpu().get_sregs()) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
-            return Response::err(format!("cannot read the vCPU's registers: {e}"))
+            return Err(format!("cannot read the vCPU's registers: {e}"))
         }
     };
     if s.cs.selector & 3 != 3 {
-        return Response::err("the vCPU is inside an exception stub this instant; try again");
+        return Err("the vCPU is inside an exception stub this instant; try again".into());
     }
-    let regs = core_regs(&r, regs, s.cs.selector, s.ss.selector, 0);
-    match write(&r, path, &regs) {
-        Ok(w) => Response {
-            core_bytes: Some(w.bytes),
-            ..Response::ok()
-        },
-        Err(e) => Response::err(e),
-    }
+    let regs = core_regs(vm, regs, s.cs.selector, s.ss.selector, 0);
+    write(d, vm, path, &regs).map(|w| w.bytes)
 }

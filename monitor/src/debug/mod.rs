@@ -1,23 +1,29 @@
 //! Debugging a guest with GDB, and core files of a guest.
 //!
-//! Two threads share the work, like every other control request:
+//! The debugger sits above the [`Vmm`], like snapshots: it reaches the
+//! guest only through the `Vmm`'s methods ([`DebugVm`], `adapter.rs`). The
+//! `Vmm` owns it as a [`DebugHooks`] object and its run loop calls the
+//! hooks (exceptions, hypercalls, `KVM_EXIT_DEBUG`, a death, the end);
+//! that trait is all the `Vmm` knows of it.
+//!
+//! Two threads share the work:
 //!
 //! * The GDB thread (`stub.rs`) owns the TCP connection and the `gdbstub`
-//!   protocol state. Its target (`target.rs`) owns nothing of the VM: each
-//!   register or memory access, breakpoint or resume becomes a [`Cmd`] sent
-//!   through the control block ([`crate::control::Request::Debug`]).
+//!   protocol state. Its target (`target.rs`) owns nothing of the guest:
+//!   each register or memory access, breakpoint or resume is a [`Cmd`] run
+//!   as a job on the vCPU thread ([`crate::vmm::Control::on_vcpu`]).
 //! * The vCPU thread serves those commands between two `KVM_RUN`s
 //!   ([`session`]) and posts stops ([`Stop`]) back over a channel.
 //!
 //! A guest stopped by the debugger is a paused guest: the run loop waits
-//! for requests exactly as after `duet ctl pause`, and other control
-//! requests (status, snapshot, core) are still served.
+//! for jobs exactly as after `duet ctl pause`, and other control requests
+//! (status, snapshot, core) are still served.
 //!
 //! Breakpoints and single steps use no guest code and no
 //! `KVM_SET_GUEST_DEBUG` (which does not report ring-3 traps to the host on
 //! this project's hosts): GDB's `int3`s are patched into the text by the
 //! monitor ([`breakpoints`]), single steps set RFLAGS.TF, and both trap
-//! into the monitor's own #BP/#DB stubs ([`crate::exception`]); the
+//! into the monitor's own #BP/#DB stubs ([`crate::cpu::exception`]); the
 //! session then puts the vCPU back into the ring-3 context itself and
 //! reports the stop. There are no hardware breakpoints or watchpoints:
 //! debug registers set with `KVM_SET_DEBUGREGS` (or `KVM_SET_GUEST_DEBUG`)
@@ -28,10 +34,9 @@
 //! GDB reads any mapped page and writes only where the guest could write
 //! itself; the text changes only through breakpoints.
 //!
-//! The VM is reached only through [`DebugVm`] (`adapter.rs`); the run loop
-//! calls the hooks [`session::on_exception`], [`session::after_hypercall`],
-//! [`session::on_debug_exit`] and [`session::on_end`], and the control
-//! plane [`listen`], [`session::handle`] and [`dump::dump`].
+//! The control plane calls [`setup`] (`--gdb`, `--core`), [`listen`]
+//! (`duet ctl gdb`), [`dump`] (`duet ctl core`) and
+//! [`without_breakpoints`] (snapshots).
 
 mod adapter;
 pub mod breakpoints;
@@ -41,16 +46,17 @@ pub mod session;
 mod stub;
 mod target;
 
-pub use adapter::{DebugVm, VmRefs};
-pub use dump::{core_on_abort, core_on_fault, dump};
-pub use session::{
-    after_hypercall, handle, on_debug_exit, on_end, on_exception, without_breakpoints,
-};
+pub use adapter::DebugVm;
+pub use dump::dump;
+pub use session::without_breakpoints;
 pub use stub::{DebugError, Listener};
 
-use crate::control::Response;
-use crate::vcpu::Outcome;
+use crate::cpu::exception::Exception;
+use crate::outcome::Outcome;
+use crate::vmm::{DebugHooks, Vmm};
 use gdbstub_arch::x86::reg::X86_64CoreRegs;
+use std::any::Any;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// A command from the GDB thread, served on the vCPU thread.
@@ -154,7 +160,7 @@ pub struct DebugOptions {
     pub core: Option<PathBuf>,
 }
 
-/// The debugger's state, kept in the VM (reached through [`DebugVm`]).
+/// The debugger's state, owned by the `Vmm` (as its [`DebugHooks`]).
 #[derive(Debug, Default)]
 pub struct Debugger {
     core: Option<PathBuf>,
@@ -162,54 +168,91 @@ pub struct Debugger {
     session: Option<session::Session>,
     /// Paused only to wait for GDB before the first instruction.
     held_for_gdb: bool,
-    /// GDB killed the guest: the run loop ends with this.
-    end: Option<Outcome>,
 }
 
-impl Debugger {
-    /// Whether a debugger holds the guest stopped (a `ctl resume` would
-    /// pull it from under GDB).
-    pub fn holds(&self) -> bool {
+impl DebugHooks for Debugger {
+    fn on_exception(&mut self, vmm: &mut Vmm, e: &Exception) -> bool {
+        session::on_exception(self, vmm, e)
+    }
+
+    #[inline]
+    fn after_hypercall(&mut self, vmm: &mut Vmm) {
+        session::after_hypercall(self, vmm)
+    }
+
+    fn on_debug_exit(&mut self, vmm: &mut Vmm) -> bool {
+        session::on_debug_exit(self, vmm)
+    }
+
+    fn on_death(&mut self, vmm: &mut Vmm, fault: Option<&Exception>) -> Option<String> {
+        dump::on_death(self, vmm, fault)
+    }
+
+    fn on_end(&mut self, _vmm: &mut Vmm, outcome: &Outcome) {
+        session::on_end(self, outcome)
+    }
+
+    fn holds(&self) -> bool {
         self.session.as_ref().is_some_and(|s| s.stopped()) || self.held_for_gdb
     }
 
-    /// The outcome GDB asked for (a kill), once.
-    pub fn take_end(&mut self) -> Option<Outcome> {
-        self.end.take()
+    fn as_any(&mut self) -> &mut dyn Any {
+        self
     }
 }
 
-/// Applies `duet run`/`restore`'s debugger options to a built VM: the core
-/// path, and the GDB server (the guest then waits for GDB unless told not).
-pub fn setup(vm: &mut impl DebugVm, opts: DebugOptions) -> Result<(), DebugError> {
-    let r = vm.debug_refs();
-    r.debug.core = opts.core;
+/// Runs `f` with this guest's [`Debugger`] (taken out of the `Vmm`
+/// meanwhile); `None` when it has none.
+fn with<R>(vmm: &mut Vmm, f: impl FnOnce(&mut Debugger, &mut Vmm) -> R) -> Option<R> {
+    vmm.with_debugger(|d, v| d.as_any().downcast_mut::<Debugger>().map(|d| f(d, v)))
+        .flatten()
+}
+
+/// Applies `duet run`/`restore`'s debugger options to a built guest: the
+/// core path, and the GDB server (the guest then waits for GDB unless told
+/// not to).
+pub fn setup(vmm: &mut Vmm, opts: DebugOptions) -> Result<(), DebugError> {
+    if opts.gdb.is_none() && opts.core.is_none() {
+        return Ok(());
+    }
+    let mut d = Debugger {
+        core: opts.core,
+        ..Default::default()
+    };
     if let Some(l) = opts.gdb {
-        r.debug.link = Some(stub::start(l, r.ctl.clone())?);
+        d.link = Some(stub::start(l, vmm.control().clone())?);
         if opts.wait {
-            *r.paused = true;
-            r.debug.held_for_gdb = true;
+            vmm.pause();
+            d.held_for_gdb = true;
         }
     }
+    vmm.set_debugger(Box::new(d));
     Ok(())
 }
 
-/// `duet ctl SOCKET gdb ADDR`: serve GDB on `addr` for this running guest.
-pub fn listen(vm: &mut impl DebugVm, addr: &str) -> Response {
-    let r = vm.debug_refs();
-    if let Some(l) = &r.debug.link {
-        return Response::err(format!("GDB is already served on {}", l.addr));
+/// `duet ctl SOCKET gdb ADDR`: serves GDB on `addr` for this running guest;
+/// returns the address bound.
+pub fn listen(vmm: &mut Vmm, addr: &str) -> Result<SocketAddr, DebugError> {
+    let served = with(vmm, |d, _| d.link.as_ref().map(|l| l.addr));
+    if let Some(Some(at)) = served {
+        return Err(DebugError::Served(at));
     }
-    let started = Listener::bind(addr).and_then(|l| stub::start(l, r.ctl.clone()));
-    match started {
-        Ok(link) => {
-            let at = link.addr.to_string();
-            r.debug.link = Some(link);
-            Response {
-                gdb: Some(at),
-                ..Response::ok()
-            }
+    let link = stub::start(Listener::bind(addr)?, vmm.control().clone())?;
+    let at = link.addr;
+    match served {
+        Some(_) => {
+            with(vmm, |d, _| d.link = Some(link));
         }
-        Err(e) => Response::err(e.to_string()),
+        // No --gdb or --core at start: this guest's first debugger.
+        None => vmm.set_debugger(Box::new(Debugger {
+            link: Some(link),
+            ..Default::default()
+        })),
     }
+    Ok(at)
+}
+
+/// Whether a GDB session is attached (its breakpoints may be planted).
+pub fn attached(vmm: &mut Vmm) -> bool {
+    with(vmm, |d, _| d.session.is_some()).unwrap_or(false)
 }

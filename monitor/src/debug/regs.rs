@@ -6,7 +6,7 @@
 //! state; the segment selectors and the privileged flags (IF, IOPL, ...)
 //! belong to the monitor and a write that changes them is refused.
 
-use crate::exception::frame::USER_RFLAGS;
+use crate::cpu::tables::USER_RFLAGS;
 use gdbstub_arch::x86::reg::{X86SegmentRegs, X86_64CoreRegs, X87FpuInternalRegs};
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 
@@ -140,7 +140,7 @@ mod tests {
 
     fn ring3() -> (kvm_regs, kvm_sregs) {
         let mut s = kvm_sregs::default();
-        crate::cpu::setup_sregs(&mut s);
+        crate::cpu::tables::setup_sregs(&mut s);
         let r = kvm_regs {
             rax: 1,
             rsp: 0x1f_fff0,

@@ -2,12 +2,12 @@
 //! `KVM_RUN`s, and turning traps into stops.
 
 use super::breakpoints::SwBreakpoints;
-use super::{regs, Cmd, DebugVm, Reply, Resume, Stop, VmRefs};
-use crate::control::Response;
+use super::{regs, Cmd, DebugVm, Debugger, Reply, Resume, Stop};
 use crate::coredump;
-use crate::exception::{self, Exception};
-use crate::vcpu::Outcome;
+use crate::cpu::exception::{self, Exception};
+use crate::outcome::Outcome;
 use crate::vmem;
+use crate::vmm::Vmm;
 use kvm_bindings::{kvm_guest_debug, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP};
 use kvm_ioctls::VcpuFd;
 
@@ -57,16 +57,10 @@ fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> String {
     move |e| format!("KVM {what} failed: {e}")
 }
 
-/// Serves one command from the GDB thread.
-pub fn handle(vm: &mut impl DebugVm, cmd: Cmd) -> Response {
-    let mut r = vm.debug_refs();
-    match serve(&mut r, cmd) {
-        Ok(reply) => Response {
-            debug: Some(reply),
-            ..Response::ok()
-        },
-        Err(e) => Response::err(e),
-    }
+/// Serves one command from the GDB thread (a job on the vCPU thread).
+pub(super) fn handle(vmm: &mut Vmm, cmd: Cmd) -> Result<Reply, String> {
+    super::with(vmm, |d, v| serve(d, v, cmd))
+        .unwrap_or_else(|| Err("this guest has no debugger".into()))
 }
 
 /// Whether the vCPU is in ring 3 (not inside an exception stub).
@@ -75,28 +69,33 @@ fn in_ring3(vcpu: &VcpuFd) -> Result<bool, String> {
     Ok(s.cs.selector & 3 == 3)
 }
 
-fn attach(r: &mut VmRefs) -> Result<Reply, String> {
-    if r.debug.session.is_some() {
+fn attach(d: &mut Debugger, vm: &mut impl DebugVm) -> Result<Reply, String> {
+    if d.session.is_some() {
         return Err("a debugger is already attached".into());
     }
-    if !in_ring3(r.vcpu)? {
+    if vm.migrating() {
+        return Err(
+            "the guest is being migrated; attach GDB once the migration is over".into(),
+        );
+    }
+    if !in_ring3(vm.vcpu())? {
         return Ok(Reply::NotYet);
     }
-    r.debug.session = Some(Session {
+    d.session = Some(Session {
         stopped: true,
-        was_paused: *r.paused && !r.debug.held_for_gdb,
+        was_paused: vm.paused() && !d.held_for_gdb,
         ..Default::default()
     });
-    r.debug.held_for_gdb = false;
-    *r.paused = true;
+    d.held_for_gdb = false;
+    vm.pause();
     Ok(Reply::Stopped(Some(Stop::Signal(SIGTRAP))))
 }
 
-fn serve(r: &mut VmRefs, cmd: Cmd) -> Result<Reply, String> {
+fn serve(d: &mut Debugger, vm: &mut impl DebugVm, cmd: Cmd) -> Result<Reply, String> {
     if cmd == Cmd::Attach {
-        return attach(r);
+        return attach(d, vm);
     }
-    let Some(s) = r.debug.session.as_mut() else {
+    let Some(s) = d.session.as_mut() else {
         return Err("no debugger is attached".into());
     };
     let stopped = |s: &Session| match s.stopped {
@@ -109,38 +108,38 @@ fn serve(r: &mut VmRefs, cmd: Cmd) -> Result<Reply, String> {
             if s.stopped {
                 return Ok(Reply::Stopped(None));
             }
-            if !in_ring3(r.vcpu)? {
+            if !in_ring3(vm.vcpu())? {
                 return Ok(Reply::NotYet);
             }
-            end_step(r.vcpu, s)?;
+            end_step(vm.vcpu(), s)?;
             s.stopped = true;
-            *r.paused = true;
+            vm.pause();
             Ok(Reply::Stopped(Some(Stop::Signal(SIGINT))))
         }
         Cmd::ReadRegs => {
             stopped(s)?;
-            let regs = r.vcpu.get_regs().map_err(ioctl("KVM_GET_REGS"))?;
-            let sregs = r.vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
-            let fpu = r.vcpu.get_fpu().ok();
+            let regs = vm.vcpu().get_regs().map_err(ioctl("KVM_GET_REGS"))?;
+            let sregs = vm.vcpu().get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+            let fpu = vm.vcpu().get_fpu().ok();
             let g = regs::to_gdb(&regs, &sregs, fpu.as_ref());
             Ok(Reply::Regs(Box::new(g)))
         }
         Cmd::WriteRegs(g) => {
             stopped(s)?;
-            let mut regs = r.vcpu.get_regs().map_err(ioctl("KVM_GET_REGS"))?;
-            let sregs = r.vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
-            let fpu = r.vcpu.get_fpu().ok();
+            let mut regs = vm.vcpu().get_regs().map_err(ioctl("KVM_GET_REGS"))?;
+            let sregs = vm.vcpu().get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+            let fpu = vm.vcpu().get_fpu().ok();
             let mut f = fpu.unwrap_or_default();
             regs::from_gdb(&g, &mut regs, &sregs, &mut f)?;
             if fpu.is_some() {
-                r.vcpu.set_fpu(&f).map_err(ioctl("KVM_SET_FPU"))?;
+                vm.vcpu().set_fpu(&f).map_err(ioctl("KVM_SET_FPU"))?;
             }
-            r.vcpu.set_regs(&regs).map_err(ioctl("KVM_SET_REGS"))?;
+            vm.vcpu().set_regs(&regs).map_err(ioctl("KVM_SET_REGS"))?;
             Ok(Reply::Done)
         }
         Cmd::ReadMem { addr, len } => {
             let mut buf = vec![0u8; len.min(MAX_READ) as usize];
-            if let Err((done, e)) = vmem::read(r.mem, addr, &mut buf, vmem::Need::Present) {
+            if let Err((done, e)) = vmem::read(vm.mem(), addr, &mut buf, vmem::Need::Present) {
                 if done == 0 {
                     return Err(e.to_string());
                 }
@@ -151,13 +150,13 @@ fn serve(r: &mut VmRefs, cmd: Cmd) -> Result<Reply, String> {
         }
         Cmd::WriteMem { addr, data } => {
             stopped(s)?;
-            vmem::write(r.mem, addr, &data).map_err(|e| {
+            vmem::write(vm.mem(), addr, &data).map_err(|e| {
                 format!("{e}: GDB may write only memory the guest could write itself")
             })?;
             Ok(Reply::Done)
         }
-        Cmd::AddBreak(addr) => Ok(Reply::Bool(s.bps.insert(r.mem, addr)?)),
-        Cmd::RemoveBreak(addr) => Ok(Reply::Bool(s.bps.remove(r.mem, addr))),
+        Cmd::AddBreak(addr) => Ok(Reply::Bool(s.bps.insert(vm.mem(), addr)?)),
+        Cmd::RemoveBreak(addr) => Ok(Reply::Bool(s.bps.remove(vm.mem(), addr))),
         Cmd::Resume(how) => {
             stopped(s)?;
             let range = match how {
@@ -166,25 +165,33 @@ fn serve(r: &mut VmRefs, cmd: Cmd) -> Result<Reply, String> {
                 Resume::Range { start, end } => Some((start, end)),
             };
             if range.is_some() {
-                start_step(r.vcpu, s)?;
+                start_step(vm.vcpu(), s)?;
             }
             s.step = range;
             s.stopped = false;
-            *r.paused = false;
+            if let Err(e) = vm.resume() {
+                s.stopped = true;
+                end_step(vm.vcpu(), s)?;
+                return Err(e);
+            }
             Ok(Reply::Done)
         }
         Cmd::Detach { resume } => {
-            let s = r.debug.session.take().expect("checked above");
-            let paused = !resume || s.was_paused;
-            cleanup(r, s)?;
-            *r.paused = paused;
+            let s = d.session.take().expect("checked above");
+            let run_on = resume && !s.was_paused;
+            cleanup(vm, s)?;
+            if run_on {
+                vm.resume()?;
+            } else {
+                // A broken session leaves the guest paused for the next one.
+                vm.pause();
+            }
             Ok(Reply::Done)
         }
         Cmd::Kill => {
-            let s = r.debug.session.take().expect("checked above");
-            cleanup(r, s)?;
-            r.debug.end = Some(Outcome::Failed("the guest was killed from GDB".into()));
-            *r.paused = false;
+            let s = d.session.take().expect("checked above");
+            cleanup(vm, s)?;
+            vm.end(Outcome::Failed("the guest was killed from GDB".into()));
             Ok(Reply::Done)
         }
     }
@@ -227,18 +234,18 @@ fn end_step(vcpu: &VcpuFd, s: &mut Session) -> Result<(), String> {
 }
 
 /// Takes every trace of a session out of the guest.
-fn cleanup(r: &mut VmRefs, mut s: Session) -> Result<(), String> {
-    s.bps.clear(r.mem);
-    end_step(r.vcpu, &mut s)
+fn cleanup(vm: &impl DebugVm, mut s: Session) -> Result<(), String> {
+    s.bps.clear(vm.mem());
+    end_step(vm.vcpu(), &mut s)
 }
 
 /// Stops the guest for the debugger and tells the GDB thread why.
-fn stop(r: &mut VmRefs, why: Stop) {
-    if let Some(s) = r.debug.session.as_mut() {
+fn stop(d: &mut Debugger, vm: &mut impl DebugVm, why: Stop) {
+    if let Some(s) = d.session.as_mut() {
         s.stopped = true;
     }
-    *r.paused = true;
-    if let Some(l) = &r.debug.link {
+    vm.pause();
+    if let Some(l) = &d.link {
         l.post(why);
     }
 }
@@ -248,9 +255,8 @@ fn stop(r: &mut VmRefs, why: Stop) {
 /// the breakpoint) and is reported to GDB; so is a fault, once. Returns
 /// whether the debugger took the exception; if not, it ends the guest as
 /// usual.
-pub fn on_exception(vm: &mut impl DebugVm, e: &Exception) -> bool {
-    let mut r = vm.debug_refs();
-    let Some(s) = r.debug.session.as_mut() else {
+pub(super) fn on_exception(d: &mut Debugger, vm: &mut impl DebugVm, e: &Exception) -> bool {
+    let Some(s) = d.session.as_mut() else {
         return false;
     };
     if e.frame.cpl() != 3 {
@@ -269,7 +275,7 @@ pub fn on_exception(vm: &mut impl DebugVm, e: &Exception) -> bool {
         }
         DEBUG if s.steps_on(frame.rip) => {
             // A range step still in its range: on to the next instruction.
-            return exception::resume(r.vcpu, &frame).is_ok();
+            return exception::resume(vm.vcpu(), &frame).is_ok();
         }
         DEBUG if s.step.is_some() => Stop::Step,
         DEBUG => Stop::Signal(SIGTRAP),
@@ -284,11 +290,11 @@ pub fn on_exception(vm: &mut impl DebugVm, e: &Exception) -> bool {
     if s.step.is_some() && !s.kvm_step {
         frame.rflags &= !TF;
     }
-    if exception::resume(r.vcpu, &frame).is_err() || end_step(r.vcpu, s).is_err() {
+    if exception::resume(vm.vcpu(), &frame).is_err() || end_step(vm.vcpu(), s).is_err() {
         return false;
     }
     log::debug!("debugger stop at {:#x}: {why:?}", frame.rip);
-    stop(&mut r, why);
+    stop(d, vm, why);
     true
 }
 
@@ -296,74 +302,72 @@ pub fn on_exception(vm: &mut impl DebugVm, e: &Exception) -> bool {
 /// right after it. (On this project's hosts KVM completes the `out` without
 /// the trap TF asks for, so the step would otherwise run one instruction on.)
 #[inline]
-pub fn after_hypercall(vm: &mut impl DebugVm) {
-    let stepping = vm.debug_refs().debug.session.as_ref().map(|s| s.step);
-    if !matches!(stepping, Some(Some(_))) {
+pub(super) fn after_hypercall(d: &mut Debugger, vm: &mut impl DebugVm) {
+    if d.session.as_ref().is_none_or(|s| s.step.is_none()) {
         return;
     }
     if let Err(e) = vm.complete_io() {
         log::warn!("single step over a hypercall: {e}");
         return;
     }
-    let mut r = vm.debug_refs();
-    let Ok(rip) = r.vcpu.get_regs().map(|g| g.rip) else {
+    let Ok(rip) = vm.vcpu().get_regs().map(|g| g.rip) else {
         return;
     };
-    let Some(s) = r.debug.session.as_mut() else {
+    let Some(s) = d.session.as_mut() else {
         return;
     };
-    if s.steps_on(rip) || end_step(r.vcpu, s).is_err() {
+    if s.steps_on(rip) || end_step(vm.vcpu(), s).is_err() {
         return;
     }
-    stop(&mut r, Stop::Step);
+    stop(d, vm, Stop::Step);
 }
 
 /// The hook for `KVM_EXIT_DEBUG`, which only `DUET_GDB_STEP=kvm` could
 /// cause (measured: it does not here; the trap reaches the #DB stub).
 /// Returns whether the debugger took it.
-pub fn on_debug_exit(vm: &mut impl DebugVm) -> bool {
-    let mut r = vm.debug_refs();
-    let Some(s) = r.debug.session.as_mut().filter(|s| s.kvm_step) else {
+pub(super) fn on_debug_exit(d: &mut Debugger, vm: &mut impl DebugVm) -> bool {
+    let Some(s) = d.session.as_mut().filter(|s| s.kvm_step) else {
         return false;
     };
     log::info!("single step reported by KVM_EXIT_DEBUG");
-    if end_step(r.vcpu, s).is_err() {
+    if end_step(vm.vcpu(), s).is_err() {
         return false;
     }
-    stop(&mut r, Stop::Step);
+    stop(d, vm, Stop::Step);
     true
 }
 
 /// Runs `f` (a snapshot) with GDB's `int3`s taken out of the text, so a
 /// guest restored from it without a debugger does not trip over them.
-pub fn without_breakpoints<V: DebugVm, T>(vm: &mut V, f: impl FnOnce(&mut V) -> T) -> T {
-    let r = vm.debug_refs();
-    let lifted = r
-        .debug
-        .session
-        .as_ref()
-        .map(|s| s.bps.set_planted(r.mem, false))
-        .is_some();
-    let out = f(vm);
+pub fn without_breakpoints<T>(vmm: &mut Vmm, f: impl FnOnce(&mut Vmm) -> T) -> T {
+    let planted = |vmm: &mut Vmm, on: bool| {
+        super::with(vmm, |d, v| {
+            d.session
+                .as_ref()
+                .map(|s| s.bps.set_planted(v.vm().mem(), on))
+                .is_some()
+        })
+        .unwrap_or(false)
+    };
+    let lifted = planted(vmm, false);
+    let out = f(vmm);
     if lifted {
-        let r = vm.debug_refs();
-        if let Some(s) = &r.debug.session {
-            s.bps.set_planted(r.mem, true);
-        }
+        planted(vmm, true);
     }
     out
 }
 
 /// The run loop's end: a debugger waiting for the guest hears how it ended
 /// (GDB prints the exit status) before the monitor exits.
-pub fn on_end(vm: &mut impl DebugVm, outcome: &Outcome) {
-    let r = vm.debug_refs();
-    let Some(s) = r.debug.session.take() else {
+pub(super) fn on_end(d: &mut Debugger, outcome: &Outcome) {
+    let Some(s) = d.session.take() else {
         return;
     };
     let why = match outcome {
         Outcome::Exited(st) => Stop::Exited(*st),
-        Outcome::Snapshotted(_) | Outcome::Migrated(_) => Stop::Exited(outcome.status()),
+        Outcome::AtSnapshotPoint | Outcome::Snapshotted(_) | Outcome::Migrated(_) => {
+            Stop::Exited(outcome.status())
+        }
         Outcome::Faulted(_) => {
             let sig = s.pass.map_or(11, |(v, _)| coredump::signal_for_vector(v));
             Stop::Terminated(sig as u8)
@@ -374,7 +378,7 @@ pub fn on_end(vm: &mut impl DebugVm, outcome: &Outcome) {
     };
     // A stopped session has GDB at its prompt, not waiting for a stop: it
     // learns from the closed connection.
-    if let (Some(l), false) = (&r.debug.link, s.stopped) {
+    if let (Some(l), false) = (&d.link, s.stopped) {
         l.post(why);
         l.wait_reported();
     }

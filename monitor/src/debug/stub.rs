@@ -8,7 +8,7 @@
 
 use super::target::{Gone, RemoteTarget};
 use super::{Cmd, Stop};
-use crate::control::Control;
+use crate::vmm::Control;
 use gdbstub::conn::ConnectionExt;
 use gdbstub::stub::run_blocking::{BlockingEventLoop, Event, WaitForStopReasonError};
 use gdbstub::stub::{DisconnectReason, GdbStub, SingleThreadStopReason};
@@ -40,6 +40,9 @@ pub enum DebugError {
     /// The thread or its wake-up descriptor could not be made.
     #[error("cannot start the GDB server: {0}")]
     Start(std::io::Error),
+    /// This guest's GDB server already runs.
+    #[error("GDB is already served on {0}; connect there")]
+    Served(SocketAddr),
 }
 
 /// A bound GDB socket, not yet served.
@@ -101,10 +104,13 @@ pub(crate) fn start(l: Listener, ctl: Arc<Control>) -> Result<Link, DebugError> 
     let (reported_tx, reported) = mpsc::channel();
     let addr = l.addr;
     let target = RemoteTarget::new(ctl, stop_rx, wake.clone());
-    std::thread::Builder::new()
-        .name("duet-gdb".into())
-        .spawn(move || serve(l.socket, target, reported_tx))
-        .map_err(DebugError::Start)?;
+    // Started by the vCPU thread: SIGTERM and SIGINT must keep going there.
+    crate::signals::with_blocked(|| {
+        std::thread::Builder::new()
+            .name("duet-gdb".into())
+            .spawn(move || serve(l.socket, target, reported_tx))
+    })
+    .map_err(DebugError::Start)?;
     Ok(Link {
         addr,
         stops,

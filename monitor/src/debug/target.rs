@@ -1,9 +1,9 @@
 //! The `gdbstub` target on the GDB thread: every operation is a [`Cmd`]
-//! for the vCPU thread, sent through the control block and answered
-//! between two `KVM_RUN`s.
+//! run as a job on the vCPU thread (through the control block), between
+//! two `KVM_RUN`s.
 
-use super::{Cmd, Reply, Resume, Stop};
-use crate::control::{Control, Request};
+use super::{session, Cmd, Reply, Resume, Stop};
+use crate::vmm::Control;
 use gdbstub::common::Signal;
 use gdbstub::stub::SingleThreadStopReason;
 use gdbstub::target::ext::base::singlethread::{
@@ -50,17 +50,16 @@ impl RemoteTarget {
         }
     }
 
-    /// Sends `cmd` to the vCPU thread and waits for its reply.
+    /// Runs `cmd` on the vCPU thread and waits for its reply.
     pub fn call(&mut self, cmd: Cmd) -> Result<Reply, Gone> {
-        let resp = self.ctl.request(Request::Debug(cmd));
-        if resp.ok {
-            return Ok(resp.debug.unwrap_or(Reply::Done));
+        match self.ctl.on_vcpu(move |vmm| session::handle(vmm, cmd)) {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => Err(Gone::Refused(e)),
+            Err(_) => {
+                self.exited = true;
+                Err(Gone::Exited)
+            }
         }
-        if resp.state.as_deref() == Some("exited") {
-            self.exited = true;
-            return Err(Gone::Exited);
-        }
-        Err(Gone::Refused(resp.error.unwrap_or_default()))
     }
 
     /// [`call`](Self::call), asking again while the vCPU is inside an

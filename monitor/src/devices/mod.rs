@@ -2,175 +2,239 @@
 //! device hypercalls act on. The guest names a device by its index in the
 //! table.
 //!
-//! Each kind of device lives in its own module (its state, its setup from
-//! the command line) with its hypercall handlers in `hypercall/`.
+//! Each kind of device lives in its own folder (its state, its command-line
+//! option, its hypercall handlers, its `Persist` impl) and implements
+//! [`Device`], the one door through which the rest of the monitor — the run
+//! loop's poll, snapshots, migrations — reaches it. This file is the
+//! registry: the only place that names every kind ([`reattach`]).
 
 pub mod block;
 pub mod net;
+mod relocate;
 
-use duet_abi::boot::DeviceInfo;
+pub use relocate::relocate;
+
+use crate::memory::HostDirty;
+use crate::persist::{Persist, StateError};
+use duet_abi::boot::{DeviceInfo, MAX_DEVICES};
 use serde::{Deserialize, Serialize};
-use std::os::fd::{AsRawFd, RawFd};
+use std::any::Any;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use thiserror::Error;
 
-/// One device. Each kind of device adds a variant.
-pub enum Device {
-    /// A disk (`--disk`).
-    Block(block::BlockDevice),
-    /// A TAP-backed network interface.
-    Net(net::NetDevice),
+/// Why a device operation failed at run time.
+#[derive(Debug, Error)]
+pub enum DeviceError {
+    /// Making writes durable failed.
+    #[error("flushing {name} failed: {source}")]
+    Flush {
+        /// The device.
+        name: String,
+        /// The host error.
+        source: std::io::Error,
+    },
+    /// A disk's lock is held elsewhere.
+    #[error(transparent)]
+    Block(#[from] block::BlockError),
 }
 
-/// A device's record in a snapshot. Each kind of device adds a variant
-/// holding what it needs to come back (a block device: its disk path,
-/// flags, ...); restore fails cleanly when that is gone (e.g. a missing
-/// disk file: `SnapshotError::MissingFile`).
+/// What a migration that copies a device's contents reads (`--copy-disks`).
+pub struct CopySource {
+    /// A second descriptor of the backing file, read with `pread`.
+    pub file: std::fs::File,
+    /// Its size in bytes.
+    pub capacity: u64,
+    /// The 4 KiB units the guest writes while tracking is on.
+    pub dirty: Arc<HostDirty>,
+}
+
+/// One device of the guest's device table.
+pub trait Device: Send + Any {
+    /// The device's boot-info entry.
+    fn info(&self) -> DeviceInfo;
+    /// A file descriptor that becomes readable when the device has input for
+    /// the guest, for the poll hypercall; `None` means always ready.
+    fn ready_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// The device's record in a snapshot or a migration.
+    fn save(&self) -> DeviceState;
+    /// One line for `duet ctl status`.
+    fn describe(&self) -> String;
+    /// Makes the guest's writes durable (before a migration's state leaves,
+    /// and when the monitor stops a guest).
+    fn flush(&self) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    /// Takes the device's host lock (a migration destination after commit,
+    /// a source after an abort).
+    fn lock(&self) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    /// Drops the host lock (a migrating source, guest paused and flushed).
+    fn unlock(&self) {}
+    /// What a migration copying the device's contents reads, if it has any.
+    fn copy_source(&self) -> Option<std::io::Result<CopySource>> {
+        None
+    }
+    /// Stops tracking writes for a copy.
+    fn stop_copy_tracking(&self) {}
+    /// For the device's own hypercall handlers.
+    fn as_any(&self) -> &dyn Any;
+    /// For the device's own hypercall handlers.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// A device's saved record: each kind of device adds a variant holding its
+/// own `Persist` state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceState {
-    /// A disk: reopened from its path on restore.
-    Block {
-        /// The disk's spec as it was attached.
-        spec: block::DiskSpec,
-        /// Its capacity then (a disk that changed size is refused).
-        capacity: u64,
-    },
-    /// A network interface: its TAP is reattached (or created) on restore.
+    /// A disk: reopened from its path.
+    Block(block::BlockState),
+    /// A network interface: its TAP is reattached (or created).
     Net(net::NetConfig),
 }
 
-impl Device {
-    /// The device's boot-info entry.
-    pub fn info(&self) -> DeviceInfo {
-        match self {
-            Device::Block(b) => b.info(),
-            Device::Net(n) => n.info(),
-        }
-    }
-
-    /// A file descriptor that becomes readable when the device has input
-    /// for the guest, for the poll hypercall; `None` means always ready.
-    pub fn ready_fd(&self) -> Option<RawFd> {
-        match self {
-            // Block requests complete within the hypercall.
-            Device::Block(_) => None,
-            // A vanished TAP polls as an error, which wakes the guest too.
-            Device::Net(n) => Some(n.fd().as_raw_fd()),
-        }
-    }
-
-    /// The device's snapshot record.
-    pub fn save(&self) -> DeviceState {
-        match self {
-            Device::Block(b) => DeviceState::Block {
-                spec: b.spec(),
-                capacity: b.info().capacity,
-            },
-            Device::Net(n) => DeviceState::Net(n.config()),
-        }
-    }
-
-    /// Rebuilds a device from its snapshot record; `id` is its place in the
-    /// device table.
-    pub fn restore(
-        state: &DeviceState,
-        id: usize,
-    ) -> Result<Device, crate::snapshot::SnapshotError> {
-        Self::reattach(state, id, true)
-    }
-
-    /// As [`Device::restore`]; `lock` false leaves disks unlocked (a
-    /// migration destination locks them after commit: [`Devices::lock_disks`]).
-    pub fn reattach(
-        state: &DeviceState,
-        id: usize,
-        lock: bool,
-    ) -> Result<Device, crate::snapshot::SnapshotError> {
-        use crate::snapshot::SnapshotError;
-        match state {
-            DeviceState::Block { spec, capacity } => {
-                if !spec.path.exists() {
-                    return Err(SnapshotError::MissingFile(spec.path.display().to_string()));
-                }
-                let one = std::slice::from_ref(spec);
-                let opened = if lock {
-                    block::open_all(one, id)
-                } else {
-                    block::open_all_unlocked(one, id)
-                };
-                let mut disks = opened
-                    .map_err(|e| SnapshotError::Invalid(format!("reattaching a disk: {e}")))?;
-                let disk = disks.pop().expect("one disk opened");
-                if disk.info().capacity != *capacity {
-                    return Err(SnapshotError::Invalid(format!(
-                        "disk {} is now {} bytes but was {} bytes when the snapshot was taken; restore it with the same disk",
-                        spec.path.display(),
-                        disk.info().capacity,
-                        capacity
-                    )));
-                }
-                Ok(Device::Block(disk))
-            }
-            DeviceState::Net(cfg) => net::NetDevice::open(cfg, id)
-                .map(Device::Net)
-                .map_err(|e| SnapshotError::Invalid(format!("reattaching a network device: {e}"))),
-        }
-    }
+/// Rebuilds device `id` from its record; `lock` false leaves a disk
+/// unlocked (a migration destination locks after commit).
+pub fn reattach(state: &DeviceState, id: usize, lock: bool) -> Result<Box<dyn Device>, StateError> {
+    Ok(match state {
+        DeviceState::Block(s) => Box::new(block::BlockDevice::restore((id, lock), s)?),
+        DeviceState::Net(s) => Box::new(net::NetDevice::restore(id, s)?),
+    })
 }
 
 /// All devices of a VM, in device-table order.
 #[derive(Default)]
 pub struct Devices {
-    /// The devices; a device's index here is its id in the guest.
-    pub list: Vec<Device>,
+    list: Vec<Box<dyn Device>>,
 }
 
 impl Devices {
+    /// Opens the command line's devices, disks first, then NICs, checking
+    /// everything before anything starts.
+    pub fn open(
+        disks: &[block::DiskSpec],
+        nets: &[net::NetConfig],
+    ) -> Result<Devices, DeviceOpenError> {
+        let mut list: Vec<Box<dyn Device>> = Vec::new();
+        for d in block::open_all(disks, 0)? {
+            list.push(Box::new(d));
+        }
+        for n in net::open_all(nets, list.len())? {
+            list.push(Box::new(n));
+        }
+        Ok(Devices { list })
+    }
+
+    /// How many devices.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The devices, in table order.
+    pub fn iter(&self) -> impl Iterator<Item = &dyn Device> {
+        self.list.iter().map(|d| d.as_ref())
+    }
+
     /// The boot info's device table.
     pub fn infos(&self) -> Vec<DeviceInfo> {
-        self.list.iter().map(Device::info).collect()
+        self.iter().map(Device::info).collect()
     }
 
-    /// The device with id `id`.
-    pub fn get_mut(&mut self, id: u32) -> Option<&mut Device> {
-        self.list.get_mut(id as usize)
+    /// Device `id` as its concrete kind `T`, if it is one.
+    pub fn get<T: Device>(&self, id: u32) -> Option<&T> {
+        self.list.get(id as usize)?.as_any().downcast_ref()
     }
 
-    /// Makes every disk's writes durable (`fdatasync`), e.g. before a
-    /// migration's state leaves; the first failure names the disk.
-    pub fn flush_disks(&self) -> Result<(), String> {
-        for d in &self.list {
-            if let Device::Block(b) = d {
-                b.flush().map_err(|e| {
-                    format!("flushing disk {} failed ({e:?})", b.spec().path.display())
-                })?;
-            }
+    /// Device `id` as its concrete kind `T`, mutably.
+    pub fn get_mut<T: Device>(&mut self, id: u32) -> Option<&mut T> {
+        self.list.get_mut(id as usize)?.as_any_mut().downcast_mut()
+    }
+
+    /// Makes every device's writes durable; the first failure is returned.
+    pub fn flush(&self) -> Result<(), DeviceError> {
+        self.iter().try_for_each(Device::flush)
+    }
+
+    /// Takes every device's host lock.
+    pub fn lock(&self) -> Result<(), DeviceError> {
+        self.iter().try_for_each(Device::lock)
+    }
+
+    /// Drops every device's host lock.
+    pub fn unlock(&self) {
+        self.iter().for_each(Device::unlock)
+    }
+}
+
+/// Why the command line's devices could not be opened.
+#[derive(Debug, Error)]
+pub enum DeviceOpenError {
+    /// A `--disk`.
+    #[error(transparent)]
+    Disk(#[from] block::BlockError),
+    /// A `--net`.
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+}
+
+/// How devices come back: whether disks take their locks now.
+#[derive(Clone, Copy, Debug)]
+pub struct Reattach {
+    /// Take the disks' advisory locks now (a migration destination waits
+    /// for commit).
+    pub lock: bool,
+}
+
+impl Persist for Devices {
+    type State = Vec<DeviceState>;
+    type ConstructorArgs<'a> = Reattach;
+    type Error = StateError;
+
+    fn save(&self) -> Result<Vec<DeviceState>, StateError> {
+        Ok(self.iter().map(Device::save).collect())
+    }
+
+    fn restore(how: Reattach, s: &Vec<DeviceState>) -> Result<Devices, StateError> {
+        if s.len() > MAX_DEVICES {
+            return Err(StateError::Invalid(format!(
+                "{} devices is too many (at most {MAX_DEVICES})",
+                s.len()
+            )));
         }
-        Ok(())
+        let list = s
+            .iter()
+            .enumerate()
+            .map(|(id, d)| reattach(d, id, how.lock))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Devices { list })
     }
+}
 
-    /// Takes every disk's advisory lock (see [`block::BlockDevice::lock`]).
-    pub fn lock_disks(&self) -> Result<(), block::BlockError> {
-        for d in &self.list {
-            if let Device::Block(b) = d {
-                b.lock()?;
-            }
-        }
-        Ok(())
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// Drops every disk's advisory lock.
-    pub fn unlock_disks(&self) {
-        for d in &self.list {
-            if let Device::Block(b) = d {
-                b.unlock();
-            }
-        }
-    }
-
-    /// The block device with id `id`, or [`duet_abi::hypercall::Error::NoDev`].
-    pub fn block(&self, id: u32) -> Result<&block::BlockDevice, duet_abi::hypercall::Error> {
-        match self.list.get(id as usize) {
-            Some(Device::Block(b)) => Ok(b),
-            _ => Err(duet_abi::hypercall::Error::NoDev),
-        }
+    #[test]
+    fn round_trip_of_no_devices_and_too_many_refused() {
+        let d = Devices::default();
+        let s = d.save().unwrap();
+        let back = Devices::restore(Reattach { lock: true }, &s).unwrap();
+        assert!(back.is_empty());
+        let many = vec![
+            DeviceState::Net(net::NetConfig {
+                tap: "x".into(),
+                mac: None
+            });
+            17
+        ];
+        assert!(Devices::restore(Reattach { lock: true }, &many).is_err());
     }
 }

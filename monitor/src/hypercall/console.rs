@@ -1,33 +1,26 @@
 //! The console: guest bytes go to the monitor's stdout.
 
-use super::{bad_args, Flow};
-use crate::vm::Vm;
+use crate::call::handle;
+use crate::memory::GuestMem;
+use crate::outcome::Flow;
 use duet_abi::hypercall::{ConsoleWriteArgs, Error, Hypercall, CONSOLE_WRITE_MAX};
-use duet_abi::Gpa;
 use std::io::Write;
 
 /// [`Hypercall::ConsoleWrite`].
-pub fn write(vm: &mut Vm, value: u32) -> Flow {
-    let at = Gpa(u64::from(value));
-    let mut args: ConsoleWriteArgs = match vm.mem.read_plain(at) {
-        Ok(a) => a,
-        Err(e) => return bad_args(Hypercall::ConsoleWrite, value, e),
-    };
-    args.ret = if args.len > CONSOLE_WRITE_MAX {
-        Error::TooBig.to_ret()
-    } else {
-        let mut out = std::io::stdout().lock();
-        match vm.mem.write_to(args.buf, args.len, &mut out) {
-            Err(e) => Error::from(e).to_ret(),
-            Ok(Err(_)) => Error::Io.to_ret(),
-            Ok(Ok(())) => match out.flush() {
-                Ok(()) => args.len as i64,
-                Err(_) => Error::Io.to_ret(),
-            },
-        }
-    };
-    match vm.mem.write_plain(at, &args) {
-        Ok(()) => Flow::Continue,
-        Err(e) => bad_args(Hypercall::ConsoleWrite, value, e),
-    }
+pub fn write(mem: &GuestMem, value: u32) -> Flow {
+    handle(
+        mem,
+        Hypercall::ConsoleWrite,
+        value,
+        |a: &mut ConsoleWriteArgs| {
+            if a.len > CONSOLE_WRITE_MAX {
+                return Err(Error::TooBig);
+            }
+            let mut out = std::io::stdout();
+            match mem.write_to(a.buf, a.len, &mut out)? {
+                Ok(()) => out.flush().map(|()| a.len).map_err(|_| Error::Io),
+                Err(_) => Err(Error::Io),
+            }
+        },
+    )
 }

@@ -1,37 +1,33 @@
 //! Abort and boot tracing: the calls that end or describe a guest.
 
-use super::{bad_args, Flow};
-use crate::vcpu::Outcome;
-use crate::vm::Vm;
+use crate::call::bad_args;
+use crate::memory::GuestMem;
+use crate::outcome::{Flow, Outcome};
+use crate::trace::BootTrace;
 use duet_abi::hypercall::{AbortArgs, BootTraceArgs, Hypercall, ABORT_MSG_MAX};
 use duet_abi::Gpa;
 
 /// [`Hypercall::Abort`]: the guest panicked.
-pub fn abort(vm: &mut Vm, value: u32) -> Flow {
-    let args: AbortArgs = match vm.mem.read_plain(Gpa(u64::from(value))) {
+pub fn abort(mem: &GuestMem, value: u32) -> Flow {
+    let args: AbortArgs = match mem.read_plain(Gpa(u64::from(value))) {
         Ok(a) => a,
         Err(e) => return bad_args(Hypercall::Abort, value, e),
     };
     let mut buf = vec![0u8; args.len.min(ABORT_MSG_MAX) as usize];
-    let mut msg = match vm.mem.read_bytes(args.msg, &mut buf) {
+    let msg = match mem.read_bytes(args.msg, &mut buf) {
         Ok(()) => String::from_utf8_lossy(&buf).into_owned(),
         Err(e) => format!("(abort message unreadable: {e})"),
     };
-    // Where it panicked: the vCPU still stands at the abort call.
-    if let Ok(r) = vm.vcpu.get_regs() {
-        msg.push_str(&crate::report::backtrace(vm, r.rip, r.rbp));
-    }
-    msg.extend(crate::debug::core_on_abort(vm));
     Flow::Stop(Outcome::Aborted(msg))
 }
 
 /// [`Hypercall::BootTrace`]: guest-side boot timestamps.
-pub fn boot_trace(vm: &mut Vm, value: u32) -> Flow {
-    let args: BootTraceArgs = match vm.mem.read_plain(Gpa(u64::from(value))) {
+pub fn boot_trace(mem: &GuestMem, trace: Option<&mut BootTrace>, value: u32) -> Flow {
+    let args: BootTraceArgs = match mem.read_plain(Gpa(u64::from(value))) {
         Ok(a) => a,
         Err(e) => return bad_args(Hypercall::BootTrace, value, e),
     };
-    if let Some(t) = &mut vm.trace {
+    if let Some(t) = trace {
         t.mark_guest("guest first instruction", args.entry_tsc);
         t.mark_guest("guest main", args.main_tsc);
     }

@@ -1,84 +1,69 @@
 //! Memory hypercalls: grow the heap, release pages, change protections.
+//! They change guest memory's own bookkeeping, so they read their
+//! arguments ([`take`]), do the work, then answer ([`reply`]).
 
-use super::{bad_args, Flow};
-use crate::vm::Vm;
+use crate::call::{reply, take};
+use crate::heap::Heap;
+use crate::memory::GuestMem;
+use crate::outcome::{Flow, Outcome};
+use crate::paging::PageTables;
 use duet_abi::hypercall::{Error, Hypercall};
 use duet_abi::mem::{MemGrowArgs, MemRangeArgs};
-use duet_abi::Gpa;
 
 /// [`Hypercall::MemGrow`].
-pub fn grow(vm: &mut Vm, value: u32) -> Flow {
-    let at = Gpa(u64::from(value));
-    let mut args: MemGrowArgs = match vm.mem.read_plain(at) {
+pub fn grow(heap: &mut Heap, pt: &mut PageTables, mem: &mut GuestMem, value: u32) -> Flow {
+    let call = Hypercall::MemGrow;
+    let mut a: MemGrowArgs = match take(mem, call, value) {
         Ok(a) => a,
-        Err(e) => return bad_args(Hypercall::MemGrow, value, e),
+        Err(f) => return f,
     };
-    match vm.heap.grow(&mut vm.pt, &mut vm.mem, args.len) {
-        Ok((start, len)) => {
-            args.start = Gpa(start);
-            args.granted = len;
-            args.ret = 0;
-        }
-        Err(e) => {
-            args.granted = 0;
-            args.ret = e.to_ret();
-        }
-    }
     // Newly present entries need no TLB flush: nothing cached them.
-    finish(vm, at, &args, Hypercall::MemGrow, value)
+    let r = heap.grow(pt, mem, a.len).map(|(start, granted)| {
+        a.start = duet_abi::Gpa(start);
+        a.granted = granted;
+        0
+    });
+    if r.is_err() {
+        a.granted = 0;
+    }
+    reply(mem, call, value, a, r)
 }
 
 /// [`Hypercall::MemRelease`].
-pub fn release(vm: &mut Vm, value: u32) -> Flow {
-    let at = Gpa(u64::from(value));
-    let mut args: MemRangeArgs = match vm.mem.read_plain(at) {
+pub fn release(heap: &Heap, mem: &mut GuestMem, value: u32) -> Flow {
+    let call = Hypercall::MemRelease;
+    let a: MemRangeArgs = match take(mem, call, value) {
         Ok(a) => a,
-        Err(e) => return bad_args(Hypercall::MemRelease, value, e),
+        Err(f) => return f,
     };
-    args.ret = match (args.prot, args.flags) {
-        (0, 0) => ret(vm.heap.release(&vm.mem, args.addr, args.len)),
-        _ => Error::Inval.to_ret(),
+    let r = if (a.prot, a.flags) != (0, 0) {
+        Err(Error::Inval)
+    } else {
+        heap.release(mem, a.addr, a.len).map(|()| 0)
     };
-    finish(vm, at, &args, Hypercall::MemRelease, value)
+    reply(mem, call, value, a, r)
 }
 
 /// [`Hypercall::MemProtect`].
-pub fn protect(vm: &mut Vm, value: u32) -> Flow {
-    let at = Gpa(u64::from(value));
-    let mut args: MemRangeArgs = match vm.mem.read_plain(at) {
+pub fn protect(heap: &mut Heap, pt: &mut PageTables, mem: &mut GuestMem, value: u32) -> Flow {
+    let call = Hypercall::MemProtect;
+    let a: MemRangeArgs = match take(mem, call, value) {
         Ok(a) => a,
-        Err(e) => return bad_args(Hypercall::MemProtect, value, e),
+        Err(f) => return f,
     };
-    args.ret = if args.flags != 0 {
-        Error::Inval.to_ret()
+    let r = if a.flags != 0 {
+        Err(Error::Inval)
     } else {
-        let r = vm
-            .heap
-            .protect(&mut vm.pt, &mut vm.mem, args.addr, args.len, args.prot);
-        // A weakened PTE may still be cached by KVM: make it forget these pages.
-        match r.map(|()| vm.mem.invalidate_translations(args.addr, args.len)) {
-            Ok(Ok(())) => 0,
-            Ok(Err(e)) => {
-                return Flow::Stop(crate::vcpu::Outcome::Failed(format!(
-                    "cannot drop stale translations after a protection change: {e}"
-                )))
-            }
-            Err(e) => e.to_ret(),
-        }
+        heap.protect(pt, mem, a.addr, a.len, a.prot).map(|()| 0)
     };
-    finish(vm, at, &args, Hypercall::MemProtect, value)
-}
-
-fn ret(r: Result<(), Error>) -> i64 {
-    match r {
-        Ok(()) => 0,
-        Err(e) => e.to_ret(),
+    if r.is_ok() {
+        // A weakened PTE may still be cached by KVM: make it forget these
+        // pages.
+        if let Err(e) = mem.invalidate_translations(a.addr, a.len) {
+            return Flow::Stop(Outcome::Failed(format!(
+                "cannot drop stale translations after a protection change: {e}"
+            )));
+        }
     }
-}
-
-fn finish<T: duet_abi::Plain>(vm: &mut Vm, at: Gpa, args: &T, call: Hypercall, value: u32) -> Flow {
-    match vm.mem.write_plain(at, args) {
-        Ok(()) => Flow::Continue,
-        Err(e) => bad_args(call, value, e),
-    }
+    reply(mem, call, value, a, r)
 }

@@ -1,57 +1,63 @@
 //! The poll hypercall: block the vCPU thread (not spin) until a deadline on
 //! the guest's monotonic clock or until a device in the wait set is ready.
 
-use super::{bad_args, Flow};
-use crate::vm::Vm;
+use crate::call::handle;
+use crate::clock::GuestClock;
+use crate::devices::Devices;
+use crate::memory::GuestMem;
+use crate::outcome::Flow;
 use duet_abi::hypercall::{Error, Hypercall};
-use duet_abi::poll::{PollArgs, POLL_FOREVER};
-use duet_abi::Gpa;
-use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use duet_abi::poll::{PollArgs, POLL_FOREVER, READY_SHUTDOWN};
+use std::os::fd::RawFd;
+use std::time::Duration;
 
 /// Most devices a guest can wait on (one bit each in `wait`).
 const MAX_WAIT: usize = 64;
 
-/// [`Hypercall::Poll`].
-pub fn poll(vm: &mut Vm, value: u32) -> Flow {
-    let at = Gpa(u64::from(value));
-    let mut args: PollArgs = match vm.mem.read_plain(at) {
-        Ok(a) => a,
-        Err(e) => return bad_args(Hypercall::Poll, value, e),
-    };
-    if vm.shutdown_unreported {
-        // Once: a guest that ignores the request then sleeps as asked.
-        vm.shutdown_unreported = false;
-        args.ready = duet_abi::poll::READY_SHUTDOWN;
-        args.ret = 0;
-        return match vm.mem.write_plain(at, &args) {
-            Ok(()) => Flow::Continue,
-            Err(e) => bad_args(Hypercall::Poll, value, e),
-        };
-    }
-    match wait(vm, args.deadline_ns, args.wait) {
-        Ok(ready) => {
-            args.ready = ready;
-            args.ret = 0;
-        }
-        Err(e) => {
-            args.ready = 0;
-            args.ret = e.to_ret();
-        }
-    }
-    match vm.mem.write_plain(at, &args) {
-        Ok(()) => Flow::Continue,
-        Err(e) => bad_args(Hypercall::Poll, value, e),
-    }
+/// What a poll waits with besides the devices.
+pub struct Waker<'a> {
+    /// Becomes readable when a control request arrives: the poll returns
+    /// (nothing ready) so the run loop serves it; the guest polls again.
+    pub wake_fd: RawFd,
+    /// A shutdown request the guest has not been told of yet: the next poll
+    /// returns at once with [`READY_SHUTDOWN`] (once).
+    pub shutdown_unreported: &'a mut bool,
 }
 
-fn wait(vm: &Vm, deadline_ns: u64, set: u64) -> Result<u64, Error> {
-    let n = vm.devices.list.len();
+/// [`Hypercall::Poll`].
+pub fn poll(
+    mem: &GuestMem,
+    devices: &Devices,
+    clock: &GuestClock,
+    waker: Waker<'_>,
+    value: u32,
+) -> Flow {
+    handle(mem, Hypercall::Poll, value, |a: &mut PollArgs| {
+        if *waker.shutdown_unreported {
+            // Once: a guest that ignores the request then sleeps as asked.
+            *waker.shutdown_unreported = false;
+            a.ready = READY_SHUTDOWN;
+            return Ok(0);
+        }
+        a.ready = 0;
+        a.ready = wait(devices, clock, waker.wake_fd, a.deadline_ns, a.wait)?;
+        Ok(0)
+    })
+}
+
+fn wait(
+    devices: &Devices,
+    clock: &GuestClock,
+    wake_fd: RawFd,
+    deadline_ns: u64,
+    set: u64,
+) -> Result<u64, Error> {
+    let n = devices.len();
     if n < MAX_WAIT && set >> n != 0 {
         return Err(Error::NoDev);
     }
-    // One slot more than devices: the control block's wake-up fd, so a pause
-    // or snapshot request ends the wait (the guest then polls again).
+    // One slot more than devices: the wake-up fd, so a pause or snapshot
+    // request ends the wait.
     let mut fds = [libc::pollfd {
         fd: -1,
         events: 0,
@@ -60,8 +66,11 @@ fn wait(vm: &Vm, deadline_ns: u64, set: u64) -> Result<u64, Error> {
     let mut ids = [0usize; MAX_WAIT];
     let mut nfds = 0;
     let mut ready = 0u64;
-    for id in (0..n.min(MAX_WAIT)).filter(|i| set & (1 << i) != 0) {
-        match vm.devices.list[id].ready_fd() {
+    for (id, dev) in devices.iter().enumerate().take(MAX_WAIT) {
+        if set & (1 << id) == 0 {
+            continue;
+        }
+        match dev.ready_fd() {
             // Devices without an fd complete their work inside the hypercall.
             None => ready |= 1 << id,
             Some(fd) => {
@@ -76,24 +85,16 @@ fn wait(vm: &Vm, deadline_ns: u64, set: u64) -> Result<u64, Error> {
         }
     }
     // Absurd deadlines saturate: past the representable future means "never".
-    let (anchor, anchor_ns) = vm.clock_anchor;
     let timeout = match deadline_ns {
+        _ if ready != 0 => Some(Duration::ZERO),
         POLL_FOREVER => None,
-        ns if ns <= anchor_ns => Some(Duration::ZERO),
-        ns => anchor
-            .checked_add(Duration::from_nanos(ns - anchor_ns))
-            .map(|t| t.saturating_duration_since(Instant::now())),
-    };
-    let timeout = if ready != 0 {
-        Some(Duration::ZERO)
-    } else {
-        timeout
+        ns => clock.until(ns),
     };
     if nfds == 0 && timeout == Some(Duration::ZERO) {
         return Ok(ready);
     }
     fds[nfds] = libc::pollfd {
-        fd: vm.ctl.wake.as_raw_fd(),
+        fd: wake_fd,
         events: libc::POLLIN,
         revents: 0,
     };
@@ -115,7 +116,8 @@ fn wait(vm: &Vm, deadline_ns: u64, set: u64) -> Result<u64, Error> {
         )
     };
     if rc < 0 {
-        // EINTR (a kick): return early with nothing ready; the guest polls again.
+        // EINTR (a kick or a signal): return early with nothing more ready;
+        // the guest polls again.
         return Ok(ready);
     }
     for (fd, &id) in fds[..nfds].iter().zip(&ids) {

@@ -12,12 +12,12 @@
 //! anonymous mapping's zero pages.
 
 use super::SnapshotError;
-use crate::memory::GuestMem;
-use duet_abi::PAGE_SIZE;
+use crate::memory::resident::for_each_resident;
+use crate::memory::{GuestMem, Mapping};
+use duet_abi::{Gpa, PAGE_SIZE};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -57,143 +57,6 @@ impl MemIndex {
     }
 }
 
-/// An anonymous private mapping we own (unmapped on drop).
-pub struct Mapping {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: the mapping is plain memory; access goes through vm-memory.
-unsafe impl Send for Mapping {}
-// SAFETY: as above.
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    /// Maps `len` bytes of zeroed memory, reserving no swap up front.
-    pub fn anonymous(len: usize) -> std::io::Result<Self> {
-        // SAFETY: a fresh anonymous mapping at an address of the kernel's
-        // choosing touches no existing memory.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Mapping {
-            ptr: ptr.cast(),
-            len,
-        })
-    }
-
-    /// Start of the mapping.
-    pub fn ptr(&self) -> *mut u8 {
-        self.ptr
-    }
-
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the mapping is empty (never: mappings have a size).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Replaces `[off, off + len)` of the mapping with a private
-    /// copy-on-write mapping of `file` at `file_off`.
-    fn map_file(&self, off: usize, len: usize, file: &File, file_off: u64) -> std::io::Result<()> {
-        assert!(off.checked_add(len).is_some_and(|e| e <= self.len));
-        // SAFETY: the target range lies inside our own mapping (asserted),
-        // which no Rust reference points into; MAP_FIXED replaces it.
-        let p = unsafe {
-            libc::mmap(
-                self.ptr.add(off).cast(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_FIXED,
-                file.as_raw_fd(),
-                file_off as libc::off_t,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: we own the mapping and nothing uses it any more.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
-fn host_ptr(mem: &GuestMem) -> *const u8 {
-    mem.host_base() as *const u8
-}
-
-/// Calls `f(first_page, count)` for each run of populated guest pages.
-pub fn for_each_resident(
-    mem: &GuestMem,
-    mut f: impl FnMut(u64, u64) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    const CHUNK: usize = 64 << 20;
-    let base = host_ptr(mem);
-    let total = mem.size() as usize / PAGE;
-    let mut vec = vec![0u8; CHUNK / PAGE];
-    let mut run: Option<(u64, u64)> = None;
-    let mut page = 0usize;
-    // File ranges are sorted and pages come in order: walk them with a cursor.
-    let files = mem.file_ranges();
-    let mut fr = 0usize;
-    while page < total {
-        let n = (total - page).min(CHUNK / PAGE);
-        // SAFETY: the range is inside the guest mapping; mincore only
-        // reports residency into `vec`, which holds `n` bytes.
-        let r = unsafe {
-            libc::mincore(
-                base.add(page * PAGE) as *mut libc::c_void,
-                n * PAGE,
-                vec.as_mut_ptr(),
-            )
-        };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        for (i, v) in vec[..n].iter().enumerate() {
-            let p = (page + i) as u64;
-            let gpa = p * PAGE_SIZE;
-            while fr < files.len() && files[fr].1 <= gpa {
-                fr += 1;
-            }
-            let populated = v & 1 != 0 || (fr < files.len() && files[fr].0 <= gpa);
-            run = match (run, populated) {
-                (Some((s, c)), true) => Some((s, c + 1)),
-                (None, true) => Some((p, 1)),
-                (Some((s, c)), false) => {
-                    f(s, c)?;
-                    None
-                }
-                (None, false) => None,
-            };
-        }
-        page += n;
-    }
-    if let Some((s, c)) = run {
-        f(s, c)?;
-    }
-    Ok(())
-}
-
 /// Writes the populated, non-zero pages of `mem` to a new file at `path`.
 /// Returns the index. The caller pauses the guest.
 pub fn dump(mem: &GuestMem, path: &Path, id: u64) -> Result<MemIndex, SnapshotError> {
@@ -205,7 +68,7 @@ pub fn dump(mem: &GuestMem, path: &Path, id: u64) -> Result<MemIndex, SnapshotEr
         .map_err(io)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     w.write_all(&[0u8; PAGE]).map_err(io)?;
-    let base = host_ptr(mem);
+    let mut page = vec![0u8; PAGE];
     let mut ranges: Vec<MemRange> = Vec::new();
     let mut hasher: Option<crc32fast::Hasher> = None;
     let mut file_page = 1u64;
@@ -217,9 +80,10 @@ pub fn dump(mem: &GuestMem, path: &Path, id: u64) -> Result<MemIndex, SnapshotEr
     };
     for_each_resident(mem, |first, count| {
         for p in first..first + count {
-            // SAFETY: page `p` is inside the guest mapping; the guest is
-            // paused (this runs on the vCPU thread), so nothing writes it.
-            let bytes = unsafe { std::slice::from_raw_parts(base.add(p as usize * PAGE), PAGE) };
+            // A checked copy (the guest is stopped: it is the page as saved).
+            mem.read_bytes(Gpa(p * PAGE_SIZE), &mut page)
+                .map_err(std::io::Error::other)?;
+            let bytes = &page[..];
             if bytes.iter().all(|&b| b == 0) {
                 close(&mut ranges, &mut hasher);
                 continue;
@@ -328,13 +192,14 @@ pub fn validate_index(index: &MemIndex, size: u64, pages: u64) -> Result<(), Str
 
 /// Opens the memory file at `path`, checks it belongs to snapshot `id` and
 /// matches `index` (and, when `verify`, the CRC of every range), then maps
-/// it under a fresh anonymous guest mapping of `index.size` bytes.
+/// it under a fresh anonymous guest mapping of `index.size` bytes. Returns
+/// the mapping and the guest ranges the file backs.
 pub fn map(
     path: &Path,
     index: &MemIndex,
     id: u64,
     verify: bool,
-) -> Result<GuestMem, SnapshotError> {
+) -> Result<(Mapping, Vec<(u64, u64)>), SnapshotError> {
     let file = File::open(path).map_err(|e| SnapshotError::io("opening", path, e))?;
     let len = file
         .metadata()
@@ -424,5 +289,46 @@ pub fn map(
         .iter()
         .map(|r| (r.gpa, r.gpa + r.pages * PAGE_SIZE))
         .collect();
-    GuestMem::from_mapping(mapping, ranges).map_err(|e| SnapshotError::io("mapping", path, e))
+    Ok((mapping, ranges))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::{Backing, MemState};
+    use crate::persist::Persist;
+
+    #[test]
+    fn memory_round_trip() {
+        let dir = std::env::temp_dir().join(format!("duet-memtest-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut mem = GuestMem::new(8 << 20).unwrap();
+        mem.set_writable(vec![(0x1000, 0x3000)]);
+        mem.write_bytes(Gpa(0x1234), b"hello").unwrap();
+        mem.write_bytes(Gpa(0x50_0000), b"world").unwrap();
+        let path = dir.join("memory");
+        let index = dump(&mem, &path, 7).unwrap();
+        assert!(index.pages() >= 2);
+        let s: MemState = mem.save().unwrap();
+        let restore = |verify| {
+            let (m, r) = map(&path, &index, 7, verify).unwrap();
+            GuestMem::restore(Backing::Mapped(m, r), &s).unwrap()
+        };
+        let back = restore(true);
+        let mut b = [0u8; 5];
+        back.read_bytes(Gpa(0x1234), &mut b).unwrap();
+        assert_eq!(&b, b"hello");
+        back.read_bytes(Gpa(0x50_0000), &mut b).unwrap();
+        assert_eq!(&b, b"world");
+        assert_eq!(back.writable(), mem.writable());
+        // Copy-on-write: writing the restored memory leaves the file alone.
+        back.write_bytes(Gpa(0x1234), b"HELLO").unwrap();
+        let again = restore(true);
+        again.read_bytes(Gpa(0x1234), &mut b).unwrap();
+        assert_eq!(&b, b"hello");
+        // A wrong snapshot id is refused.
+        assert!(map(&path, &index, 8, false).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
