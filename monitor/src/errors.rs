@@ -12,7 +12,7 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut src = e.source();
     while let Some(s) = src {
         let t = s.to_string();
-        if !out.contains(&t) {
+        if !t.is_empty() && !out.contains(&t) {
             out.push_str(": ");
             out.push_str(&t);
         }
@@ -32,6 +32,19 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("quiet outer")]
     struct Quiet(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read {0}: {1}")]
+    struct Embeds(&'static str, #[source] std::io::Error);
+
+    #[test]
+    fn os_errors_appear_once() {
+        let e = Embeds("x", std::io::Error::from_raw_os_error(libc::ENOENT));
+        assert_eq!(
+            chain(&e),
+            "cannot read x: No such file or directory (os error 2)"
+        );
+    }
 
     #[test]
     fn causes_appear_once() {

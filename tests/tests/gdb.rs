@@ -209,6 +209,21 @@ fn attach_interrupt_read_a_static_and_detach_from_a_running_counter() {
     m.wait_until("the guest to count on", |_, _| {
         m.last_count().unwrap() >= from + 5
     });
+    // GDB's breakpoints live in the text: no migration while it is attached.
+    let key = dir.join("key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let o = ctl(
+        &sock,
+        &[
+            "migrate",
+            "127.0.0.1:9",
+            "--migration-key-file",
+            key.to_str().unwrap(),
+        ],
+    );
+    o.expect_status(i32::from(status::MONITOR_ERROR))
+        .expect_stderr("GDB is attached")
+        .expect_stderr("keeps running");
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(g.child.id() as libc::pid_t, libc::SIGINT) };
     assert_eq!(g.finish(), Some(0), "{}", g.stderr());
@@ -344,8 +359,13 @@ fn gdb_on_a_port_in_use_fails_before_boot() {
         .expect_stderr(&format!("cannot listen for GDB on {addr}"))
         .expect_stderr("in use");
     assert_eq!(o.stdout, "", "the guest must not have run");
+    // Not ADDR:PORT at all: a usage error; a host name: refused to start.
     let o = duet(&["run", hello.to_str().unwrap(), "--gdb", "localhost"]);
+    o.expect_status(i32::from(status::USAGE))
+        .expect_stderr("is not ADDR:PORT");
+    assert_eq!(o.stdout, "");
+    let o = duet(&["run", hello.to_str().unwrap(), "--gdb", "localhost:1234"]);
     o.expect_status(i32::from(status::MONITOR_ERROR))
-        .expect_stderr("not an ADDRESS:PORT");
+        .expect_stderr("numeric ADDRESS:PORT");
     assert_eq!(o.stdout, "");
 }

@@ -302,7 +302,7 @@ fn wrong_key_garbage_and_incompatible_guests_are_refused() {
     bad.extend_from_slice(b"junk");
     garbage(&k, &bad, "checksum mismatch");
     // Connect and hang up.
-    garbage(&k, b"", "connection");
+    garbage(&k, b"", "the source hung up before commit");
 
     // The source never noticed.
     let a = src.finish();
@@ -426,7 +426,7 @@ fn a_destination_crash_is_survived_and_a_lost_ack_leaves_the_source_paused() {
     let dst = start_dest(&hook("DUET_MIGRATE_DEST_FAIL=crash"), &addr, &k, None);
     migrate(&sock, &addr, &k, &[], &[])
         .expect_status(i32::from(status::MONITOR_ERROR))
-        .expect_stderr("keeps running");
+        .expect_stderr("the destination hung up during pre-copy; the guest keeps running here");
     let d = dst.finish();
     assert_eq!(d.status, None, "the destination should have died: {d:#?}");
     let last = *counts(&src.stdout()).last().unwrap();

@@ -205,7 +205,11 @@ pub fn test(extra: &[String]) -> Result<()> {
         ("containerd", "containerd"),
         ("runc", "runc"),
         ("criu", "criu"),
+        // The debugger tests (tests/tests/gdb.rs, coredump.rs).
         ("gdb", "gdb"),
+        // The docs' examples (tests/tests/docs.rs runs them).
+        ("socat", "socat"),
+        ("ping", "iputils-ping"),
     ])?;
     images(&[])?;
     let debug_apps: Vec<String> = DEBUG_TEST_APPS.iter().map(|a| a.to_string()).collect();
@@ -248,5 +252,5 @@ fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing))
-    .context("installing test tools (the network, OCI and debugger tests use them)")
+    .context("installing test tools (the network, OCI and debugger tests and the docs' examples use them)")
 }

@@ -52,9 +52,12 @@ enum Cmd {
     Run {
         /// The example app.
         app: String,
-        /// Options for `duet run` (before `--`) and arguments for the guest (after `--`).
-        #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
-        rest: Vec<String>,
+        /// Options for `duet run` (e.g. --mem 128M --disk PATH).
+        #[arg(allow_hyphen_values = true, value_name = "DUET_OPTIONS")]
+        opts: Vec<String>,
+        /// Arguments for the guest, after `--`.
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
     },
     /// Print the RUSTFLAGS a guest image is built with.
     Rustflags,
@@ -106,18 +109,13 @@ fn main() -> Result<()> {
             build::monitor()?;
             Ok(())
         }
-        Cmd::Run { app, rest } => {
+        Cmd::Run { app, opts, args } => {
             build::images(std::slice::from_ref(&app))?;
             let duet = build::monitor()?;
-            let (opts, args) = match rest.iter().position(|a| a == "--") {
-                Some(i) => (&rest[..i], &rest[i..]),
-                None => (&rest[..], &[][..]),
-            };
             let status = std::process::Command::new(duet)
                 .arg("run")
                 .arg(build::images_dir().join(&app))
-                .args(opts)
-                .args(args)
+                .args(duet_args(opts, args))
                 .status()?;
             std::process::exit(status.code().unwrap_or(1));
         }
@@ -132,5 +130,49 @@ fn main() -> Result<()> {
         }
         Cmd::Bench(a) => bench::run(&a),
         Cmd::Test { rest } => build::test(&rest),
+    }
+}
+
+/// `duet run` options and guest arguments as `cargo xtask run APP ...` got
+/// them: clap hands over `-- ARGS` in `args` when `--` comes first, but
+/// inside `opts` (with the `--`) once an option came before it.
+fn duet_args(opts: Vec<String>, args: Vec<String>) -> Vec<String> {
+    let (mut out, mut guest) = match opts.iter().position(|a| a == "--") {
+        Some(i) => (opts[..i].to_vec(), opts[i + 1..].to_vec()),
+        None => (opts, Vec::new()),
+    };
+    guest.extend(args);
+    if !guest.is_empty() {
+        out.push("--".into());
+        out.extend(guest);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Vec<String> {
+        let argv = ["cargo xtask"].into_iter().chain(line.split_whitespace());
+        match Cli::try_parse_from(argv).unwrap().command {
+            Cmd::Run { opts, args, .. } => duet_args(opts, args),
+            _ => panic!("not a run"),
+        }
+    }
+
+    #[test]
+    fn run_hands_options_and_guest_arguments_to_duet() {
+        assert_eq!(parse("run kv -- list"), ["--", "list"]);
+        assert_eq!(parse("run hello"), Vec::<String>::new());
+        assert_eq!(parse("run hello --mem 128M"), ["--mem", "128M"]);
+        assert_eq!(
+            parse("run kv --disk /tmp/kv.img -- put colour blue"),
+            ["--disk", "/tmp/kv.img", "--", "put", "colour", "blue"]
+        );
+        assert_eq!(
+            parse("run args -- --flag -- x"),
+            ["--", "--flag", "--", "x"]
+        );
     }
 }

@@ -139,9 +139,7 @@ mod tests {
             Request::Gdb {
                 addr: "127.0.0.1:0".into(),
             },
-            Request::Core {
-                path: "/c".into(),
-            },
+            Request::Core { path: "/c".into() },
         ] {
             let t = serde_json::to_string(&r).unwrap();
             assert_eq!(serde_json::from_str::<Request>(&t).unwrap(), r);

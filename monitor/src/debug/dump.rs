@@ -76,9 +76,7 @@ pub fn dump(vmm: &mut Vmm, path: &Path) -> Result<u64, String> {
 fn live(d: Option<&Debugger>, vm: &impl DebugVm, path: &Path) -> Result<u64, String> {
     let (regs, s) = match (vm.vcpu().get_regs(), vm.vcpu().get_sregs()) {
         (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => {
-            return Err(format!("cannot read the vCPU's registers: {e}"))
-        }
+        (Err(e), _) | (_, Err(e)) => return Err(format!("cannot read the vCPU's registers: {e}")),
     };
     if s.cs.selector & 3 != 3 {
         return Err("the vCPU is inside an exception stub this instant; try again".into());

@@ -74,9 +74,7 @@ fn attach(d: &mut Debugger, vm: &mut impl DebugVm) -> Result<Reply, String> {
         return Err("a debugger is already attached".into());
     }
     if vm.migrating() {
-        return Err(
-            "the guest is being migrated; attach GDB once the migration is over".into(),
-        );
+        return Err("the guest is being migrated; attach GDB once the migration is over".into());
     }
     if !in_ring3(vm.vcpu())? {
         return Ok(Reply::NotYet);

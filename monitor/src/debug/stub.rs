@@ -25,7 +25,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 #[derive(Debug, Error)]
 pub enum DebugError {
     /// Not a socket address.
-    #[error("GDB address {0}: not an ADDRESS:PORT such as 127.0.0.1:1234")]
+    #[error("GDB address {0}: give a numeric ADDRESS:PORT such as 127.0.0.1:1234 (GDB is served on that address only)")]
     BadAddr(String),
     /// `bind` failed (the port is in use, or the address is not ours).
     #[error(

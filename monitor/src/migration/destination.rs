@@ -140,7 +140,7 @@ pub fn incoming(
 ) -> Result<Vmm, MigrateError> {
     let key = protocol::read_key(key_file)?;
     let kvm = Arc::new(crate::kvm::open(kvm_device).map_err(state_err)?);
-    let listener = TcpListener::bind(addr).map_err(MigrateError::Connection)?;
+    let listener = TcpListener::bind(addr).map_err(|e| MigrateError::listen(addr, e))?;
     log::info!("waiting for a guest on {addr}");
     let (mut s, peer) = listener.accept().map_err(MigrateError::Connection)?;
     drop(listener);

@@ -48,6 +48,9 @@ pub(super) struct Attempt<'a> {
     buf: Vec<u8>,
     /// Disk bytes read for one frame (`--copy-disks`).
     dbuf: Vec<u8>,
+    /// The last phase completed (marked by [`Attempt::cut`]), for
+    /// [`Attempt::phase`].
+    done: Option<&'static str>,
 }
 
 /// Disks are tracked and copied in units of this many bytes.
@@ -103,7 +106,7 @@ fn connect(addr: &str) -> Result<TcpStream, MigrateError> {
     let deadline = Instant::now() + CONNECT_FOR;
     let addrs: Vec<_> = addr
         .to_socket_addrs()
-        .map_err(MigrateError::Connection)?
+        .map_err(MigrateError::Connect)?
         .collect();
     loop {
         let mut last = None;
@@ -115,7 +118,7 @@ fn connect(addr: &str) -> Result<TcpStream, MigrateError> {
         }
         let e = last.unwrap_or_else(|| std::io::Error::other("no address"));
         if e.kind() != std::io::ErrorKind::ConnectionRefused || Instant::now() > deadline {
-            return Err(MigrateError::Connection(e));
+            return Err(MigrateError::Connect(e));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -139,12 +142,25 @@ impl<'a> Attempt<'a> {
             progress,
             buf: Vec::new(),
             dbuf: Vec::new(),
+            done: None,
         }
     }
 
-    /// Test hook (`test-hooks` builds): cut the connection at `phase`.
+    /// What the attempt was doing, for errors ("during pre-copy").
+    pub(super) fn phase(&self) -> &'static str {
+        match self.done {
+            None => "during the handshake",
+            Some("handshake" | "precopy") => "during pre-copy",
+            Some("stop") => "while the guest's state was sent",
+            Some(_) => "during commit",
+        }
+    }
+
+    /// Marks `phase` done; test hook (`test-hooks` builds): cut the
+    /// connection there.
     #[cfg(feature = "test-hooks")]
-    fn cut(&self, s: &TcpStream, phase: &str) -> Result<(), MigrateError> {
+    fn cut(&mut self, s: &TcpStream, phase: &'static str) -> Result<(), MigrateError> {
+        self.done = Some(phase);
         if self.req.fail_at.as_deref() == Some(phase) {
             let _ = s.shutdown(std::net::Shutdown::Both);
             return Err(MigrateError::Injected(phase.into()));
@@ -152,9 +168,11 @@ impl<'a> Attempt<'a> {
         Ok(())
     }
 
+    /// Marks `phase` done.
     #[cfg(not(feature = "test-hooks"))]
     #[inline]
-    fn cut(&self, _: &TcpStream, _: &str) -> Result<(), MigrateError> {
+    fn cut(&mut self, _: &TcpStream, phase: &'static str) -> Result<(), MigrateError> {
+        self.done = Some(phase);
         Ok(())
     }
 

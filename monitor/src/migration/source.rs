@@ -161,7 +161,11 @@ pub fn migrate(
     let copy_disks = req.copy_disks;
     let (h, was_paused) = job(ctl, move |vmm| start(vmm, copy_disks))?;
     let stop = || job(ctl, move |vmm| stop(vmm, copy_disks));
-    let result = Attempt::new(&stop, req, &key, &h, progress).run();
+    let mut attempt = Attempt::new(&stop, req, &key, &h, progress);
+    let result = attempt
+        .run()
+        .map_err(|e| e.lost("destination", attempt.phase()));
+    drop(attempt);
     drop(h);
     let end = match &result {
         Ok(s) => End::Committed(s.to.clone()),
