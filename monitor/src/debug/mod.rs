@@ -35,7 +35,7 @@
 //! itself; the text changes only through breakpoints.
 //!
 //! The control plane calls [`setup`] (`--gdb`, `--core`), [`listen`]
-//! (`duet ctl gdb`), [`dump`] (`duet ctl core`) and
+//! (`duet ctl gdb`), [`dump()`] (`duet ctl core`) and
 //! [`without_breakpoints`] (snapshots).
 
 mod adapter;
