@@ -56,19 +56,19 @@ pub mod status {
         ),
         (
             "125",
-            "the monitor did not start the guest: something the command line names cannot be used (an image, disk, snapshot or template missing or bad, an --api path or port in use, no KVM); also duet ctl and duet template when they fail",
+            "the monitor did not start the guest: something the command line names cannot be used (an image, disk, snapshot or template missing or bad, an --api path or a port in use (--incoming, --gdb), no KVM); also duet ctl and duet template when they fail",
         ),
         (
             "134",
-            "the guest panicked (message and location on stderr)",
+            "the guest panicked (message, location and backtrace on stderr)",
         ),
         (
             "139",
-            "the guest took a CPU exception (vector, registers, symbolized RIP on stderr), int3 included; a privileged instruction, or in/out on a port that is not a hypercall port, is a #GP",
+            "the guest took a CPU exception (vector, registers, symbolized backtrace on stderr), int3 included (without GDB); a privileged instruction, or in/out on a port that is not a hypercall port, is a #GP",
         ),
         (
             "140",
-            "the VM failed otherwise: triple fault, a read of a hypercall port, a hypercall out that is not 32-bit, an argument struct the monitor cannot read or write",
+            "the VM failed otherwise: triple fault, a read of a hypercall port, a hypercall out that is not 32-bit, an argument struct the monitor cannot read or write; or GDB's kill",
         ),
         (
             "120",

@@ -5,6 +5,7 @@
 //! `DUET_IMAGES`; under a plain `cargo test` the first test builds them.
 
 pub mod docs;
+pub mod gdb;
 pub mod netns;
 pub mod oci;
 pub mod redis;

@@ -340,6 +340,34 @@ fn snapshots_and_migrations_reach_components_only_through_persist_and_the_device
     }
 }
 
+#[test]
+fn the_debugger_sits_above_the_vmm_and_nothing_below_knows_it() {
+    // The run loop knows it only as a `vmm::DebugHooks` object it owns;
+    // only the control plane (api/, runner) starts and serves it.
+    let bad = offenders(
+        &[
+            "vmm",
+            "vm",
+            "memory",
+            "devices",
+            "cpu",
+            "paging",
+            "heap",
+            "clock",
+            "identity",
+            "loader",
+            "hypercall",
+            "vmem",
+            "backtrace",
+            "coredump",
+            "snapshot",
+            "migration",
+        ],
+        &["debug"],
+    );
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
 fn path_deps(manifest: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(manifest).unwrap();
     let mut out = Vec::new();

@@ -6,6 +6,7 @@
 
 mod bench;
 mod build;
+mod debug;
 mod image;
 
 use anyhow::Result;
@@ -29,6 +30,23 @@ enum Cmd {
         /// Build the application crate at this Cargo.toml instead (an app outside this repo).
         #[arg(long)]
         manifest_path: Option<PathBuf>,
+        /// Build the images with full debug info and no optimisation (the
+        /// `gdb` profile) into their own directory, for GDB.
+        #[arg(long, conflicts_with = "manifest_path")]
+        debug: bool,
+    },
+    /// Debug APP in GDB: build it with debug info, start the monitor waiting
+    /// for GDB on a free loopback port, and attach GDB with the image's
+    /// symbols: `cargo xtask debug args [--mem 128M] [-- ARGS]`.
+    Debug {
+        /// The example app.
+        app: String,
+        /// Options for `duet run`.
+        #[arg(allow_hyphen_values = true, value_terminator = "--")]
+        opts: Vec<String>,
+        /// Arguments for the guest, after `--`.
+        #[arg(allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Build APP and boot it with the monitor: `cargo xtask run hello [--mem 128M] [-- ARGS]`.
     Run {
@@ -57,7 +75,7 @@ enum Cmd {
     },
     /// Benchmark boot, hypercalls, the clock, block and network I/O, each
     /// beside a floor measured in the same run:
-    /// `cargo xtask bench [boot|hypercall|clock|block|net|kvd|snapshot|migrate|qemu|all] [--runs N] [--json PATH]`.
+    /// `cargo xtask bench [boot|hypercall|clock|block|net|kvd|snapshot|migrate|framepointers|qemu|all] [--runs N] [--json PATH]`.
     Bench(bench::BenchArgs),
     /// Build every image, then run every test (unit and end-to-end).
     Test {
@@ -72,11 +90,16 @@ fn main() -> Result<()> {
         Cmd::Build {
             apps,
             manifest_path,
+            debug,
         } => {
             match manifest_path {
                 Some(m) => {
                     let img = build::external_app(&m)?;
                     println!("image: {}", img.display());
+                }
+                None if debug => {
+                    build::debug_images(&apps)?;
+                    println!("images in {}", build::debug_images_dir().display());
                 }
                 None => {
                     build::images(&apps)?;
@@ -96,6 +119,7 @@ fn main() -> Result<()> {
                 .status()?;
             std::process::exit(status.code().unwrap_or(1));
         }
+        Cmd::Debug { app, opts, args } => debug::run(&app, &opts, &args),
         Cmd::Rustflags => {
             println!("{}", build::guest_rustflags());
             Ok(())

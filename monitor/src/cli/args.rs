@@ -41,6 +41,20 @@ pub struct Common {
     /// opened it.
     #[arg(long, value_name = "FIFO")]
     pub wait_start: Option<PathBuf>,
+    /// Serve the GDB remote protocol on ADDR:PORT (that address only; port 0
+    /// picks a free one) and wait for GDB before the guest's first
+    /// instruction; connect with `gdb IMAGE -ex 'target remote ADDR:PORT'`
+    /// (see docs/debugging.md).
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_addr)]
+    pub gdb: Option<String>,
+    /// With --gdb: `false` starts the guest at once (GDB stops it when it
+    /// attaches) instead of waiting for GDB.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, requires = "gdb")]
+    pub gdb_wait: bool,
+    /// Write an ELF core file to PATH if the guest faults or panics
+    /// (`gdb IMAGE PATH` then shows where).
+    #[arg(long, value_name = "PATH")]
+    pub core: Option<PathBuf>,
 }
 
 /// What a fresh boot is built from (`duet run IMAGE`, `duet template create`).

@@ -37,6 +37,18 @@ pub enum CtlCmd {
         #[arg(long)]
         copy_disks: bool,
     },
+    /// Serve GDB on ADDR:PORT (port 0 picks one; the answer says which); the
+    /// guest stops when GDB attaches and runs on when it detaches.
+    Gdb {
+        /// Where to listen (that address only).
+        #[arg(value_name = "ADDR:PORT", value_parser = parse_addr)]
+        addr: String,
+    },
+    /// Write an ELF core file of the guest to PATH; it keeps running (or stays paused).
+    Core {
+        /// The file (replaced atomically).
+        path: PathBuf,
+    },
 }
 
 /// One progress line of a migration.
@@ -114,6 +126,13 @@ pub fn run(socket: &Path, cmd: CtlCmd) -> anyhow::Result<Outcome> {
                 fake: hook("DUET_MIGRATE_FAKE"),
             };
             return migrate(socket, req);
+        }
+        CtlCmd::Gdb { addr } => Request::Gdb { addr },
+        CtlCmd::Core { path } => {
+            let path = std::path::absolute(&path).unwrap_or(path);
+            Request::Core {
+                path: path.display().to_string(),
+            }
         }
         CtlCmd::Pause => Request::Pause,
         CtlCmd::Resume => Request::Resume,

@@ -5,6 +5,7 @@ use super::args::{parse_addr, parse_clones, Common, GuestArgs};
 use super::clones;
 use anyhow::{bail, Context};
 use duet_monitor::config::VmConfig;
+use duet_monitor::debug::{DebugOptions, Listener};
 use duet_monitor::migration;
 use duet_monitor::outcome::Outcome;
 use duet_monitor::runner::{self, Finished, RunOptions};
@@ -32,7 +33,7 @@ pub struct RunArgs {
     pub store: Option<PathBuf>,
     /// With --template: start N independent clones (child monitors; the
     /// parent forwards SIGTERM and SIGINT to them).
-    #[arg(long, value_name = "N", value_parser = parse_clones, conflicts_with_all = ["image", "incoming", "wait_start"])]
+    #[arg(long, value_name = "N", value_parser = parse_clones, conflicts_with_all = ["image", "incoming", "wait_start", "gdb", "core"])]
     pub clones: Option<u32>,
     /// With --template: skip checking the memory file's checksums (see `duet restore --help`).
     #[arg(long, conflicts_with_all = ["image", "incoming"])]
@@ -62,7 +63,7 @@ pub struct RestoreArgs {
     pub dir: PathBuf,
     /// Start N independent clones sharing the snapshot's memory copy-on-write
     /// (child monitors; the parent forwards SIGTERM and SIGINT to them).
-    #[arg(long, value_name = "N", value_parser = parse_clones, conflicts_with = "wait_start")]
+    #[arg(long, value_name = "N", value_parser = parse_clones, conflicts_with_all = ["wait_start", "gdb", "core"])]
     pub clones: Option<u32>,
     /// The clone index this guest gets (set by --clones for each clone).
     #[arg(long, hide = true, default_value_t = 0, conflicts_with = "clones")]
@@ -105,7 +106,8 @@ pub fn restore(a: RestoreArgs, start: Instant) -> anyhow::Result<Outcome> {
     }
 }
 
-/// The runner's options for `c`; `--wait-start` must name a FIFO.
+/// The runner's options for `c`; `--wait-start` must name a FIFO; the GDB
+/// port is bound here, before anything boots (a port in use fails at once).
 fn run_options(c: &Common) -> anyhow::Result<RunOptions> {
     if let Some(p) = &c.wait_start {
         use std::os::unix::fs::FileTypeExt;
@@ -121,11 +123,32 @@ fn run_options(c: &Common) -> anyhow::Result<RunOptions> {
             ),
         }
     }
+    let gdb = match &c.gdb {
+        Some(addr) => {
+            let l = Listener::bind(addr)?;
+            let at = l.local_addr();
+            if c.gdb_wait {
+                eprintln!("duet: waiting for GDB on {at} before the first instruction (gdb IMAGE -ex 'target remote {at}')");
+            } else {
+                eprintln!("duet: GDB can attach on {at} (gdb IMAGE -ex 'target remote {at}')");
+            }
+            Some(l)
+        }
+        None => None,
+    };
     Ok(RunOptions {
         api: c.api.clone(),
         wait_start: c.wait_start.clone(),
         stop_timeout: c.stop_timeout,
         snapshot_at_point: None,
+        debug: DebugOptions {
+            gdb,
+            wait: c.gdb_wait,
+            core: c
+                .core
+                .as_ref()
+                .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+        },
     })
 }
 

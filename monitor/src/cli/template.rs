@@ -65,6 +65,9 @@ pub fn run(cmd: TemplateCmd, start: Instant) -> anyhow::Result<Outcome> {
                 kvm_device,
                 stop_timeout: duet_monitor::signals::DEFAULT_STOP_TIMEOUT,
                 wait_start: None,
+                gdb: None,
+                gdb_wait: true,
+                core: None,
             };
             match boot(image, guest, c, start, Some(dir))? {
                 Outcome::Snapshotted(d) => {

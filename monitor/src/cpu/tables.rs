@@ -132,7 +132,7 @@ pub fn ring3_code_and_stack(sregs: &mut kvm_sregs) {
 /// RFLAGS bits a ring-3 context may carry (arithmetic flags, TF, DF, RF,
 /// AC, ID). IF, IOPL, NT and VM never reach the guest: it runs with
 /// interrupts off and IOPL 0, and could not have set them itself.
-const USER_RFLAGS: u64 =
+pub const USER_RFLAGS: u64 =
     0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x100 | 0x400 | 0x800 | (1 << 16) | (1 << 18) | (1 << 21);
 /// RFLAGS bit 1 reads as one.
 const RFLAGS_FIXED: u64 = 0x2;

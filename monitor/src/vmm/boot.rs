@@ -172,6 +172,7 @@ impl Vmm {
             ctl,
             trace,
             life: Life::new(),
+            debugger: None,
             vm,
         })
     }

@@ -192,6 +192,7 @@ impl Vmm {
             ctl,
             trace,
             life: Life::new(),
+            debugger: None,
             vm,
         })
     }

@@ -14,6 +14,7 @@ mod boot;
 mod chart;
 mod clock;
 mod clones;
+mod framepointers;
 mod group;
 mod host;
 mod hypercall;
@@ -39,7 +40,8 @@ pub use progress::Progress;
 /// `cargo xtask bench` options.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Which section to run: boot, hypercall, clock, block, net, kvd, snapshot, migrate, qemu, or all.
+    /// Which section to run: boot, hypercall, clock, block, net, kvd,
+    /// snapshot, migrate, framepointers, qemu, or all.
     #[arg(default_value = "all")]
     pub what: String,
     /// Repetitions: boot runs per side (use at least 50); other sections scale from it.
@@ -219,6 +221,13 @@ pub const SECTIONS: &[Section] = &[
         smoke: true,
     },
     Section {
+        name: "framepointers",
+        run: framepointers::run,
+        // A one-off question (what the backtraces' frame pointers cost),
+        // answered with a second build of two images: too slow for tests.
+        smoke: false,
+    },
+    Section {
         name: "qemu",
         run: qemu::run,
         // A reference, not Duet: QEMU is optional and `cargo xtask test`
@@ -357,7 +366,7 @@ mod tests {
         assert!(SECTIONS
             .iter()
             .filter(|s| !s.smoke)
-            .all(|s| s.name == "qemu"));
+            .all(|s| s.name == "qemu" || s.name == "framepointers"));
         assert!(
             e.to_string().contains("app `hello` is not in this build"),
             "{e}"
