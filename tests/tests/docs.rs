@@ -99,6 +99,7 @@ impl Fill {
                 (_, "ADDR:PORT") => "127.0.0.1:9".into(),
                 (_, "KEY") => p(&self.key),
                 (_, "ARGS") => "x".into(),
+                (_, "PREFIX") => "doc-clone".into(),
                 (_, w) => w
                     .replace("PATH", &p(&self.disk))
                     .replace("NAME", "doc0")

@@ -358,29 +358,37 @@ fn template_clones_answer_get_for_the_preloaded_keys() {
         .expect_stdout("kvd: 100 keys from the log on disk0")
         .expect_stderr("template `kvd-warm` created");
     drop(ns0);
-    // Each clone needs its own TAP: one namespace (with its tap0) each.
-    let nss: Vec<Netns> = (0..2).map(|_| Netns::create()).collect();
-    let clones: Vec<Background> = nss
-        .iter()
-        .map(|ns| {
-            let b = Background::start_program(&[
-                "ip",
-                "netns",
-                "exec",
-                &ns.name,
-                paths().bin.to_str().unwrap(),
-                "run",
-                "--template",
-                "kvd-warm",
-                "--store",
-                store.to_str().unwrap(),
-            ]);
-            b.wait_for("kvd: ready");
-            b
-        })
+    // Each clone needs its own TAP: `--clone-netns` puts clone I in
+    // namespace PREFIX + I, each with its tap0.
+    let prefix = format!("duet-kvdc-{}-", std::process::id());
+    let nss: Vec<Netns> = (0..2)
+        .map(|i| Netns::named(&format!("{prefix}{i}")))
         .collect();
+    let clones = Background::start(&[
+        "run",
+        "--template",
+        "kvd-warm",
+        "--store",
+        store.to_str().unwrap(),
+        "--clones",
+        "2",
+        "--clone-netns",
+        &prefix,
+    ]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while clones.stdout().matches("kvd: ready").count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clones did not come up: {}",
+            clones.stdout()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        clones.stdout().matches("started from a template").count(),
+        2
+    );
     for (i, ns) in nss.iter().enumerate() {
-        assert!(clones[i].stdout().contains("started from a template"));
         let mut c = Client::connect(ns, kvd_addr());
         for k in [0, 42, 99] {
             assert_eq!(

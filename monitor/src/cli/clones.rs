@@ -16,6 +16,7 @@ use anyhow::{bail, Context};
 use duet_monitor::contract::status;
 use duet_monitor::outcome::Outcome;
 use duet_monitor::snapshot::Snapshot;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
@@ -34,8 +35,9 @@ fn wait_set() -> libc::sigset_t {
     }
 }
 
-/// One clone's command line.
-fn clone_cmd(exe: &Path, dir: &Path, i: u32, c: &Common) -> Command {
+/// One clone's command line; `netns`, an open network namespace, is
+/// entered before the monitor starts.
+fn clone_cmd(exe: &Path, dir: &Path, i: u32, c: &Common, netns: Option<RawFd>) -> Command {
     let mut cmd = Command::new(exe);
     cmd.arg("restore")
         .arg(dir)
@@ -49,9 +51,15 @@ fn clone_cmd(exe: &Path, dir: &Path, i: u32, c: &Common) -> Command {
     }
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the child between fork and exec and only
-    // makes async-signal-safe system calls (prctl, getppid).
+    // makes async-signal-safe system calls (setns, prctl, getppid); `netns`
+    // stays open in the parent until the child has been spawned.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(fd) = netns {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -122,6 +130,7 @@ pub fn run(
     c: &Common,
     start: Instant,
     verify: bool,
+    netns: Option<&str>,
 ) -> anyhow::Result<Outcome> {
     // Check once here; each clone then maps the files without re-reading them.
     Snapshot::open(dir)
@@ -132,8 +141,21 @@ pub fn run(
     // SAFETY: changes this (single-threaded) process's signal mask only.
     unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     let mut live = Live::new();
+    // Every namespace must exist before the first clone starts.
+    let spaces = match netns {
+        None => Vec::new(),
+        Some(prefix) => (0..n)
+            .map(|i| {
+                let path = format!("/run/netns/{prefix}{i}");
+                std::fs::File::open(&path).with_context(|| {
+                    format!("--clone-netns: cannot open {path}; create the namespace first (`ip netns add {prefix}{i}`, with the template's TAP in it)")
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+    };
     for i in 0..n {
-        match clone_cmd(&exe, dir, i, c).spawn() {
+        let ns = spaces.get(i as usize).map(|f| f.as_raw_fd());
+        match clone_cmd(&exe, dir, i, c, ns).spawn() {
             Ok(child) => {
                 live.insert(child.id() as libc::pid_t, i as usize);
             }

@@ -35,6 +35,11 @@ pub struct RunArgs {
     /// parent forwards SIGTERM and SIGINT to them).
     #[arg(long, value_name = "N", value_parser = parse_clones, conflicts_with_all = ["image", "incoming", "wait_start", "gdb", "core"])]
     pub clones: Option<u32>,
+    /// With --clones: clone I runs in network namespace PREFIX + I
+    /// (`/run/netns/PREFIXI`, made beforehand with `ip netns add`, each with
+    /// the template's TAP), so clones of a guest with a NIC each get theirs.
+    #[arg(long, value_name = "PREFIX", requires = "clones")]
+    pub clone_netns: Option<String>,
     /// With --template: skip checking the memory file's checksums (see `duet restore --help`).
     #[arg(long, conflicts_with_all = ["image", "incoming"])]
     pub no_verify: bool,
@@ -65,6 +70,10 @@ pub struct RestoreArgs {
     /// (child monitors; the parent forwards SIGTERM and SIGINT to them).
     #[arg(long, value_name = "N", value_parser = parse_clones, conflicts_with_all = ["wait_start", "gdb", "core"])]
     pub clones: Option<u32>,
+    /// With --clones: clone I runs in network namespace PREFIX + I
+    /// (`/run/netns/PREFIXI`, made beforehand with `ip netns add`).
+    #[arg(long, value_name = "PREFIX", requires = "clones")]
+    pub clone_netns: Option<String>,
     /// The clone index this guest gets (set by --clones for each clone).
     #[arg(long, hide = true, default_value_t = 0, conflicts_with = "clones")]
     pub clone_index: u32,
@@ -88,7 +97,10 @@ pub fn run(a: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
         let store = template::store(a.store.as_deref())?;
         let dir = template::path(&store, &name)?;
         return match a.clones {
-            Some(n) => clones::run(&dir, n, &a.common, start, !a.no_verify),
+            Some(n) => {
+                let netns = a.clone_netns.as_deref();
+                clones::run(&dir, n, &a.common, start, !a.no_verify, netns)
+            }
             None => restore_one(dir, a.common, start, 0, !a.no_verify),
         };
     }
@@ -101,7 +113,10 @@ pub fn run(a: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
 /// Runs `duet restore`.
 pub fn restore(a: RestoreArgs, start: Instant) -> anyhow::Result<Outcome> {
     match a.clones {
-        Some(n) => clones::run(&a.dir, n, &a.common, start, !a.no_verify),
+        Some(n) => {
+            let netns = a.clone_netns.as_deref();
+            clones::run(&a.dir, n, &a.common, start, !a.no_verify, netns)
+        }
         None => restore_one(a.dir, a.common, start, a.clone_index, !a.no_verify),
     }
 }
