@@ -9,17 +9,23 @@
 /// The monitor's own outcomes use statuses shells already associate with
 /// them.
 pub mod status {
-    /// Bad command line (clap's own status for usage errors).
+    /// Usage error: the command line itself is wrong (clap's own status):
+    /// an unknown, missing or conflicting option, an option that does not
+    /// apply, a value that does not parse.
     pub const USAGE: u8 = 2;
-    /// The monitor could not start the guest: bad image, bad option value,
-    /// KVM missing, bad snapshot.
+    /// The monitor did not start the guest (or `duet ctl`'s request
+    /// failed): the command line is well-formed but what it names cannot
+    /// be used (image, disk, snapshot, template, socket path, port, KVM).
     pub const MONITOR_ERROR: u8 = 125;
     /// The guest aborted (panicked): like SIGABRT, 128 + 6.
     pub const GUEST_ABORT: u8 = 134;
-    /// The guest took a CPU exception: like SIGSEGV, 128 + 11.
+    /// The guest took a CPU exception: like SIGSEGV, 128 + 11. A
+    /// privileged instruction, or `in`/`out` on a port that is not a
+    /// hypercall port, is a #GP in ring 3, so it ends here too.
     pub const GUEST_FAULT: u8 = 139;
     /// The VM stopped in a way a well-behaved guest never causes: triple
-    /// fault, a port read or MMIO access, HLT, an emulation failure.
+    /// fault, a read of a hypercall port, a hypercall `out` that is not
+    /// 32-bit, an unusable argument struct, an emulation failure.
     pub const VM_FAILURE: u8 = 140;
     /// `duet run` whose guest was live-migrated away: it runs elsewhere now
     /// (`duet: guest migrated to ADDR` on stderr). Guests should not use it.
@@ -34,6 +40,49 @@ pub mod status {
     pub fn terminated(sig: i32) -> u8 {
         (128 + sig).clamp(0, 255) as u8
     }
+
+    /// The exit-status table, row by row as README.md shows it (status,
+    /// meaning; the README adds only code formatting). `duet --help` prints
+    /// it, and a test checks the README's table against it and provokes
+    /// every row.
+    pub const TABLE: &[(&str, &str)] = &[
+        (
+            "0-255",
+            "the guest called exit(status) (or returned from main)",
+        ),
+        (
+            "2",
+            "usage error, before anything runs: an unknown, missing or conflicting option, an option that does not apply (run IMAGE --clones 2), a value that does not parse (--mem 5M); the usage is printed",
+        ),
+        (
+            "125",
+            "the monitor did not start the guest: something the command line names cannot be used (an image, disk, snapshot or template missing or bad, an --api path or a port in use (--incoming, --gdb), no KVM); also duet ctl and duet template when they fail",
+        ),
+        (
+            "134",
+            "the guest panicked (message, location and backtrace on stderr)",
+        ),
+        (
+            "139",
+            "the guest took a CPU exception (vector, registers, symbolized backtrace on stderr), int3 included (without GDB); a privileged instruction, or in/out on a port that is not a hypercall port, is a #GP",
+        ),
+        (
+            "140",
+            "the VM failed otherwise: triple fault, a read of a hypercall port, a hypercall out that is not 32-bit, an argument struct the monitor cannot read or write; or GDB's kill",
+        ),
+        (
+            "120",
+            "the guest was live-migrated away (duet: guest migrated to ADDR on stderr; docs/migration.md)",
+        ),
+        (
+            "143",
+            "SIGTERM: the monitor asked the guest to shut down and it had not exited after --stop-timeout seconds (default 5), or a second SIGTERM came; also a paused guest, or one not started yet",
+        ),
+        (
+            "130",
+            "SIGINT (Ctrl-C): the monitor stopped the guest at once",
+        ),
+    ];
 }
 
 /// Name of the state file in a snapshot directory.

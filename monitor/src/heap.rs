@@ -16,6 +16,25 @@ pub const INITIAL_HEAP: u64 = 2 << 20;
 /// memory and every later check.
 pub const MAX_PROTECTED_RANGES: usize = 4096;
 
+/// What the guest made a heap range: read-only or inaccessible.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Prot {
+    /// `PROT_NONE`.
+    None,
+    /// `PROT_READ`.
+    Read,
+}
+
+impl Prot {
+    /// The page-table access for it.
+    pub fn access(self) -> Access {
+        match self {
+            Prot::None => Access::None,
+            Prot::Read => Access::UserRead,
+        }
+    }
+}
+
 /// Heap bookkeeping.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Heap {
@@ -23,9 +42,11 @@ pub struct Heap {
     end: u64,
     limit: u64,
     /// Heap ranges the guest made non-writable (the monitor must not write
-    /// there on its behalf either): sorted, disjoint, non-adjacent
-    /// `[start, end)`, at most [`MAX_PROTECTED_RANGES`].
-    no_write: Vec<(u64, u64)>,
+    /// there on its behalf either), with what they are: sorted, disjoint
+    /// `[start, end)`, neighbours of one kind merged, at most
+    /// [`MAX_PROTECTED_RANGES`]. With the bounds, enough to rebuild the
+    /// heap's page tables.
+    no_write: Vec<(u64, u64, Prot)>,
     /// Other guest-writable ranges (stack, the image's data).
     fixed_writable: Vec<(u64, u64)>,
 }
@@ -62,7 +83,7 @@ impl Heap {
     pub fn writable_ranges(&self) -> Vec<(u64, u64)> {
         let mut out = self.fixed_writable.clone();
         let mut from = self.start;
-        for &(s, e) in &self.no_write {
+        for &(s, e, _) in &self.no_write {
             if s > from {
                 out.push((from, s));
             }
@@ -74,28 +95,34 @@ impl Heap {
         out
     }
 
-    /// Marks `[start, end)` writable or not in the interval list; refuses
-    /// (changing nothing) when that would exceed [`MAX_PROTECTED_RANGES`].
-    fn set_no_write(&mut self, start: u64, end: u64, no_write: bool) -> Result<(), Error> {
+    /// The protected ranges, in order.
+    pub fn protections(&self) -> impl Iterator<Item = (u64, u64, Prot)> + '_ {
+        self.no_write.iter().copied()
+    }
+
+    /// Records `[start, end)` as `prot` (or writable again when `None`) in
+    /// the interval list; refuses (changing nothing) when that would exceed
+    /// [`MAX_PROTECTED_RANGES`].
+    fn set_protection(&mut self, start: u64, end: u64, prot: Option<Prot>) -> Result<(), Error> {
         let mut out = Vec::with_capacity(self.no_write.len() + 2);
-        for &(s, e) in &self.no_write {
+        for &(s, e, p) in &self.no_write {
             // Keep the parts of each range outside [start, end).
             if s < start {
-                out.push((s, e.min(start)));
+                out.push((s, e.min(start), p));
             }
             if e > end {
-                out.push((s.max(end), e));
+                out.push((s.max(end), e, p));
             }
         }
-        if no_write {
-            out.push((start, end));
+        if let Some(p) = prot {
+            out.push((start, end, p));
         }
-        out.sort_unstable();
-        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(out.len());
-        for (s, e) in out {
+        out.sort_unstable_by_key(|r| r.0);
+        let mut merged: Vec<(u64, u64, Prot)> = Vec::with_capacity(out.len());
+        for (s, e, p) in out {
             match merged.last_mut() {
-                Some(last) if s <= last.1 => last.1 = last.1.max(e),
-                _ => merged.push((s, e)),
+                Some(last) if s <= last.1 && last.2 == p => last.1 = last.1.max(e),
+                _ => merged.push((s, e, p)),
             }
         }
         if merged.len() > MAX_PROTECTED_RANGES {
@@ -167,16 +194,17 @@ impl Heap {
         if prot & PROT_EXEC != 0 {
             return Err(Error::Perm);
         }
-        let access = match prot {
-            PROT_NONE => Access::None,
-            PROT_READ => Access::UserRead,
-            p if p == PROT_READ | PROT_WRITE => Access::UserWrite,
+        let kind = match prot {
+            PROT_NONE => Some(Prot::None),
+            PROT_READ => Some(Prot::Read),
+            p if p == PROT_READ | PROT_WRITE => None,
             _ => return Err(Error::Inval), // write without read
         };
+        let access = kind.map_or(Access::UserWrite, Prot::access);
         let (start, end) = self.check_range(mem, addr, len)?;
         // The bookkeeping first: a refusal must leave the tables untouched.
         let before = self.no_write.clone();
-        self.set_no_write(start, end, access != Access::UserWrite)?;
+        self.set_protection(start, end, kind)?;
         if let Err(e) = pt.protect(mem, start, end, access) {
             self.no_write = before;
             return Err(paging_error(e));
@@ -200,10 +228,10 @@ impl Persist for Heap {
     fn restore((): (), h: &Heap) -> Result<Heap, StateError> {
         let aligned = |v: u64| v % PAGE_SIZE == 0;
         let ranges_ok = h.no_write.len() <= MAX_PROTECTED_RANGES
-            && h.no_write.windows(2).all(|w| w[0].1 < w[1].0)
+            && h.no_write.windows(2).all(|w| w[0].1 <= w[1].0)
             && h.no_write
                 .iter()
-                .all(|&(s, e)| s < e && s >= h.start && e <= h.end && aligned(s) && aligned(e));
+                .all(|&(s, e, _)| s < e && s >= h.start && e <= h.end && aligned(s) && aligned(e));
         if !(h.start <= h.end
             && h.end <= h.limit
             && aligned(h.start)
@@ -233,7 +261,7 @@ mod tests {
     #[test]
     fn writable_ranges_skip_protected_pages() {
         let mut mem = GuestMem::new(16 << 20).unwrap();
-        let mut pt = PageTables::new();
+        let mut pt = PageTables::new(&mem).unwrap();
         pt.map_range(&mem, 0x40_0000, 0x60_0000, Access::UserWrite)
             .unwrap();
         let mut h = Heap::new(0x40_0000, 0x20_0000, 0x100_0000, vec![(0x1000, 0x2000)]);
@@ -286,14 +314,14 @@ mod tests {
             PROT_READ | PROT_WRITE,
         )
         .unwrap();
-        assert_eq!(h.no_write, vec![(0x40_2000, 0x40_3000)]);
+        assert_eq!(h.no_write, vec![(0x40_2000, 0x40_3000, Prot::Read)]);
         assert_eq!(Heap::restore((), &h.save().unwrap()).unwrap(), h);
     }
 
     #[test]
     fn protected_ranges_are_intervals_with_a_bound() {
         let mut mem = GuestMem::new(128 << 20).unwrap();
-        let mut pt = PageTables::new();
+        let mut pt = PageTables::new(&mem).unwrap();
         let (start, end) = (0x40_0000, 0x40_0000 + 0x300_0000);
         pt.map_range(&mem, start, end, Access::UserWrite).unwrap();
         let mut h = Heap::new(start, end - start, 128 << 20, vec![]);
@@ -330,7 +358,7 @@ mod tests {
         assert_eq!(h.no_write.len(), MAX_PROTECTED_RANGES);
         assert_eq!(mem.writable().len(), MAX_PROTECTED_RANGES);
         let bad = Heap {
-            no_write: vec![(start + PAGE_SIZE, start)],
+            no_write: vec![(start + PAGE_SIZE, start, Prot::None)],
             ..h.clone()
         };
         assert!(Heap::restore((), &bad).is_err());

@@ -19,7 +19,7 @@ pub enum KvmError {
     #[error("{0}: not a KVM device ({1}); point --kvm-device / DUET_KVM_DEVICE at /dev/kvm")]
     NotKvm(PathBuf, String),
     /// Another error.
-    #[error("{0}: cannot open KVM: {1}")]
+    #[error("{0}: cannot open KVM: {1}; point --kvm-device / DUET_KVM_DEVICE at /dev/kvm")]
     Other(PathBuf, std::io::Error),
 }
 
@@ -30,6 +30,7 @@ pub fn open(path: &Path) -> Result<Kvm, KvmError> {
     let kvm = Kvm::new_with_path(&c).map_err(|e| match e.errno() {
         libc::ENOENT => KvmError::Missing(path.into()),
         libc::EACCES | libc::EPERM => KvmError::Denied(path.into()),
+        libc::EISDIR => KvmError::NotKvm(path.into(), "a directory".into()),
         _ => KvmError::Other(path.into(), std::io::Error::from_raw_os_error(e.errno())),
     })?;
     match kvm.get_api_version() {

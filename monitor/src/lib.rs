@@ -6,25 +6,32 @@
 //! hardware. See `docs/architecture.md` for the layers:
 //!
 //! * bottom: [`memory`] (guest memory, dirty tracking, resident pages),
-//!   [`kvm`], [`layout`], [`persist`], [`call`], [`outcome`], [`contract`];
+//!   [`kvm`], [`layout`], [`persist`], [`call`], [`outcome`], [`contract`],
+//!   [`errors`];
 //! * components, each with its `Persist` impl: [`cpu`], [`paging`],
 //!   [`heap`], [`clock`], [`identity`], [`loader`], [`bootinfo`],
 //!   [`devices`], and the core [`hypercall`] handlers; [`vm`] (the KVM side);
+//!   guest-virtual memory ([`vmem`]), [`backtrace`]s and [`coredump`]s;
 //! * [`vmm`]: one guest owning its components, its boot path, run loop and
 //!   hypercall dispatch, [`vmm::Vmm::capture`] / [`vmm::Vmm::assemble`];
-//! * [`compat`], [`statefile`], [`snapshot`], [`migration`], [`template`];
+//! * [`compat`], [`statefile`], [`snapshot`], [`migration`], [`template`],
+//!   and the debugger ([`debug`]: GDB, core files);
 //! * the control plane: [`api`], [`runner`], [`signals`].
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod backtrace;
 pub mod bootinfo;
 pub mod call;
 pub mod clock;
 pub mod compat;
 pub mod config;
 pub mod contract;
+pub mod coredump;
 pub mod cpu;
+pub mod debug;
 pub mod devices;
+pub mod errors;
 pub mod heap;
 pub mod hypercall;
 pub mod identity;
@@ -43,4 +50,5 @@ pub mod statefile;
 pub mod template;
 pub mod trace;
 pub mod vm;
+pub mod vmem;
 pub mod vmm;

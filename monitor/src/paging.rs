@@ -72,29 +72,27 @@ impl PageTables {
     /// Address of the PML4 (CR3).
     pub const ROOT: u64 = layout::PAGE_TABLES;
 
-    /// Starts empty tables (guest memory is zero, so all entries are absent).
-    pub fn new() -> Self {
-        PageTables {
+    /// Starts empty tables in `mem`: an empty root; every table allocated
+    /// later is zeroed first. Whatever the table area held before (a
+    /// restored guest's memory comes from a file) is never trusted.
+    pub fn new(mem: &GuestMem) -> Result<Self, PagingError> {
+        mem.write_bytes(Gpa(Self::ROOT), &[0; PAGE_SIZE as usize])?;
+        Ok(PageTables {
             next_table: layout::PAGE_TABLES + PAGE_SIZE,
-        }
+        })
     }
 
-    /// Where the next table will be allocated (saved in snapshots).
+    /// Where the next table will be allocated.
     pub fn next_table(&self) -> u64 {
         self.next_table
     }
 
-    /// Tables that already exist in guest memory, allocating from `next`
-    /// on (a restore; the caller checks `next` is in the table area).
-    pub fn resume_at(next: u64) -> Self {
-        PageTables { next_table: next }
-    }
-
-    fn alloc_table(&mut self) -> Result<u64, PagingError> {
+    fn alloc_table(&mut self, mem: &GuestMem) -> Result<u64, PagingError> {
         if self.next_table >= layout::PAGE_TABLES_END {
             return Err(PagingError::OutOfTables);
         }
         let t = self.next_table;
+        mem.write_bytes(Gpa(t), &[0; PAGE_SIZE as usize])?;
         self.next_table += PAGE_SIZE;
         Ok(t)
     }
@@ -106,7 +104,7 @@ impl PageTables {
         if e & P != 0 {
             return Ok(e & ADDR_MASK);
         }
-        let t = self.alloc_table()?;
+        let t = self.alloc_table(mem)?;
         mem.write_monitor_plain(slot, &(t | P | RW | US))?;
         Ok(t)
     }
@@ -217,7 +215,7 @@ impl PageTables {
             if e & PS != 0 {
                 // Split: a page table with the same rights for all 512 pages
                 // (PS is PAT in a PTE, so it must not carry over).
-                let pt = self.alloc_table()?;
+                let pt = self.alloc_table(mem)?;
                 let base = e & ADDR_MASK & !(LARGE_PAGE_SIZE - 1);
                 let flags = e & !ADDR_MASK & !PS;
                 for i in 0..512u64 {
@@ -254,34 +252,6 @@ impl PageTables {
     }
 }
 
-impl Default for PageTables {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl crate::persist::Persist for PageTables {
-    /// Where the table allocator stands (the tables are in guest memory).
-    type State = u64;
-    type ConstructorArgs<'a> = ();
-    type Error = crate::persist::StateError;
-
-    fn save(&self) -> Result<u64, Self::Error> {
-        Ok(self.next_table())
-    }
-
-    fn restore((): (), next: &u64) -> Result<PageTables, Self::Error> {
-        let ok = (layout::PAGE_TABLES + PAGE_SIZE..=layout::PAGE_TABLES_END).contains(next)
-            && next % PAGE_SIZE == 0;
-        if !ok {
-            return Err(crate::persist::StateError::Invalid(format!(
-                "page-table allocator position {next:#x} is outside the page-table area"
-            )));
-        }
-        Ok(PageTables::resume_at(*next))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,7 +259,7 @@ mod tests {
     #[test]
     fn maps_and_translates() {
         let mem = GuestMem::new(8 << 20).unwrap();
-        let mut pt = PageTables::new();
+        let mut pt = PageTables::new(&mem).unwrap();
         pt.map_4k(&mem, 0x1000, 0x3000, Access::Supervisor).unwrap();
         pt.map_4k(&mem, 0x20_0000, 0x20_1000, Access::UserExec)
             .unwrap();
@@ -311,7 +281,7 @@ mod tests {
     #[test]
     fn map_range_mixes_page_sizes_and_protect_splits() {
         let mem = GuestMem::new(16 << 20).unwrap();
-        let mut pt = PageTables::new();
+        let mut pt = PageTables::new(&mem).unwrap();
         pt.map_range(&mem, 0x30_0000, 0xa0_1000, Access::UserWrite)
             .unwrap();
         assert_eq!(pt.leaf(&mem, 0x30_0000).unwrap() & PS, 0);
@@ -332,20 +302,5 @@ mod tests {
             pt.leaf(&mem, 0x70_0000),
             Some(0x60_0000 | P | RW | US | NX | PS)
         );
-    }
-
-    #[test]
-    fn page_tables_round_trip_and_reject_garbage() {
-        use crate::persist::Persist;
-        let mem = GuestMem::new(8 << 20).unwrap();
-        let mut pt = PageTables::new();
-        pt.map_4k(&mem, 0x1000, 0x2000, Access::Supervisor).unwrap();
-        let s = pt.save().unwrap();
-        assert_eq!(
-            PageTables::restore((), &s).unwrap().next_table(),
-            pt.next_table()
-        );
-        assert!(PageTables::restore((), &0).is_err());
-        assert!(PageTables::restore((), &(layout::PAGE_TABLES_END + PAGE_SIZE)).is_err());
     }
 }

@@ -27,7 +27,7 @@ pub enum RunError {
 }
 
 /// How to run a guest besides what builds it.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct RunOptions {
     /// Serve the control socket at this path (`--api`).
     pub api: Option<PathBuf>,
@@ -40,6 +40,8 @@ pub struct RunOptions {
     /// Template mode: at the guest's `duet::snapshot_point()`, snapshot it
     /// into this new directory and stop it.
     pub snapshot_at_point: Option<PathBuf>,
+    /// GDB (`--gdb`, `--gdb-wait`) and core files (`--core`).
+    pub debug: crate::debug::DebugOptions,
 }
 
 impl Default for RunOptions {
@@ -49,6 +51,7 @@ impl Default for RunOptions {
             wait_start: None,
             stop_timeout: crate::signals::DEFAULT_STOP_TIMEOUT,
             snapshot_at_point: None,
+            debug: Default::default(),
         }
     }
 }
@@ -138,22 +141,20 @@ fn drive<F, E>(
 ) -> Result<Finished, RunError>
 where
     F: FnOnce(Arc<Control>) -> Result<Vmm, E>,
-    E: std::error::Error,
+    E: std::error::Error + 'static,
 {
     let mut vmm = match make(ctl.clone()) {
         Ok(v) => v,
         Err(e) => {
             ctl.finish();
-            // Keep the error's whole chain, in one line.
-            let mut msg = e.to_string();
-            let mut src = e.source();
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            return Err(RunError::Start(msg));
+            // Keep the error's whole chain, in one line, each cause once.
+            return Err(RunError::Start(crate::errors::chain(&e)));
         }
     };
+    if let Err(e) = crate::debug::setup(&mut vmm, opts.debug) {
+        ctl.finish();
+        return Err(RunError::Start(crate::errors::chain(&e)));
+    }
     built(&vmm);
     vmm.set_stop_timeout(opts.stop_timeout);
     vmm.set_template(opts.snapshot_at_point.is_some());

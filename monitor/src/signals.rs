@@ -55,16 +55,21 @@ fn handled() -> [libc::c_int; 3] {
     [libc::SIGTERM, libc::SIGINT, libc::SIGALRM]
 }
 
-fn set_mask(how: libc::c_int) {
-    // SAFETY: a sigset_t we initialise with sigemptyset/sigaddset, then
-    // pthread_sigmask on the calling thread; no memory is shared.
+/// Changes the calling thread's mask for the handled signals; returns the
+/// mask before.
+fn set_mask(how: libc::c_int) -> libc::sigset_t {
+    // SAFETY: sigset_ts we initialise (sigemptyset/sigaddset, or filled by
+    // the call), then pthread_sigmask on the calling thread; no memory is
+    // shared.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         for s in handled() {
             libc::sigaddset(&mut set, s);
         }
-        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+        libc::pthread_sigmask(how, &set, &mut old);
+        old
     }
 }
 
@@ -89,6 +94,17 @@ pub fn install() {
 /// interrupt `KVM_RUN` and blocking calls there.
 pub fn unblock() {
     set_mask(libc::SIG_UNBLOCK);
+}
+
+/// Runs `spawn` with the signals blocked in the calling thread, so a thread
+/// it starts inherits them blocked (the vCPU thread starting a helper: the
+/// signals must keep reaching the vCPU thread only).
+pub fn with_blocked<T>(spawn: impl FnOnce() -> T) -> T {
+    let old = set_mask(libc::SIG_BLOCK);
+    let r = spawn();
+    // SAFETY: `old` is the mask pthread_sigmask filled in just above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    r
 }
 
 /// Takes the pending signal, if any.

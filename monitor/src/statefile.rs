@@ -48,7 +48,7 @@ pub enum StateFileError {
         section: String,
     },
     /// Written by another format version.
-    #[error("state format version {found}, this duet reads version {want}; use the duet that wrote it (version 1 is the format before guests had a vCPU list: take the snapshot again with this duet)")]
+    #[error("state format version {found}, this duet reads version {want}; it was written by another duet: restore it with that one, or take the snapshot again with this one")]
     FormatVersion {
         /// In the file.
         found: u32,

@@ -4,7 +4,11 @@
 //! `cargo xtask test` builds everything first and passes `DUET_BIN` and
 //! `DUET_IMAGES`; under a plain `cargo test` the first test builds them.
 
+pub mod docs;
+pub mod gdb;
 pub mod netns;
+pub mod oci;
+pub mod redis;
 pub mod statefile;
 
 use std::io::Read;
@@ -115,6 +119,40 @@ impl Output {
             "stderr lacks {s:?}; output:\n{self:#?}"
         );
         self
+    }
+
+    /// Panics if a message on stderr says something twice: a part (between
+    /// `:` and `;`) of eight characters or more repeated on a line, or an
+    /// OS error quoted twice.
+    #[track_caller]
+    pub fn expect_said_once(&self) -> &Self {
+        for line in self.stderr.lines() {
+            let mut seen: Vec<&str> = Vec::new();
+            for part in line
+                .split([':', ';'])
+                .map(str::trim)
+                .filter(|p| p.len() >= 8)
+            {
+                assert!(!seen.contains(&part), "{part:?} is said twice in: {line}");
+                seen.push(part);
+            }
+            assert!(
+                line.matches("(os error").count() <= 1,
+                "an OS error is quoted twice: {line}"
+            );
+        }
+        self
+    }
+
+    /// Panics unless the status is `status` and stderr says each of
+    /// `says`, each thing once ([`Output::expect_said_once`]).
+    #[track_caller]
+    pub fn expect_refusal(&self, status: u8, says: &[&str]) -> &Self {
+        self.expect_status(i32::from(status));
+        for s in says {
+            self.expect_stderr(s);
+        }
+        self.expect_said_once()
     }
 }
 
@@ -434,6 +472,17 @@ impl Background {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Whether the monitor has ended.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Kills the monitor (SIGKILL, as `kill -9`) and waits for it.
+    pub fn kill(mut self) -> Output {
+        let _ = self.child.kill();
+        self.finish()
     }
 
     /// Waits (up to 60 s) for the monitor to end.

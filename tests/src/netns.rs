@@ -44,11 +44,17 @@ impl Netns {
     /// Creates the namespace, then `tap0` with `10.0.0.1/24` inside it, up.
     pub fn create() -> Netns {
         static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
+        Netns::named(&format!(
             "duet-test-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
-        );
+        ))
+    }
+
+    /// [`Netns::create`] with a name of the caller's (e.g. for
+    /// `--clone-netns PREFIX`, which wants `PREFIX0`, `PREFIX1`, ...).
+    pub fn named(name: &str) -> Netns {
+        let name = name.to_string();
         ip(&["netns", "add", &name]);
         // From here on, drop deletes the namespace (and the TAP in it).
         let ns = Netns { name };

@@ -71,6 +71,7 @@ fn privileged_instructions_in_ring_3_fault() {
         // monitor's stub ports included, and popf cannot raise IOPL.
         ("in-port", gp),
         ("out-port", gp),
+        ("out-high-port", gp),
         ("out-stub-port", gp),
         ("popf-iopl", gp),
         // Ring-0 selectors: the error code names the selector.

@@ -1,5 +1,10 @@
 //! Live migration between two monitors: over loopback and across two
-//! network namespaces; cuts at every phase; refusals; a dirtying guest.
+//! network namespaces; cuts at every phase; refusals; a tampered stream;
+//! a dirtying guest.
+
+// In a folder of its own so cargo does not take it for a test target.
+#[path = "migration/proxy.rs"]
+mod proxy;
 
 use duet_monitor::contract::migration::{FAIL_PHASES, MAX_ROUNDS};
 use duet_tests::{duet, duet_cmd, image, run_cmd, status, temp_dir, wait_path, Background, Output};
@@ -191,6 +196,55 @@ fn a_cut_at_any_phase_leaves_the_source_running_and_a_retry_succeeds() {
     std::fs::remove_dir_all(&tmp).unwrap();
 }
 
+#[test]
+fn a_tampered_stream_is_refused_and_the_source_keeps_running() {
+    use proxy::{Proxy, Tamper};
+    let tmp = temp_dir("mig-tamper");
+    let k = key(&tmp, "key", 8);
+    let (src, sock) = start_source(&tmp, &[], "counter", &["3000", "2000"]);
+    src.wait_for("count 5\n");
+    let out_of_order = "dropped, replayed or reordered";
+    for (how, why) in [
+        (Tamper::Flip, "failed authentication"),
+        (Tamper::Drop, out_of_order),
+        (Tamper::Replay, out_of_order),
+        (Tamper::Reorder, out_of_order),
+    ] {
+        let addr = free_addr();
+        let dst = start_dest(&[], &addr, &k, None);
+        let p = Proxy::start(&addr, how);
+        let m = migrate(&sock, &p.addr, &k, &[], &[]);
+        m.expect_status(i32::from(status::MONITOR_ERROR))
+            .expect_stderr("keeps running");
+        let d = dst.finish();
+        d.expect_status(i32::from(status::MONITOR_ERROR))
+            .expect_stderr("tampered with")
+            .expect_stderr(why)
+            .expect_stderr("nothing runs here");
+        assert!(counts(&d.stdout).is_empty(), "the destination ran: {d:#?}");
+        assert!(p.finish(), "the proxy never got to {how:?} a page frame");
+        // The source goes on counting and answers.
+        let last = *counts(&src.stdout()).last().unwrap();
+        src.wait_for(&format!("count {}\n", last + 3));
+        duet(&["ctl", s(&sock), "status"])
+            .expect_status(0)
+            .expect_stdout("\"running\"");
+    }
+    // The same proxy relaying faithfully: the move goes through, so the
+    // refusals above were the tampering's doing.
+    let addr = free_addr();
+    let dst = start_dest(&[], &addr, &k, None);
+    let p = Proxy::start(&addr, Tamper::Nothing);
+    migrate(&sock, &p.addr, &k, &[], &[]).expect_status(0);
+    assert!(p.finish());
+    let a = src.finish();
+    a.expect_status(MIGRATED);
+    let b = dst.finish();
+    b.expect_status(0).expect_stdout("counter done");
+    assert_continues(&a.stdout, &b.stdout, 3000);
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
 /// Sends `bytes` to a destination and expects it to refuse them.
 fn garbage(k: &Path, bytes: &[u8], why: &str) {
     let addr = free_addr();
@@ -248,7 +302,7 @@ fn wrong_key_garbage_and_incompatible_guests_are_refused() {
     bad.extend_from_slice(b"junk");
     garbage(&k, &bad, "checksum mismatch");
     // Connect and hang up.
-    garbage(&k, b"", "connection");
+    garbage(&k, b"", "the source hung up before commit");
 
     // The source never noticed.
     let a = src.finish();
@@ -372,7 +426,7 @@ fn a_destination_crash_is_survived_and_a_lost_ack_leaves_the_source_paused() {
     let dst = start_dest(&hook("DUET_MIGRATE_DEST_FAIL=crash"), &addr, &k, None);
     migrate(&sock, &addr, &k, &[], &[])
         .expect_status(i32::from(status::MONITOR_ERROR))
-        .expect_stderr("keeps running");
+        .expect_stderr("the destination hung up during pre-copy; the guest keeps running here");
     let d = dst.finish();
     assert_eq!(d.status, None, "the destination should have died: {d:#?}");
     let last = *counts(&src.stdout()).last().unwrap();

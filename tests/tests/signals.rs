@@ -134,3 +134,90 @@ fn wait_start_holds_the_guest_until_a_reader_opens_the_fifo() {
     .expect_status(125)
     .expect_stderr("not a FIFO");
 }
+
+/// Waits (up to 60 s) until `path` is gone.
+fn wait_gone(path: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} is still there",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_clone_parent_forwards_sigterm_and_sigint_and_its_clones_die_with_it() {
+    let dir = temp_dir("clone-signals");
+    let store = dir.join("store");
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let img = image("counter");
+    // Counts slowly and ignores shutdown requests: only the grace period
+    // (0.2 s, passed on to the clones) ends it after SIGTERM.
+    let st = s(&store);
+    duet(&[
+        "template",
+        "create",
+        "cnt",
+        img.to_str().unwrap(),
+        "--store",
+        &st,
+        "--",
+        "100000",
+        "20000",
+    ])
+    .expect_status(0);
+    let start_clones = |sock: &std::path::Path| {
+        let g = Background::start(&[
+            "run",
+            "--template",
+            "cnt",
+            "--store",
+            &st,
+            "--clones",
+            "2",
+            "--api",
+            &s(sock),
+            "--stop-timeout",
+            "0.2",
+        ]);
+        for i in 0..2 {
+            wait_path(&dir.join(format!(
+                "{}.{i}",
+                sock.file_name().unwrap().to_str().unwrap()
+            )));
+        }
+        g
+    };
+    for (sig, status) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
+        let sock = dir.join(format!("c{sig}.sock"));
+        let g = start_clones(&sock);
+        // The parent's base path names clone 0's socket.
+        duet(&["ctl", &s(&sock), "status"])
+            .expect_status(125)
+            .expect_stderr(&format!("{}.0 is clone 0's", s(&sock)));
+        g.signal(sig);
+        let o = g.finish();
+        o.expect_status(status)
+            .expect_stderr(&format!("clone 0 exited with status {status}"))
+            .expect_stderr(&format!("clone 1 exited with status {status}"));
+        for i in 0..2 {
+            assert!(
+                !dir.join(format!("c{sig}.sock.{i}")).exists(),
+                "clone {i}'s socket was left behind"
+            );
+        }
+    }
+    // A parent killed outright: the clones get SIGTERM (their parent-death
+    // signal) and end after their grace period, removing their sockets.
+    let sock = dir.join("killed.sock");
+    let g = start_clones(&sock);
+    g.signal(libc::SIGKILL);
+    for i in 0..2 {
+        wait_gone(&dir.join(format!("killed.sock.{i}")));
+    }
+    drop(g);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -544,3 +544,32 @@ fn a_guest_writing_its_disk_keeps_writing_after_a_snapshot_and_restores_with_not
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 }
+
+#[test]
+fn a_snapshot_taken_before_the_restructuring_is_refused_by_its_version() {
+    let dir = duet_tests::root().join("tests/fixtures/snapshot-v1");
+    let o = duet(&["restore", dir.to_str().unwrap()]);
+    o.expect_status(status::MONITOR_ERROR as i32)
+        .expect_stderr("state format version 1, this duet reads version 2")
+        .expect_stderr("take the snapshot again with this one");
+    assert!(o.stdout.is_empty(), "the old guest ran: {o:#?}");
+}
+
+#[test]
+fn a_restore_rebuilds_the_monitors_structures_whatever_the_snapshot_says() {
+    // The test hook makes the saved vCPU claim ring 0, its own CR3, IDT and
+    // GDT and IOPL 3, and fills the monitor's pages with junk: the restored
+    // guest still runs in ring 3 on the monitor's tables.
+    let store = temp_dir("tamper");
+    create_template(&store, "h", "hostile", &["snapshot-then-cli"]);
+    let mut c =
+        duet_tests::duet_cmd(&["run", "--template", "h", "--store", store.to_str().unwrap()]);
+    c.env("DUET_TEST_TAMPER", "1");
+    let o = duet_tests::run_cmd(c, std::time::Duration::from_secs(60));
+    o.expect_status(status::GUEST_FAULT as i32)
+        .expect_stdout("hostile: restored=true, trying cli")
+        .expect_stderr("#GP general protection")
+        .expect_stderr("cs 0x33 ss 0x2b");
+    assert!(!o.stdout.contains("survived"), "{o:#?}");
+    std::fs::remove_dir_all(&store).unwrap();
+}

@@ -71,7 +71,14 @@ fn main() -> i32 {
                 poll(Some(t + Duration::from_millis(5)), 0)
             );
         }
-        _ => return 2,
+        "" => {
+            duet::println!("clock: no command given; usage: clock sleep MS | idle MS | monotonic N | wall | poll");
+            return 2;
+        }
+        other => {
+            duet::println!("clock: unknown command `{other}`; usage: clock sleep MS | idle MS | monotonic N | wall | poll");
+            return 2;
+        }
     }
     0
 }

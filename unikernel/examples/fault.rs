@@ -17,6 +17,38 @@ fn recurse(n: u64) -> u64 {
     recurse(buf[3] + 1) + buf[5]
 }
 
+/// Three frames deep, then a null read: the report's backtrace names all.
+#[inline(never)]
+fn level1(p: *const u64) -> u64 {
+    core::hint::black_box(level2(p)) + 1
+}
+
+#[inline(never)]
+fn level2(p: *const u64) -> u64 {
+    core::hint::black_box(level3(p)) + 1
+}
+
+#[inline(never)]
+fn level3(p: *const u64) -> u64 {
+    // SAFETY: deliberately unsound: `p` is null, the read faults.
+    unsafe { core::ptr::read_volatile(p) }
+}
+
+/// Overwrites its saved frame pointer with garbage, then faults.
+#[inline(never)]
+fn smash() {
+    // SAFETY: deliberately unsound: the caller's frame link is destroyed
+    // and `ud2` faults before anything could use it.
+    unsafe {
+        asm!(
+            "mov qword ptr [rbp], {bad}",
+            "ud2",
+            bad = in(reg) 0x4141_4141_4141_4141u64,
+            options(noreturn)
+        )
+    }
+}
+
 fn main() -> i32 {
     let kind = duet::env::args().next().unwrap_or("");
     duet::println!("fault: {kind}");
@@ -45,6 +77,10 @@ fn main() -> i32 {
                 let f: extern "C" fn() = core::mem::transmute(p);
                 f()
             }
+            "nested" => {
+                core::hint::black_box(level1(core::hint::black_box(core::ptr::null())));
+            }
+            "smash" => smash(),
             "stack-overflow" => {
                 core::hint::black_box(recurse(1));
             }

@@ -73,6 +73,8 @@ fn privileged(case: &str) -> bool {
             "hlt" => asm!("hlt"),
             "in-port" => asm!("in al, 0x60", out("al") _),
             "out-port" => asm!("out 0x80, al", in("al") 0u8),
+            // Past the I/O bitmap's end (the TSS limit): denied all the same.
+            "out-high-port" => asm!("out dx, al", in("dx") 0xfff0u16, in("al") 0u8),
             // The port the monitor's #BP stub reports on.
             "out-stub-port" => asm!("out 0xe3, al", in("al") 0u8),
             // `popf` cannot raise IOPL in ring 3, so the port stays closed.
@@ -113,6 +115,16 @@ fn main() -> i32 {
         return 1;
     }
     match case {
+        // A template point, then a privileged instruction: after any
+        // restore the guest must still be in ring 3 (#GP).
+        "snapshot-then-cli" => {
+            let restored = duet::snapshot_point();
+            duet::println!("hostile: restored={restored}, trying cli");
+            // SAFETY: deliberately privileged; the monitor stops the guest.
+            unsafe { asm!("cli") };
+            duet::println!("hostile: survived cli");
+            1
+        }
         "errors" => {
             duet::println!("beyond-memory -> {:?}", console(mem + 4096, 8));
             duet::println!("straddles-end -> {:?}", console(mem - 4, 8));

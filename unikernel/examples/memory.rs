@@ -140,7 +140,14 @@ fn main() -> i32 {
                 protect(bi.mem_size - 4096, 4096, PROT_READ)
             );
         }
-        _ => return 2,
+        "" => {
+            duet::println!("memory: no command given; usage: memory grow MIB | oom | release | protect-write | protect-none | protect-restore | beyond-heap | refusals");
+            return 2;
+        }
+        other => {
+            duet::println!("memory: unknown command `{other}`; usage: memory grow MIB | oom | release | protect-write | protect-none | protect-restore | beyond-heap | refusals");
+            return 2;
+        }
     }
     0
 }

@@ -47,14 +47,22 @@ pub use rt::{exit, Termination};
 /// Declares the application's entry point.
 ///
 /// The function may return `()`, an `i32` exit status, or a `Result` whose
-/// error is printed before exiting with status 1.
+/// error is printed before exiting with status 1. Its path is relative to
+/// the crate root (`duet::main!(main)`, `duet::main!(app::run)`).
+///
+/// The macro defines the image's `main` symbol, as a C program has: `_start`
+/// calls it, and a debugger finds it by that name (`break main`).
 #[macro_export]
 macro_rules! main {
     ($main:path) => {
         #[doc(hidden)]
-        #[unsafe(no_mangle)]
-        pub extern "Rust" fn __duet_main() -> i32 {
-            $crate::Termination::report($main())
+        use $main as __duet_app_main;
+        #[doc(hidden)]
+        mod __duet {
+            #[unsafe(no_mangle)]
+            pub extern "Rust" fn main() -> i32 {
+                $crate::Termination::report(super::__duet_app_main())
+            }
         }
     };
 }

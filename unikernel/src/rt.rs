@@ -22,7 +22,8 @@ pub fn rdtsc() -> u64 {
 }
 
 extern "Rust" {
-    fn __duet_main() -> i32;
+    /// The application's entry, defined by its `duet::main!`.
+    fn main() -> i32;
 }
 
 /// The image's entry point: the monitor starts the vCPU here in ring 3 with
@@ -53,8 +54,8 @@ pub unsafe extern "C" fn _start(boot: *const BootInfo) -> ! {
         };
         call(Hypercall::BootTrace, &mut args);
     }
-    // SAFETY: `__duet_main` is defined by the application's `duet::main!`.
-    let status = unsafe { __duet_main() };
+    // SAFETY: `main` is defined by the application's `duet::main!`.
+    let status = unsafe { main() };
     exit(status)
 }
 

@@ -37,6 +37,22 @@ pub fn images_dir() -> PathBuf {
         .join("release/examples")
 }
 
+/// The guest's profile for debugging (`unikernel/Cargo.toml`): full debug
+/// info, no optimisation.
+pub const DEBUG_PROFILE: &str = "gdb";
+
+/// Where images built with [`DEBUG_PROFILE`] land.
+pub fn debug_images_dir() -> PathBuf {
+    root()
+        .join("unikernel/target")
+        .join(TARGET)
+        .join(DEBUG_PROFILE)
+        .join("examples")
+}
+
+/// The example apps the debugger tests run with debug info.
+pub const DEBUG_TEST_APPS: &[&str] = &["args", "counter"];
+
 /// Installs the guest target with rustup if it is missing.
 pub fn ensure_target() -> Result<()> {
     let out = Command::new("rustup")
@@ -56,33 +72,65 @@ pub fn ensure_target() -> Result<()> {
     }
 }
 
-/// Link flags every Duet image needs: a static (non-PIE) executable at the
-/// ABI's image base, one page per segment so each gets its own protection.
+/// Flags every Duet image is built with: a static (non-PIE) executable at
+/// the ABI's image base, one page per segment so each gets its own
+/// protection, and frame pointers so the monitor can print a backtrace
+/// when the guest faults or panics.
 pub fn guest_rustflags() -> String {
     format!(
-        "-C relocation-model=static -C link-arg=--image-base={:#x} -C link-arg=-zmax-page-size=4096 -C link-arg=-zseparate-loadable-segments",
+        "-C relocation-model=static -C link-arg=--image-base={:#x} -C link-arg=-zmax-page-size=4096 -C link-arg=-zseparate-loadable-segments{FRAME_POINTERS}",
         duet_abi::boot::IMAGE_BASE
     )
 }
 
-fn guest_cargo(dir: &Path) -> Command {
+/// The frame-pointer flag in [`guest_rustflags`].
+const FRAME_POINTERS: &str = " -C force-frame-pointers=yes";
+
+fn guest_cargo(dir: &Path, profile: &str) -> Command {
+    guest_cargo_with(dir, profile, &guest_rustflags())
+}
+
+fn guest_cargo_with(dir: &Path, profile: &str, rustflags: &str) -> Command {
     let mut c = cargo();
     c.current_dir(dir)
-        .env(
-            "CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS",
-            guest_rustflags(),
-        )
+        .env("CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS", rustflags)
         // The host workspace's flags must not leak into the guest build.
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .args(["build", "--release", "--target", TARGET]);
+        .args(["build", "--profile", profile, "--target", TARGET]);
     c
 }
 
 /// Builds the named example apps (all when empty).
 pub fn images(apps: &[String]) -> Result<()> {
+    images_with(apps, "release")
+}
+
+/// Builds the named example apps (all when empty) with the debugging
+/// profile, into [`debug_images_dir`].
+pub fn debug_images(apps: &[String]) -> Result<()> {
+    images_with(apps, DEBUG_PROFILE)
+}
+
+/// Builds the named example apps without frame pointers, in a target
+/// directory of their own (for `cargo xtask bench framepointers`); returns
+/// where the images are.
+pub fn images_without_frame_pointers(apps: &[&str]) -> Result<PathBuf> {
     ensure_target()?;
-    let mut c = guest_cargo(&root().join("unikernel"));
+    let flags = guest_rustflags().replace(FRAME_POINTERS, "");
+    let target_dir = root().join("unikernel/target/no-frame-pointers");
+    let mut c = guest_cargo_with(&root().join("unikernel"), "release", &flags);
+    c.arg("--target-dir").arg(&target_dir).arg("--quiet");
+    for a in apps {
+        c.args(["--example", a]);
+    }
+    run(&mut c).context("building images without frame pointers")?;
+    Ok(target_dir.join(TARGET).join("release/examples"))
+}
+
+fn images_with(apps: &[String], profile: &str) -> Result<()> {
+    ensure_target()?;
+    let mut c = guest_cargo(&root().join("unikernel"), profile);
     if apps.is_empty() {
         c.arg("--examples");
     }
@@ -99,7 +147,7 @@ pub fn external_app(manifest: &Path) -> Result<PathBuf> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut c = guest_cargo(dir);
+    let mut c = guest_cargo(dir, "release");
     c.arg("--manifest-path").arg(manifest);
     run(&mut c).context("building the application")?;
     let text = std::fs::read_to_string(manifest)?;
@@ -150,13 +198,31 @@ pub fn test(extra: &[String]) -> Result<()> {
         ("curl", "curl"),
         ("dnsmasq", "dnsmasq-base"),
         ("ab", "apache2-utils"),
+        ("tc", "iproute2"),
+        // The OCI runtime tests (tests/tests/oci_*.rs): the engines, runc
+        // for non-Duet images, and criu, without which Podman refuses to
+        // checkpoint (Duet's checkpoints do not use it).
+        ("podman", "podman"),
+        ("containerd", "containerd"),
+        ("runc", "runc"),
+        ("criu", "criu"),
+        // The debugger tests (tests/tests/gdb.rs, coredump.rs).
+        ("gdb", "gdb"),
+        // The docs' examples (tests/tests/docs.rs runs them).
+        ("socat", "socat"),
+        ("ping", "iputils-ping"),
+        ("redis-cli", "redis-tools"),
+        ("redis-server", "redis-server"),
     ])?;
     images(&[])?;
+    let debug_apps: Vec<String> = DEBUG_TEST_APPS.iter().map(|a| a.to_string()).collect();
+    debug_images(&debug_apps)?;
     monitor()?;
     let duet = test_monitor()?;
     run(cargo()
         .current_dir(root())
         .env("DUET_IMAGES", images_dir())
+        .env("DUET_DEBUG_IMAGES", debug_images_dir())
         .env("DUET_BIN", duet)
         .args(["test", "--workspace"])
         .args(extra))?;
@@ -189,5 +255,7 @@ fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing))
-    .context("installing test tools (the network tests use them)")
+    .context(
+        "installing test tools (the network, OCI, kvd and debugger tests and the docs' examples use them)",
+    )
 }

@@ -22,9 +22,10 @@ fn connect_error(path: &Path, e: std::io::Error) -> ApiError {
             };
             ApiError::Missing { path: shown, hint }
         }
-        Ok(m) if m.is_dir() => ApiError::Directory(shown),
-        Ok(m) if !m.file_type().is_socket() => ApiError::NotSocket(shown),
+        Ok(m) if m.is_dir() => ApiError::CtlDirectory(shown),
+        Ok(m) if !m.file_type().is_socket() => ApiError::CtlNotSocket(shown),
         Ok(_) if e.raw_os_error() == Some(libc::ECONNREFUSED) => ApiError::Dead(shown),
+        Ok(_) if e.raw_os_error() == Some(libc::EPROTOTYPE) => ApiError::OtherSocket(shown),
         Ok(_) => ApiError::Io {
             path: shown,
             why: e.to_string(),

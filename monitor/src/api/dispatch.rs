@@ -4,6 +4,7 @@
 //! sending its own jobs.
 
 use super::wire::{millis, ProgressLine, Request, Response};
+use crate::debug;
 use crate::migration::{self, MigrateRequest};
 use crate::vmm::{Control, Vmm};
 use std::path::PathBuf;
@@ -22,6 +23,20 @@ pub fn serve(ctl: &Control, req: Request, out: &mut impl std::io::Write) -> Resp
         Request::Status => ctl.on_vcpu(status),
         Request::Snapshot { dir } => ctl.on_vcpu(move |vmm| snapshot(vmm, PathBuf::from(dir))),
         Request::Migrate(m) => return migrate(ctl, &m, out),
+        Request::Gdb { addr } => ctl.on_vcpu(move |vmm| match debug::listen(vmm, &addr) {
+            Ok(at) => Response {
+                gdb: Some(at.to_string()),
+                ..Response::ok()
+            },
+            Err(e) => Response::err(e.to_string()),
+        }),
+        Request::Core { path } => ctl.on_vcpu(move |vmm| match debug::dump(vmm, path.as_ref()) {
+            Ok(bytes) => Response {
+                core_bytes: Some(bytes),
+                ..Response::ok()
+            },
+            Err(e) => Response::err(e),
+        }),
     };
     r.unwrap_or_else(|_| Response {
         state: Some("exited".into()),
@@ -45,7 +60,8 @@ fn status(vmm: &mut Vmm) -> Response {
 }
 
 fn snapshot(vmm: &mut Vmm, dir: PathBuf) -> Response {
-    match crate::snapshot::save(vmm, &dir) {
+    // GDB's breakpoints are the monitor's, not the guest's: not in the copy.
+    match debug::without_breakpoints(vmm, |vmm| crate::snapshot::save(vmm, &dir)) {
         Ok(stats) => Response {
             state: Some(vmm.state_name().into()),
             snapshot_ms: Some(millis(stats.elapsed)),
@@ -58,6 +74,14 @@ fn snapshot(vmm: &mut Vmm, dir: PathBuf) -> Response {
 
 /// Runs a migration, writing one `{"progress":{...}}` line per round.
 fn migrate(ctl: &Control, req: &MigrateRequest, out: &mut impl std::io::Write) -> Response {
+    // GDB's breakpoints live in the guest's text, which is about to be
+    // copied page by page while the guest runs: not under a debugger.
+    if ctl.on_vcpu(debug::attached) == Ok(true) {
+        return Response {
+            state: ctl.on_vcpu(|vmm| vmm.state_name().to_string()).ok(),
+            ..Response::err("GDB is attached to the guest (its breakpoints are in the guest's text); detach it, then migrate")
+        };
+    }
     let mut report = |p: &migration::Progress| {
         let line = ProgressLine {
             progress: p.clone(),

@@ -23,6 +23,10 @@ pub enum ApiError {
     /// Another monitor serves this path.
     #[error("control socket {0} is in use by another duet; pick another path")]
     InUse(String),
+    /// A socket of another kind (datagram, ...) is at the path: another
+    /// program's, never a duet's.
+    #[error("{0} is another program's socket (not a stream socket, so no duet serves it); give --api a path of its own, and `duet ctl` the path given to --api")]
+    OtherSocket(String),
     /// A directory is in the way.
     #[error("{0} is a directory; give --api the path of a socket to create (e.g. {0}/duet.sock)")]
     Directory(String),
@@ -30,13 +34,21 @@ pub enum ApiError {
     #[error("{0} exists and is not a socket; remove it yourself or pick another path (duet only replaces a stale socket)")]
     NotSocket(String),
     /// Binding failed.
-    #[error("cannot create control socket {path}: {why}")]
+    #[error("cannot create control socket {path}: {why}; give --api a path in a directory you may write")]
     Bind {
         /// The path.
         path: String,
         /// The OS's reason.
         why: String,
     },
+    /// `duet ctl` was given a directory.
+    #[error("{0} is a directory, not a control socket; give `duet ctl` the path given to --api")]
+    CtlDirectory(String),
+    /// `duet ctl` was given something that is not a socket.
+    #[error(
+        "{0} is not a socket (a file of another kind); give `duet ctl` the path given to --api"
+    )]
+    CtlNotSocket(String),
     /// Nothing at the path.
     #[error("no control socket at {path}{hint}; is the guest running with --api {path}?")]
     Missing {
@@ -100,6 +112,7 @@ fn clear(path: &Path) -> Result<(), ApiError> {
     }
     match UnixStream::connect(path) {
         Ok(_) => Err(ApiError::InUse(shown())),
+        Err(e) if e.raw_os_error() == Some(libc::EPROTOTYPE) => Err(ApiError::OtherSocket(shown())),
         Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
             // A socket left behind by a monitor that died.
             std::fs::remove_file(path).map_err(|e| ApiError::Bind {

@@ -23,6 +23,17 @@ pub enum Request {
     /// Live-migrate the guest (served on the connection's own thread,
     /// streaming progress lines first).
     Migrate(MigrateRequest),
+    /// Serve GDB's remote protocol on this `ADDRESS:PORT`
+    /// (`docs/debugging.md`).
+    Gdb {
+        /// Where to listen (port 0: a free one).
+        addr: String,
+    },
+    /// Write an ELF core file of the guest to this path.
+    Core {
+        /// The file to write (replaced atomically).
+        path: String,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -66,6 +77,12 @@ pub struct Response {
     /// Migrate: what the migration did.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub migration: Option<Summary>,
+    /// Gdb: the address GDB connects to (its real port when 0 was given).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub gdb: Option<String>,
+    /// Core: the core file's size in bytes.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub core_bytes: Option<u64>,
 }
 
 impl Response {
@@ -119,6 +136,10 @@ mod tests {
             Request::Resume,
             Request::Status,
             Request::Snapshot { dir: "/x".into() },
+            Request::Gdb {
+                addr: "127.0.0.1:0".into(),
+            },
+            Request::Core { path: "/c".into() },
         ] {
             let t = serde_json::to_string(&r).unwrap();
             assert_eq!(serde_json::from_str::<Request>(&t).unwrap(), r);

@@ -17,8 +17,13 @@ const ENTRY: usize = 40;
 
 fn cache_path() -> Option<PathBuf> {
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) => PathBuf::from(d),
+    // Only an absolute runtime directory: an empty or relative one (a
+    // container engine's environment) would drop the file into the cwd.
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.is_absolute());
+    let dir = match runtime {
+        Some(d) => d,
         // SAFETY: geteuid has no preconditions.
         None if unsafe { libc::geteuid() } == 0 => PathBuf::from("/run/duet"),
         None => return None,

@@ -21,8 +21,14 @@ use x86_64::VirtAddr;
 /// TSS size without the I/O bitmap.
 const TSS_SIZE: u64 = size_of::<TaskStateSegment>() as u64;
 const _: () = assert!(TSS_SIZE == 104);
-/// I/O bitmap: one bit per port plus the mandatory trailing 0xff byte.
-const IOMAP_SIZE: u64 = 65536 / 8 + 1;
+/// Highest port a hypercall's 4-byte `out` touches (its 4 ports are checked).
+const LAST_OPEN_PORT: u64 = (PORT_BASE + PORT_COUNT + 3) as u64;
+/// I/O bitmap: one bit per port up to the last open one, plus the mandatory
+/// trailing 0xff byte. Ports past the TSS limit are denied by the CPU as if
+/// their bits were set, so the bitmap stops there: one page written at
+/// boot instead of three.
+const IOMAP_SIZE: u64 = LAST_OPEN_PORT / 8 + 2;
+const _: () = assert!(TSS_SIZE + IOMAP_SIZE <= duet_abi::PAGE_SIZE);
 /// TSS limit (last valid byte offset).
 pub const TSS_LIMIT: u64 = TSS_SIZE + IOMAP_SIZE - 1;
 
@@ -74,7 +80,7 @@ pub fn write_tables(mem: &GuestMem, gates: &[Gate; IDT_GATES]) -> Result<(), Mem
         )
     };
     mem.write_bytes(Gpa(layout::TSS), tss_bytes)?;
-    let mut bitmap = vec![0xffu8; IOMAP_SIZE as usize];
+    let mut bitmap = [0xffu8; IOMAP_SIZE as usize];
     // A 4-byte `out` checks the bits of all four ports it covers, so open
     // three more past the last hypercall port.
     for port in PORT_BASE..PORT_BASE + PORT_COUNT + 3 {
@@ -121,6 +127,19 @@ fn segment(selector: u16, code: bool) -> kvm_segment {
 pub fn ring3_code_and_stack(sregs: &mut kvm_sregs) {
     sregs.cs = segment(selector::USER_CODE, true);
     sregs.ss = segment(selector::USER_DATA, false);
+}
+
+/// RFLAGS bits a ring-3 context may carry (arithmetic flags, TF, DF, RF,
+/// AC, ID). IF, IOPL, NT and VM never reach the guest: it runs with
+/// interrupts off and IOPL 0, and could not have set them itself.
+pub const USER_RFLAGS: u64 =
+    0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x100 | 0x400 | 0x800 | (1 << 16) | (1 << 18) | (1 << 21);
+/// RFLAGS bit 1 reads as one.
+const RFLAGS_FIXED: u64 = 0x2;
+
+/// `rflags` with only what a ring-3 context may carry.
+pub fn user_rflags(rflags: u64) -> u64 {
+    (rflags & USER_RFLAGS) | RFLAGS_FIXED
 }
 
 /// Fills the special registers for 64-bit ring 3 with our tables.

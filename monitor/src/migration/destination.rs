@@ -4,6 +4,7 @@
 //! that drops everything: nothing was run.
 
 use super::protocol::{self, Kind};
+use super::session::{Role, Session, Transcript};
 use super::{wall_ns, MigrateError};
 use crate::compat::{self, TscCheck};
 use crate::devices::block::DiskSpec;
@@ -119,8 +120,8 @@ fn open_copies(h: &protocol::Hello, disks: &[DiskSpec]) -> Result<Vec<(File, u64
     Ok(out)
 }
 
-fn refuse(s: &mut TcpStream, why: String) -> MigrateError {
-    let _ = protocol::write_frame(s, Kind::Refuse, why.as_bytes());
+/// A refusal; [`incoming`] tells the source `why`.
+fn refuse(why: String) -> MigrateError {
     MigrateError::Rejected(why)
 }
 
@@ -139,7 +140,7 @@ pub fn incoming(
 ) -> Result<Vmm, MigrateError> {
     let key = protocol::read_key(key_file)?;
     let kvm = Arc::new(crate::kvm::open(kvm_device).map_err(state_err)?);
-    let listener = TcpListener::bind(addr).map_err(MigrateError::Connection)?;
+    let listener = TcpListener::bind(addr).map_err(|e| MigrateError::listen(addr, e))?;
     log::info!("waiting for a guest on {addr}");
     let (mut s, peer) = listener.accept().map_err(MigrateError::Connection)?;
     drop(listener);
@@ -149,28 +150,37 @@ pub fn incoming(
     s.set_write_timeout(Some(IO_TIMEOUT))
         .map_err(MigrateError::Connection)?;
     s.set_nodelay(true).map_err(MigrateError::Connection)?;
-    match receive(&mut s, &key, kvm, (disks, nets), ctl) {
+    let mut session = None;
+    match receive(&mut s, &key, kvm, (disks, nets), ctl, &mut session) {
         Ok(vm) => Ok(vm),
         Err(e) => {
-            // Tell the source why (best effort) unless it already knows.
-            if !matches!(
-                e,
-                MigrateError::Refused(_) | MigrateError::Rejected(_) | MigrateError::Connection(_)
-            ) {
-                let _ = protocol::write_frame(&mut s, Kind::Refuse, e.to_string().as_bytes());
+            // Tell the source why (best effort) unless it already knows:
+            // sealed once the session exists, plain during the handshake.
+            let why = match &e {
+                MigrateError::Refused(_) | MigrateError::Connection(_) => None,
+                MigrateError::Rejected(why) => Some(why.clone()),
+                e => Some(e.to_string()),
+            };
+            if let Some(why) = why {
+                let _ = match session.as_mut() {
+                    Some(sess) => sess.write(&mut s, Kind::Refuse, why.as_bytes()),
+                    None => protocol::write_frame(&mut s, Kind::Refuse, why.as_bytes()),
+                };
             }
             Err(e)
         }
     }
 }
 
-/// One attempt on an accepted connection.
+/// One attempt on an accepted connection; `session` is set once the
+/// handshake is done (every later frame is sealed).
 fn receive(
     s: &mut TcpStream,
     key: &[u8],
     kvm: Arc<Kvm>,
     (disks, nets): (&[DiskSpec], &[NetConfig]),
     ctl: Arc<Control>,
+    session: &mut Option<Session>,
 ) -> Result<Vmm, MigrateError> {
     // Test hooks (docs/migration.md; `test-hooks` builds only): die
     // mid-pre-copy, or lose the commit ack.
@@ -179,45 +189,51 @@ fn receive(
     #[cfg(not(feature = "test-hooks"))]
     let hook: Option<String> = None;
     // Handshake: prove we hold the key, make the source prove it, then check.
-    let hello: protocol::Hello = protocol::read_frame(s)?.expect(Kind::Hello)?.decode()?;
+    let mut t = Transcript::default();
+    let hello: protocol::Hello = t.recv(s)?.expect(Kind::Hello)?.decode()?;
     if hello.magic != protocol::MAGIC || hello.protocol != protocol::PROTOCOL_VERSION {
-        return Err(refuse(
-            s,
-            format!(
-                "migration protocol version {} is not this duet's {}",
-                hello.protocol,
-                protocol::PROTOCOL_VERSION
-            ),
-        ));
+        return Err(refuse(format!(
+            "migration protocol version {} is not this duet's {}",
+            hello.protocol,
+            protocol::PROTOCOL_VERSION
+        )));
     }
     let nonce = protocol::nonce();
     let ch = protocol::Challenge {
         nonce,
-        mac: protocol::mac(key, b"dst", &hello.nonce, &nonce),
+        mac: protocol::mac(key, b"dst", &t.hash(), &nonce),
     };
-    protocol::send(s, Kind::Challenge, &ch)?;
-    let auth: protocol::Auth = protocol::read_frame(s)?.expect(Kind::Auth)?.decode()?;
-    if !protocol::verify(key, b"src", &hello.nonce, &nonce, &auth.mac) {
+    t.send(s, Kind::Challenge, &ch)?;
+    let after_challenge = t.hash();
+    let auth: protocol::Auth = t.recv(s)?.expect(Kind::Auth)?.decode()?;
+    // The proof covers the Hello: nothing in it is acted on before this.
+    if !protocol::verify(key, b"src", &after_challenge, &[], &auth.mac) {
         return Err(refuse(
-            s,
-            "the source does not hold the migration key (check --migration-key-file on both sides)"
+            "the source does not hold the migration key (check --migration-key-file on both sides), or the handshake was altered on the way"
                 .into(),
         ));
     }
+    let sess = session.insert(Session::new(
+        key,
+        Role::Destination,
+        &hello.nonce,
+        &nonce,
+        &t.hash(),
+    ));
     if let Err(why) = compatible(&kvm, &hello, disks, nets) {
-        return Err(refuse(s, format!("incompatible: {why}")));
+        return Err(refuse(format!("incompatible: {why}")));
     }
     // --copy-disks: the copies are ours from the start (locked now).
     let copies = if hello.copy_disks {
         match open_copies(&hello, disks) {
             Ok(c) => c,
-            Err(why) => return Err(refuse(s, why)),
+            Err(why) => return Err(refuse(why)),
         }
     } else {
         Vec::new()
     };
     let capacities: Vec<u64> = copies.iter().map(|c| c.1).collect();
-    protocol::write_frame(s, Kind::Accept, &[])?;
+    sess.write(s, Kind::Accept, &[])?;
 
     // Pre-copy and stop: pages until the state arrives.
     let mem = GuestMem::new(hello.mem_size).map_err(state_err)?;
@@ -227,7 +243,7 @@ fn receive(
     let mut spare = Vec::new();
     let zero_page = [0u8; PAGE_SIZE as usize];
     let end: protocol::StateEnd = loop {
-        let f = protocol::read_frame_into(&mut r, std::mem::take(&mut spare))?;
+        let f = sess.read_into(&mut r, std::mem::take(&mut spare))?;
         match f.kind {
             Kind::Pages | Kind::ZeroPages => {
                 let zero = f.kind == Kind::ZeroPages;
@@ -268,7 +284,7 @@ fn receive(
                     log::error!("DUET_MIGRATE_DEST_FAIL=crash: aborting (test hook)");
                     std::process::abort();
                 }
-                protocol::write_frame(s, Kind::SyncAck, &[])?
+                sess.write(s, Kind::SyncAck, &[])?
             }
             _ => {
                 f.expect(Kind::StateEnd)?;
@@ -319,10 +335,10 @@ fn receive(
         blob.len() >> 10,
         loaded_at.elapsed().as_secs_f64() * 1e3
     );
-    protocol::write_frame(s, Kind::Ready, &[])?;
+    sess.write(s, Kind::Ready, &[])?;
 
     // Commit: from here the guest is ours; before it, nothing ran.
-    protocol::read_frame(&mut r)?.expect(Kind::Commit)?;
+    sess.read(&mut r)?.expect(Kind::Commit)?;
     // The source dropped its disk locks at stop (after flushing); the
     // guest is ours now, so take them. (Copies: the lock moves from the
     // descriptor that wrote them to the device's.) Failing means another
@@ -339,7 +355,7 @@ fn receive(
     if hook.as_deref() == Some("ack") {
         log::warn!("DUET_MIGRATE_DEST_FAIL=ack: dropping the commit acknowledgement (test hook)");
         let _ = s.shutdown(std::net::Shutdown::Both);
-    } else if let Err(e) = protocol::send(s, Kind::CommitAck, &ack) {
+    } else if let Err(e) = sess.send(s, Kind::CommitAck, &ack) {
         log::warn!("commit acknowledgement not sent ({e}); running the guest anyway");
     }
     Ok(vmm)

@@ -14,6 +14,7 @@
 pub mod destination;
 pub mod protocol;
 mod sender;
+pub mod session;
 pub mod source;
 
 pub use crate::contract::migration::{FAIL_PHASES, MAX_ROUNDS, STALL_ROUNDS};
@@ -25,13 +26,39 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum MigrateError {
     /// The connection failed or timed out.
-    #[error("connection to the peer failed: {0}; check the address, that `duet run --incoming` listens there, and the network")]
+    #[error("{}", connection_failed(.0))]
     Connection(std::io::Error),
+    /// The source could not connect to the destination.
+    #[error("cannot connect to the destination: {0}; check the address, that `duet run --incoming` listens there, and the network")]
+    Connect(std::io::Error),
+    /// The destination cannot listen on its `--incoming` address.
+    #[error("cannot listen on {addr}: {why}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The OS's reason and the remedy.
+        why: String,
+    },
+    /// The other side hung up or stopped answering in the middle of a
+    /// migration ([`MigrateError::lost`]).
+    #[error("the {peer} {what} {when}")]
+    Lost {
+        /// "source" or "destination".
+        peer: &'static str,
+        /// "hung up" or "stopped answering".
+        what: &'static str,
+        /// When: "during pre-copy", "before commit", ...
+        when: &'static str,
+    },
     /// The peer sent something that is not valid protocol.
     #[error(
         "protocol error: {0}; the peer is not a compatible duet (or the stream was corrupted)"
     )]
     Protocol(String),
+    /// A sealed frame failed its checks: changed, dropped, replayed,
+    /// reordered, or from another session.
+    #[error("the migration stream was tampered with: {0}; something on the path between the hosts changes, drops, replays or reorders data: find and remove it, then retry")]
+    Integrity(String),
     /// The peer refused.
     #[error("refused by the peer: {0}")]
     Refused(String),
@@ -63,6 +90,55 @@ pub enum MigrateError {
     /// the guest, so the source keeps it paused.
     #[error("commit was sent but not acknowledged ({0}); the destination may be running the guest, so it stays paused here: resume it (`duet ctl SOCKET resume`) only if the destination is not running it")]
     Unknown(String),
+}
+
+/// A connection error in the user's terms.
+fn connection_failed(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::UnexpectedEof => "the peer closed the connection".into(),
+        K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => {
+            "the peer reset the connection".into()
+        }
+        K::WouldBlock | K::TimedOut => "the peer stopped answering (timed out)".into(),
+        _ => format!("the connection failed: {e}"),
+    }
+}
+
+impl MigrateError {
+    /// Says a connection error in the middle of a migration as what it
+    /// means: the `peer` ("source" or "destination") hung up or stopped
+    /// answering `when` ("during pre-copy"). Other errors are returned as
+    /// they are.
+    pub fn lost(self, peer: &'static str, when: &'static str) -> MigrateError {
+        use std::io::ErrorKind as K;
+        let MigrateError::Connection(e) = &self else {
+            return self;
+        };
+        let what = match e.kind() {
+            K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => {
+                "hung up"
+            }
+            K::WouldBlock | K::TimedOut => "stopped answering",
+            _ => return self,
+        };
+        MigrateError::Lost { peer, what, when }
+    }
+
+    /// `duet run --incoming ADDR` cannot listen on `addr`.
+    pub fn listen(addr: &str, e: std::io::Error) -> MigrateError {
+        use std::io::ErrorKind as K;
+        let remedy = match e.kind() {
+            K::AddrInUse => "something already listens there (another `duet run --incoming`?); pick another port or stop it",
+            K::AddrNotAvailable => "no interface of this host has that address; give one of its addresses, or 0.0.0.0",
+            K::PermissionDenied => "ports below 1024 need privileges; pick a higher port",
+            _ => "check the address",
+        };
+        MigrateError::Listen {
+            addr: addr.into(),
+            why: format!("{e}; {remedy}"),
+        }
+    }
 }
 
 /// `duet ctl SOCKET migrate ...` as sent over the control socket.

@@ -1,11 +1,16 @@
 //! The wire protocol: frames, messages and the key handshake.
 //!
-//! Every frame is a 16-byte header (kind `u8`, three zero bytes, payload
-//! length `u32`, CRC32 of kind + length + payload `u32`, zero `u32`) then
-//! the payload. A frame longer than its kind allows, a bad CRC or an
-//! unknown kind ends the attempt. Control payloads are postcard-encoded
-//! structs; page payloads are raw (see [`encode_pages`]). All numbers here
-//! are the protocol's single source of truth; `docs/migration.md` mirrors them.
+//! Every frame is a 16-byte header then the payload. The three handshake
+//! frames (Hello, Challenge, Auth) and a refusal during the handshake are
+//! plain: kind `u8`, three zero bytes, payload length `u32`, CRC32 of kind +
+//! length + payload `u32`, zero `u32`. Every frame after the handshake is
+//! sealed ([`super::session`]): kind `u8`, three zero bytes, payload length
+//! `u32`, frame number `u64`, then the AES-256-GCM ciphertext of the payload
+//! and a [`TAG_LEN`]-byte tag. A frame longer than its kind allows, a bad
+//! CRC or tag, an unexpected frame number or an unknown kind ends the
+//! attempt. Control payloads are postcard-encoded structs; page payloads are
+//! raw (see [`decode_pages`]). All numbers here are the protocol's single
+//! source of truth; `docs/migration.md` mirrors them.
 
 use super::MigrateError;
 use hmac::{Hmac, Mac};
@@ -25,7 +30,7 @@ pub const MAX_PAGES_PER_FRAME: u64 = 256;
 /// Largest control payload (hello, state chunks, ...).
 pub const MAX_CONTROL_PAYLOAD: u32 = 1 << 20;
 /// Largest page payload: a 16-byte run header and the pages.
-pub const MAX_PAGES_PAYLOAD: u32 = 16 + (MAX_PAGES_PER_FRAME as u32) * 4096;
+pub const MAX_PAGES_PAYLOAD: u32 = PAGES_HEADER as u32 + (MAX_PAGES_PER_FRAME as u32) * 4096;
 /// Largest disk run per [`Kind::Disk`] or [`Kind::DiskZero`] frame (bytes).
 pub const MAX_DISK_RUN: u64 = 1 << 20;
 /// Disk run header: disk `u32`, zero `u32`, offset `u64`, length `u64`.
@@ -38,6 +43,18 @@ pub const MAX_STATE: u64 = 256 << 20;
 pub const MIN_KEY_LEN: usize = 16;
 /// Nonce length for the challenge-response.
 pub const NONCE_LEN: usize = 32;
+/// The authentication tag after a sealed frame's payload.
+pub const TAG_LEN: usize = 16;
+/// Bytes a sealed frame adds to its payload on the wire.
+pub const SEALED_OVERHEAD: usize = FRAME_HEADER + TAG_LEN;
+/// Page-run header: first page `u64`, count `u64`.
+pub const PAGES_HEADER: usize = 16;
+/// The handshake transcript hash starts with this (domain separation).
+pub const TRANSCRIPT_LABEL: &[u8] = b"duet migration 3 transcript";
+/// HKDF-Expand info for the source → destination key.
+pub const KEY_LABEL_S2D: &[u8] = b"duet migration 3 source to destination";
+/// HKDF-Expand info for the destination → source key.
+pub const KEY_LABEL_D2S: &[u8] = b"duet migration 3 destination to source";
 
 /// Frame kinds.
 #[repr(u8)]
@@ -81,7 +98,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn from_u8(v: u8) -> Option<Kind> {
+    pub(super) fn from_u8(v: u8) -> Option<Kind> {
         use Kind::*;
         [
             Hello, Challenge, Auth, Accept, Refuse, Pages, ZeroPages, State, StateEnd, Ready,
@@ -91,7 +108,8 @@ impl Kind {
         .find(|k| *k as u8 == v)
     }
 
-    fn max_len(self) -> u32 {
+    /// The longest payload a frame of this kind may carry.
+    pub fn max_len(self) -> u32 {
         match self {
             Kind::Pages => MAX_PAGES_PAYLOAD,
             Kind::Disk => DISK_HEADER as u32 + MAX_DISK_RUN as u32,
@@ -131,14 +149,16 @@ pub struct Hello {
 pub struct Challenge {
     /// The destination's nonce.
     pub nonce: [u8; NONCE_LEN],
-    /// HMAC-SHA256(key, "dst" ‖ source nonce ‖ destination nonce).
+    /// HMAC-SHA256(key, "dst" ‖ transcript hash after Hello ‖ destination
+    /// nonce): the Hello (and so the source's nonce) is covered.
     pub mac: Vec<u8>,
 }
 
 /// The source's proof.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Auth {
-    /// HMAC-SHA256(key, "src" ‖ source nonce ‖ destination nonce).
+    /// HMAC-SHA256(key, "src" ‖ transcript hash after Challenge): the
+    /// destination knows the Hello it acts on is the source's own.
     pub mac: Vec<u8>,
 }
 
@@ -163,6 +183,7 @@ pub struct CommitAck {
 }
 
 /// One frame read off the wire.
+#[derive(Debug)]
 pub struct Frame {
     /// Its kind.
     pub kind: Kind,
@@ -185,27 +206,6 @@ fn crc_parts(kind: u8, parts: &[&[u8]]) -> u32 {
     h.finalize()
 }
 
-/// Writes one frame whose payload is `head` then `body`, without copying
-/// `body` (page data goes from guest memory straight to the socket).
-pub fn write_frame2(
-    w: &mut impl Write,
-    kind: Kind,
-    head: &[u8],
-    body: &[u8],
-) -> Result<(), MigrateError> {
-    let len = head.len() + body.len();
-    debug_assert!(len <= kind.max_len() as usize);
-    let mut h = Vec::with_capacity(FRAME_HEADER + head.len());
-    h.push(kind as u8);
-    h.extend_from_slice(&[0; 3]);
-    h.extend_from_slice(&(len as u32).to_le_bytes());
-    h.extend_from_slice(&crc_parts(kind as u8, &[head, body]).to_le_bytes());
-    h.extend_from_slice(&[0; 4]);
-    h.extend_from_slice(head);
-    w.write_all(&h).map_err(MigrateError::Connection)?;
-    w.write_all(body).map_err(MigrateError::Connection)
-}
-
 /// Writes one frame (header and payload in one buffer: one syscall).
 pub fn write_frame(w: &mut impl Write, kind: Kind, payload: &[u8]) -> Result<(), MigrateError> {
     debug_assert!(payload.len() <= kind.max_len() as usize);
@@ -219,11 +219,50 @@ pub fn write_frame(w: &mut impl Write, kind: Kind, payload: &[u8]) -> Result<(),
     w.write_all(&buf).map_err(MigrateError::Connection)
 }
 
-/// Writes a postcard-encoded message.
+/// A message's postcard encoding, as a `kind` frame carries it.
+pub fn encode<T: Serialize>(kind: Kind, msg: &T) -> Result<Vec<u8>, MigrateError> {
+    postcard::to_stdvec(msg)
+        .map_err(|e| MigrateError::Protocol(format!("cannot encode {kind:?}: {e}")))
+}
+
+/// Writes a postcard-encoded message in a plain frame.
 pub fn send<T: Serialize>(w: &mut impl Write, kind: Kind, msg: &T) -> Result<(), MigrateError> {
-    let bytes = postcard::to_stdvec(msg)
-        .map_err(|e| MigrateError::Protocol(format!("cannot encode {kind:?}: {e}")))?;
-    write_frame(w, kind, &bytes)
+    write_frame(w, kind, &encode(kind, msg)?)
+}
+
+/// Checks what plain and sealed headers share: a known kind, zero reserved
+/// bytes, a length within the kind's limit (before anything is allocated).
+fn check_header(h: &[u8; FRAME_HEADER]) -> Result<(Kind, u32), MigrateError> {
+    let kind = Kind::from_u8(h[0])
+        .ok_or_else(|| MigrateError::Protocol(format!("unknown frame kind {}", h[0])))?;
+    if h[1..4] != [0; 3] {
+        return Err(MigrateError::Protocol("malformed frame header".into()));
+    }
+    let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    if len > kind.max_len() {
+        return Err(MigrateError::Protocol(format!(
+            "{kind:?} frame of {len} bytes exceeds the limit of {}",
+            kind.max_len()
+        )));
+    }
+    Ok((kind, len))
+}
+
+/// A sealed frame's header: kind, length, frame number. It is also the
+/// frame's associated data, so none of it can change unnoticed.
+pub fn sealed_header(kind: Kind, len: u32, number: u64) -> [u8; FRAME_HEADER] {
+    let mut h = [0u8; FRAME_HEADER];
+    h[0] = kind as u8;
+    h[4..8].copy_from_slice(&len.to_le_bytes());
+    h[8..].copy_from_slice(&number.to_le_bytes());
+    h
+}
+
+/// Parses a sealed frame's header: `(kind, payload length, frame number)`.
+pub fn parse_sealed_header(h: &[u8; FRAME_HEADER]) -> Result<(Kind, u32, u64), MigrateError> {
+    let (kind, len) = check_header(h)?;
+    let number = u64::from_le_bytes(h[8..].try_into().expect("8 bytes"));
+    Ok((kind, len, number))
 }
 
 /// Reads one frame, checking kind, length and CRC before trusting anything.
@@ -236,19 +275,11 @@ pub fn read_frame(r: &mut impl Read) -> Result<Frame, MigrateError> {
 pub fn read_frame_into(r: &mut impl Read, mut payload: Vec<u8>) -> Result<Frame, MigrateError> {
     let mut h = [0u8; FRAME_HEADER];
     r.read_exact(&mut h).map_err(MigrateError::Connection)?;
-    let kind = Kind::from_u8(h[0])
-        .ok_or_else(|| MigrateError::Protocol(format!("unknown frame kind {}", h[0])))?;
-    if h[1..4] != [0; 3] || h[12..16] != [0; 4] {
+    let (kind, len) = check_header(&h)?;
+    if h[12..16] != [0; 4] {
         return Err(MigrateError::Protocol("malformed frame header".into()));
     }
-    let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
     let want = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
-    if len > kind.max_len() {
-        return Err(MigrateError::Protocol(format!(
-            "{kind:?} frame of {len} bytes exceeds the limit of {}",
-            kind.max_len()
-        )));
-    }
     payload.clear();
     payload.resize(len as usize, 0);
     r.read_exact(&mut payload)
@@ -300,8 +331,8 @@ pub fn refusal(payload: &[u8]) -> String {
 }
 
 /// Encodes the header of a run of `count` pages starting at page `first`.
-pub fn pages_header(first: u64, count: u64) -> [u8; 16] {
-    let mut h = [0u8; 16];
+pub fn pages_header(first: u64, count: u64) -> [u8; PAGES_HEADER] {
+    let mut h = [0u8; PAGES_HEADER];
     h[..8].copy_from_slice(&first.to_le_bytes());
     h[8..].copy_from_slice(&count.to_le_bytes());
     h
@@ -315,12 +346,12 @@ pub fn decode_pages(
     zero: bool,
 ) -> Result<(u64, u64, &[u8]), MigrateError> {
     let bad = |why: &str| MigrateError::Protocol(format!("bad page run: {why}"));
-    if payload.len() < 16 {
+    if payload.len() < PAGES_HEADER {
         return Err(bad("short header"));
     }
     let first = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
     let count = u64::from_le_bytes(payload[8..16].try_into().expect("8 bytes"));
-    let data = &payload[16..];
+    let data = &payload[PAGES_HEADER..];
     match first.checked_add(count) {
         Some(end) if end <= mem_pages && count > 0 => {}
         _ => return Err(bad("pages outside guest memory")),
@@ -383,7 +414,7 @@ pub fn decode_disk<'a>(
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// HMAC-SHA256(key, label ‖ a ‖ b).
+/// HMAC-SHA256(key, label ‖ a ‖ b) (the handshake's proofs).
 pub fn mac(key: &[u8], label: &[u8], a: &[u8], b: &[u8]) -> Vec<u8> {
     let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
     m.update(label);
@@ -443,9 +474,6 @@ mod tests {
         write_frame(&mut buf, Kind::Refuse, b"no").unwrap();
         let f = read_frame(&mut &buf[..]).unwrap();
         assert_eq!((f.kind, &f.payload[..]), (Kind::Refuse, &b"no"[..]));
-        let mut two = Vec::new();
-        write_frame2(&mut two, Kind::Refuse, b"n", b"o").unwrap();
-        assert_eq!(two, buf);
         for i in 0..buf.len() {
             let mut b = buf.clone();
             b[i] ^= 0x40;

@@ -3,22 +3,43 @@
 //! Runs on the migration thread; the vCPU thread is reached only through
 //! [`Step`] requests.
 
-use super::protocol::{self, Kind};
-use super::source::{stop_guest, Handoff};
+use super::protocol::{self, Frame, Kind, FRAME_HEADER, PAGES_HEADER, SEALED_OVERHEAD, TAG_LEN};
+use super::session::{Role, Session, Transcript};
 use super::{ms, MigrateError, MigrateRequest, Progress, Summary, MAX_ROUNDS, STALL_ROUNDS};
-use crate::memory::DirtySet;
-use crate::vmm::Control;
+use crate::devices::CopySource;
+use crate::memory::{DirtySet, HostDirty, MemReader};
+use crate::vm::DirtyLog;
 use duet_abi::PAGE_SIZE;
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 /// Socket timeout for every read and write.
 const IO_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long to retry connecting while the destination starts.
 const CONNECT_FOR: Duration = Duration::from_secs(5);
 
+/// What the sender reads, handed over by the vCPU thread's start job.
+pub struct Handoff {
+    pub(super) mem: MemReader,
+    pub(super) dirty: DirtyLog,
+    pub(super) host_dirty: Arc<HostDirty>,
+    pub(super) resident: Vec<(u64, u64)>,
+    pub(super) hello: protocol::Hello,
+    /// The disks whose contents are copied (`--copy-disks`), in device order.
+    pub(super) disks: Vec<CopySource>,
+}
+
+/// The stopped guest's state, from the vCPU thread's stop job.
+pub(super) struct Stopped {
+    pub(super) blob: Vec<u8>,
+    pub(super) paused_wall_ns: u64,
+    pub(super) paused_at: Instant,
+}
+
 /// One attempt: what it sends with and what it counted.
 pub(super) struct Attempt<'a> {
-    ctl: &'a Control,
+    /// Pauses the guest and captures it (a job on the vCPU thread).
+    stop: &'a dyn Fn() -> Result<Stopped, MigrateError>,
     req: &'a MigrateRequest,
     key: &'a [u8],
     h: &'a Handoff,
@@ -27,16 +48,65 @@ pub(super) struct Attempt<'a> {
     buf: Vec<u8>,
     /// Disk bytes read for one frame (`--copy-disks`).
     dbuf: Vec<u8>,
+    /// The last phase completed (marked by [`Attempt::cut`]), for
+    /// [`Attempt::phase`].
+    done: Option<&'static str>,
 }
 
 /// Disks are tracked and copied in units of this many bytes.
 const DISK_UNIT: u64 = 4096;
+/// Room before the first page read into the page buffer: a page run is
+/// sealed where it lies, its frame and run headers written just before it
+/// (here, or over the tail of the zero page before it, which is not sent).
+const PAGES_FRONT: usize = FRAME_HEADER + PAGES_HEADER;
+/// The same for disk runs.
+const DISK_FRONT: usize = FRAME_HEADER + protocol::DISK_HEADER;
+
+/// The connection after the handshake: every frame sealed.
+struct Link {
+    tcp: TcpStream,
+    session: Session,
+}
+
+impl Link {
+    fn write(&mut self, kind: Kind, payload: &[u8]) -> Result<(), MigrateError> {
+        let r = self.session.write(&mut self.tcp, kind, payload);
+        self.why_broken(r)
+    }
+
+    /// Seals `frame` in place ([`Session::seal`]) and writes it.
+    fn write_sealed(&mut self, kind: Kind, frame: &mut [u8]) -> Result<(), MigrateError> {
+        use std::io::Write;
+        self.session.seal(kind, frame)?;
+        let r = self.tcp.write_all(frame).map_err(MigrateError::Connection);
+        self.why_broken(r)
+    }
+
+    /// A write failed because the destination hung up: it usually said why
+    /// first (a refused frame, say), so that reason replaces "broken pipe".
+    fn why_broken(&mut self, r: Result<(), MigrateError>) -> Result<(), MigrateError> {
+        let Err(MigrateError::Connection(e)) = r else {
+            return r;
+        };
+        let _ = self.tcp.set_read_timeout(Some(Duration::from_secs(1)));
+        match self.read() {
+            Ok(f) if f.kind == Kind::Refuse => {
+                Err(MigrateError::Refused(protocol::refusal(&f.payload)))
+            }
+            _ => Err(MigrateError::Connection(e)),
+        }
+    }
+
+    fn read(&mut self) -> Result<Frame, MigrateError> {
+        self.session.read(&mut self.tcp)
+    }
+}
 
 fn connect(addr: &str) -> Result<TcpStream, MigrateError> {
     let deadline = Instant::now() + CONNECT_FOR;
     let addrs: Vec<_> = addr
         .to_socket_addrs()
-        .map_err(MigrateError::Connection)?
+        .map_err(MigrateError::Connect)?
         .collect();
     loop {
         let mut last = None;
@@ -48,7 +118,7 @@ fn connect(addr: &str) -> Result<TcpStream, MigrateError> {
         }
         let e = last.unwrap_or_else(|| std::io::Error::other("no address"));
         if e.kind() != std::io::ErrorKind::ConnectionRefused || Instant::now() > deadline {
-            return Err(MigrateError::Connection(e));
+            return Err(MigrateError::Connect(e));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -57,14 +127,14 @@ fn connect(addr: &str) -> Result<TcpStream, MigrateError> {
 impl<'a> Attempt<'a> {
     /// An attempt for `req` with the vCPU thread's hand-over `h`.
     pub(super) fn new(
-        ctl: &'a Control,
+        stop: &'a dyn Fn() -> Result<Stopped, MigrateError>,
         req: &'a MigrateRequest,
         key: &'a [u8],
         h: &'a Handoff,
         progress: &'a mut dyn FnMut(&Progress),
     ) -> Self {
         Attempt {
-            ctl,
+            stop,
             req,
             key,
             h,
@@ -72,12 +142,25 @@ impl<'a> Attempt<'a> {
             progress,
             buf: Vec::new(),
             dbuf: Vec::new(),
+            done: None,
         }
     }
 
-    /// Test hook (`test-hooks` builds): cut the connection at `phase`.
+    /// What the attempt was doing, for errors ("during pre-copy").
+    pub(super) fn phase(&self) -> &'static str {
+        match self.done {
+            None => "during the handshake",
+            Some("handshake" | "precopy") => "during pre-copy",
+            Some("stop") => "while the guest's state was sent",
+            Some(_) => "during commit",
+        }
+    }
+
+    /// Marks `phase` done; test hook (`test-hooks` builds): cut the
+    /// connection there.
     #[cfg(feature = "test-hooks")]
-    fn cut(&self, s: &TcpStream, phase: &str) -> Result<(), MigrateError> {
+    fn cut(&mut self, s: &TcpStream, phase: &'static str) -> Result<(), MigrateError> {
+        self.done = Some(phase);
         if self.req.fail_at.as_deref() == Some(phase) {
             let _ = s.shutdown(std::net::Shutdown::Both);
             return Err(MigrateError::Injected(phase.into()));
@@ -85,28 +168,32 @@ impl<'a> Attempt<'a> {
         Ok(())
     }
 
+    /// Marks `phase` done.
     #[cfg(not(feature = "test-hooks"))]
     #[inline]
-    fn cut(&self, _: &TcpStream, _: &str) -> Result<(), MigrateError> {
+    fn cut(&mut self, _: &TcpStream, phase: &'static str) -> Result<(), MigrateError> {
+        self.done = Some(phase);
         Ok(())
     }
 
-    fn frame(&mut self, s: &mut TcpStream, kind: Kind, payload: &[u8]) -> Result<(), MigrateError> {
-        self.bytes += (protocol::FRAME_HEADER + payload.len()) as u64;
-        protocol::write_frame(s, kind, payload)
+    fn frame(&mut self, s: &mut Link, kind: Kind, payload: &[u8]) -> Result<(), MigrateError> {
+        self.bytes += (SEALED_OVERHEAD + payload.len()) as u64;
+        s.write(kind, payload)
     }
 
     /// Runs the attempt to commit (or the first failure).
     pub(super) fn run(&mut self) -> Result<Summary, MigrateError> {
         let t0 = Instant::now();
-        let mut s = connect(&self.req.addr)?;
-        s.set_nodelay(true).map_err(MigrateError::Connection)?;
-        s.set_read_timeout(Some(IO_TIMEOUT))
+        let mut tcp = connect(&self.req.addr)?;
+        tcp.set_nodelay(true).map_err(MigrateError::Connection)?;
+        tcp.set_read_timeout(Some(IO_TIMEOUT))
             .map_err(MigrateError::Connection)?;
-        s.set_write_timeout(Some(IO_TIMEOUT))
+        tcp.set_write_timeout(Some(IO_TIMEOUT))
             .map_err(MigrateError::Connection)?;
-        self.handshake(&mut s)?;
-        self.cut(&s, "handshake")?;
+        let session = self.handshake(&mut tcp)?;
+        let mut s = Link { tcp, session };
+        s.read()?.expect(Kind::Accept)?;
+        self.cut(&s.tcp, "handshake")?;
 
         // Round 0: every populated page; the destination starts zeroed.
         let start = Instant::now();
@@ -123,11 +210,11 @@ impl<'a> Attempt<'a> {
                 first += per;
             }
         }
-        self.cut(&s, "precopy")?;
+        self.cut(&s.tcp, "precopy")?;
         let (rounds, forced_stop, pending, pending_disks) = self.precopy(&mut s, start)?;
 
         // Stop: the vCPU thread pauses the guest after its last exit.
-        let stopped = stop_guest(self.ctl, self.req.copy_disks)?;
+        let stopped = (self.stop)()?;
         // Pages dirty when pre-copy ended, and since.
         let mut dirty = pending;
         dirty.merge(&self.collect()?);
@@ -142,7 +229,7 @@ impl<'a> Attempt<'a> {
         }
         final_pages += disks.iter().map(DirtySet::count).sum::<u64>();
         self.send_disk_sets(&mut s, &disks)?;
-        self.cut(&s, "stop")?;
+        self.cut(&s.tcp, "stop")?;
         for chunk in stopped.blob.chunks(protocol::MAX_CONTROL_PAYLOAD as usize) {
             self.frame(&mut s, Kind::State, chunk)?;
         }
@@ -151,21 +238,26 @@ impl<'a> Attempt<'a> {
             crc: crc32fast::hash(&stopped.blob),
             paused_wall_ns: stopped.paused_wall_ns,
         };
-        protocol::send(&mut s, Kind::StateEnd, &end)?;
+        self.frame(
+            &mut s,
+            Kind::StateEnd,
+            &protocol::encode(Kind::StateEnd, &end)?,
+        )?;
         let sent = stopped.paused_at.elapsed();
-        protocol::read_frame(&mut s)?.expect(Kind::Ready)?;
+        s.read()?.expect(Kind::Ready)?;
         log::debug!(
             "stopped: {final_pages} pages + {} KiB state sent {:.2} ms after pause, ready at {:.2} ms",
             stopped.blob.len() >> 10,
             ms(sent),
             ms(stopped.paused_at.elapsed())
         );
-        self.cut(&s, "commit")?;
+        self.cut(&s.tcp, "commit")?;
 
         // From here the destination may own the guest.
         let unknown = |e: MigrateError| MigrateError::Unknown(e.to_string());
-        protocol::write_frame(&mut s, Kind::Commit, &[]).map_err(unknown)?;
-        let ack: protocol::CommitAck = protocol::read_frame(&mut s)
+        s.write(Kind::Commit, &[]).map_err(unknown)?;
+        let ack: protocol::CommitAck = s
+            .read()
             .and_then(|f| f.expect(Kind::CommitAck))
             .and_then(|f| f.decode())
             .map_err(unknown)?;
@@ -182,7 +274,10 @@ impl<'a> Attempt<'a> {
         })
     }
 
-    fn handshake(&mut self, s: &mut TcpStream) -> Result<(), MigrateError> {
+    /// Proves the key both ways over a transcript of the handshake and
+    /// returns the session bound to it (the destination's first sealed
+    /// frame, Accept or Refuse, follows).
+    fn handshake(&mut self, s: &mut TcpStream) -> Result<Session, MigrateError> {
         let mut hello = self.h.hello.clone();
         hello.nonce = protocol::nonce();
         #[cfg(feature = "test-hooks")]
@@ -197,19 +292,26 @@ impl<'a> Attempt<'a> {
                 }
             }
         }
-        protocol::send(s, Kind::Hello, &hello)?;
-        let ch: protocol::Challenge = protocol::read_frame(s)?.expect(Kind::Challenge)?.decode()?;
-        if !protocol::verify(self.key, b"dst", &hello.nonce, &ch.nonce, &ch.mac) {
-            let why = "the destination does not hold the migration key";
+        let mut t = Transcript::default();
+        t.send(s, Kind::Hello, &hello)?;
+        let after_hello = t.hash();
+        let ch: protocol::Challenge = t.recv(s)?.expect(Kind::Challenge)?.decode()?;
+        if !protocol::verify(self.key, b"dst", &after_hello, &ch.nonce, &ch.mac) {
+            let why = "the destination does not hold the migration key (or the handshake was altered on the way)";
             let _ = protocol::write_frame(s, Kind::Refuse, why.as_bytes());
             return Err(MigrateError::Rejected(why.into()));
         }
         let auth = protocol::Auth {
-            mac: protocol::mac(self.key, b"src", &hello.nonce, &ch.nonce),
+            mac: protocol::mac(self.key, b"src", &t.hash(), &[]),
         };
-        protocol::send(s, Kind::Auth, &auth)?;
-        protocol::read_frame(s)?.expect(Kind::Accept)?;
-        Ok(())
+        t.send(s, Kind::Auth, &auth)?;
+        Ok(Session::new(
+            self.key,
+            Role::Source,
+            &hello.nonce,
+            &ch.nonce,
+            &t.hash(),
+        ))
     }
 
     /// Dirty rounds until the rest fits the downtime budget or stops
@@ -219,7 +321,7 @@ impl<'a> Attempt<'a> {
     #[allow(clippy::type_complexity)]
     fn precopy(
         &mut self,
-        s: &mut TcpStream,
+        s: &mut Link,
         start: Instant,
     ) -> Result<(u32, bool, DirtySet, Vec<DirtySet>), MigrateError> {
         let budget = self.req.max_downtime_ms as f64;
@@ -231,8 +333,8 @@ impl<'a> Attempt<'a> {
             // Wait until the destination has applied the round: socket
             // buffers must not hide a backlog that would land in the downtime,
             // and the bandwidth measured is then end to end.
-            protocol::write_frame(s, Kind::Sync, &[])?;
-            protocol::read_frame(s)?.expect(Kind::SyncAck)?;
+            s.write(Kind::Sync, &[])?;
+            s.read()?.expect(Kind::SyncAck)?;
             let dirty = self.collect()?;
             let disks = self.collect_disks();
             // Memory pages and disk units alike are 4 KiB to send.
@@ -294,7 +396,7 @@ impl<'a> Attempt<'a> {
             .collect()
     }
 
-    fn send_disk_sets(&mut self, s: &mut TcpStream, sets: &[DirtySet]) -> Result<(), MigrateError> {
+    fn send_disk_sets(&mut self, s: &mut Link, sets: &[DirtySet]) -> Result<(), MigrateError> {
         for (i, set) in sets.iter().enumerate() {
             for (first, count) in set.runs(protocol::MAX_DISK_RUN / DISK_UNIT) {
                 self.send_disk_run(s, i, first, count)?;
@@ -308,7 +410,7 @@ impl<'a> Attempt<'a> {
     /// sub-runs as [`Kind::DiskZero`], the rest as [`Kind::Disk`].
     fn send_disk_run(
         &mut self,
-        s: &mut TcpStream,
+        s: &mut Link,
         i: usize,
         first: u64,
         count: u64,
@@ -321,13 +423,16 @@ impl<'a> Attempt<'a> {
             return Ok(());
         }
         let len = (end - offset) as usize;
+        // [room | the run's bytes | tag room]: each non-zero sub-run is
+        // sealed where it lies (see `send_pages`).
         let mut buf = std::mem::take(&mut self.dbuf);
-        buf.resize(len, 0);
-        if let Err(e) = d.file.read_exact_at(&mut buf, offset) {
+        buf.resize(DISK_FRONT + len + TAG_LEN, 0);
+        let data = &mut buf[DISK_FRONT..DISK_FRONT + len];
+        if let Err(e) = d.file.read_exact_at(data, offset) {
             self.dbuf = buf;
             return Err(MigrateError::State(format!("reading disk {i}: {e}")));
         }
-        let zero: Vec<bool> = buf
+        let zero: Vec<bool> = data
             .chunks(DISK_UNIT as usize)
             .map(|u| u.iter().all(|&b| b == 0))
             .collect();
@@ -344,8 +449,11 @@ impl<'a> Attempt<'a> {
             r = if zero[a] {
                 self.frame(s, Kind::DiskZero, &head)
             } else {
-                self.bytes += (protocol::FRAME_HEADER + head.len() + hi - lo) as u64;
-                protocol::write_frame2(s, Kind::Disk, &head, &buf[lo..hi])
+                let (lo, hi) = (DISK_FRONT + lo, DISK_FRONT + hi);
+                buf[lo - head.len()..lo].copy_from_slice(&head);
+                let frame = &mut buf[lo - DISK_FRONT..hi + TAG_LEN];
+                self.bytes += frame.len() as u64;
+                s.write_sealed(Kind::Disk, frame)
             };
             a = b;
         }
@@ -358,22 +466,32 @@ impl<'a> Attempt<'a> {
     /// destination's memory starts zeroed).
     fn send_run(
         &mut self,
-        s: &mut TcpStream,
+        s: &mut Link,
         first: u64,
         count: u64,
         fresh: bool,
     ) -> Result<(), MigrateError> {
         // One buffer for the whole attempt (taken out so `self` stays free).
         let mut buf = std::mem::take(&mut self.buf);
-        buf.resize((protocol::MAX_PAGES_PER_FRAME * PAGE_SIZE) as usize, 0);
+        buf.resize(
+            PAGES_FRONT + (protocol::MAX_PAGES_PER_FRAME * PAGE_SIZE) as usize + TAG_LEN,
+            0,
+        );
         let r = self.send_pages(s, first, count, fresh, &mut buf);
         self.buf = buf;
         r
     }
 
+    /// Reads pages into `buf` after [`PAGES_FRONT`] bytes of room and seals
+    /// each non-zero sub-run where it lies: its frame and run headers go in
+    /// the 32 bytes before it (the room, or the tail of a zero page: a run
+    /// is as long as it can be, so the page before it is zero and only its
+    /// count is sent) and its tag in the 16 after (the head of the next,
+    /// zero, page, or the room at the end). Guest bytes are copied once,
+    /// from guest memory, and encrypted in place.
     fn send_pages(
         &mut self,
-        s: &mut TcpStream,
+        s: &mut Link,
         first: u64,
         count: u64,
         fresh: bool,
@@ -383,7 +501,7 @@ impl<'a> Attempt<'a> {
         let end = first + count;
         while at < end {
             let n = (end - at).min(protocol::MAX_PAGES_PER_FRAME);
-            let data = &mut buf[..(n * PAGE_SIZE) as usize];
+            let data = &mut buf[PAGES_FRONT..PAGES_FRONT + (n * PAGE_SIZE) as usize];
             self.h
                 .mem
                 .read(at * PAGE_SIZE, data)
@@ -403,11 +521,13 @@ impl<'a> Attempt<'a> {
                     let h = protocol::pages_header(at + i, j - i);
                     self.frame(s, Kind::ZeroPages, &h)?;
                 } else if !z {
-                    let lo = (i * PAGE_SIZE) as usize;
-                    let hi = (j * PAGE_SIZE) as usize;
+                    let lo = PAGES_FRONT + (i * PAGE_SIZE) as usize;
+                    let hi = PAGES_FRONT + (j * PAGE_SIZE) as usize;
                     let head = protocol::pages_header(at + i, j - i);
-                    self.bytes += (protocol::FRAME_HEADER + 16 + hi - lo) as u64;
-                    protocol::write_frame2(s, Kind::Pages, &head, &buf[lo..hi])?;
+                    buf[lo - PAGES_HEADER..lo].copy_from_slice(&head);
+                    let frame = &mut buf[lo - PAGES_FRONT..hi + TAG_LEN];
+                    self.bytes += frame.len() as u64;
+                    s.write_sealed(Kind::Pages, frame)?;
                 }
                 i = j;
             }

@@ -9,14 +9,13 @@
 //! in-flight hypercall completes first).
 
 use super::protocol;
+use super::sender::{Attempt, Handoff, Stopped};
 use super::{wall_ns, MigrateError, MigrateRequest, Progress, Summary};
 use crate::compat::DeviceSummary;
-use crate::devices::{CopySource, Device};
-use crate::memory::{resident, HostDirty, MemReader};
+use crate::devices::Device;
+use crate::memory::resident;
 use crate::statefile::StateFile;
-use crate::vm::DirtyLog;
 use crate::vmm::{Control, Vmm};
-use std::sync::Arc;
 use std::time::Instant;
 
 /// How an attempt ended.
@@ -30,29 +29,9 @@ pub enum End {
     Unknown,
 }
 
-/// What the start job hands the migration thread.
-pub struct Handoff {
-    pub(super) mem: MemReader,
-    pub(super) dirty: DirtyLog,
-    pub(super) host_dirty: Arc<HostDirty>,
-    pub(super) resident: Vec<(u64, u64)>,
-    pub(super) hello: protocol::Hello,
-    /// The disks whose contents are copied (`--copy-disks`), in device order.
-    pub(super) disks: Vec<CopySource>,
-    /// Whether the guest was paused before (an abort leaves it so).
-    was_paused: bool,
-}
-
-/// The state captured by the stop job.
-pub(super) struct Stopped {
-    pub(super) blob: Vec<u8>,
-    pub(super) paused_wall_ns: u64,
-    pub(super) paused_at: Instant,
-}
-
 /// vCPU thread: dirty tracking on, hand over memory access (and the disks'
 /// write tracking when their contents are copied).
-fn start(vmm: &mut Vmm, copy_disks: bool) -> Result<Handoff, String> {
+fn start(vmm: &mut Vmm, copy_disks: bool) -> Result<(Handoff, bool), String> {
     vmm.begin_migration()?;
     let h = handoff(vmm, copy_disks);
     if h.is_err() {
@@ -62,7 +41,9 @@ fn start(vmm: &mut Vmm, copy_disks: bool) -> Result<Handoff, String> {
     h
 }
 
-fn handoff(vmm: &mut Vmm, copy_disks: bool) -> Result<Handoff, String> {
+/// The hand-over, and whether the guest was paused before (an abort
+/// leaves it so).
+fn handoff(vmm: &mut Vmm, copy_disks: bool) -> Result<(Handoff, bool), String> {
     let resident = resident::resident_runs(vmm.vm().mem())
         .map_err(|e| format!("cannot list guest memory: {e}"))?;
     let cpu = vmm.guest_cpu().map_err(|e| e.to_string())?;
@@ -93,15 +74,15 @@ fn handoff(vmm: &mut Vmm, copy_disks: bool) -> Result<Handoff, String> {
     }
     // Tracking starts before the migration thread reads the first page.
     vmm.vm_mut().set_dirty_logging(true)?;
-    Ok(Handoff {
+    let h = Handoff {
         mem: vmm.vm().mem().reader(),
         dirty,
         host_dirty: vmm.vm().mem().host_dirty().clone(),
         resident,
         hello,
         disks,
-        was_paused: vmm.paused(),
-    })
+    };
+    Ok((h, vmm.paused()))
 }
 
 /// vCPU thread: pause the guest and capture its state; make its disk writes
@@ -166,11 +147,6 @@ fn job<R: Send + 'static>(
         .map_err(MigrateError::State)
 }
 
-/// Pauses the guest and captures it (the sender's stop step).
-pub(super) fn stop_guest(ctl: &Control, copy_disks: bool) -> Result<Stopped, MigrateError> {
-    job(ctl, move |vmm| stop(vmm, copy_disks))
-}
-
 /// Migrates the guest behind `ctl` as `req` says, reporting each round to
 /// `progress`. On any failure before commit the guest runs on here.
 pub fn migrate(
@@ -189,9 +165,13 @@ pub fn migrate(
         }
     }
     let copy_disks = req.copy_disks;
-    let h = job(ctl, move |vmm| start(vmm, copy_disks))?;
-    let was_paused = h.was_paused;
-    let result = super::sender::Attempt::new(ctl, req, &key, &h, progress).run();
+    let (h, was_paused) = job(ctl, move |vmm| start(vmm, copy_disks))?;
+    let stop = || job(ctl, move |vmm| stop(vmm, copy_disks));
+    let mut attempt = Attempt::new(&stop, req, &key, &h, progress);
+    let result = attempt
+        .run()
+        .map_err(|e| e.lost("destination", attempt.phase()));
+    drop(attempt);
     drop(h);
     let end = match &result {
         Ok(s) => End::Committed(s.to.clone()),

@@ -201,7 +201,10 @@ impl Snapshot {
         };
         let file = StateFile::decode(&bytes, &name).map_err(state_err)?;
         let index: MemIndex = file.get(Tag::MemoryIndex).map_err(state_err)?;
-        let state = file.to_state().map_err(state_err)?;
+        #[allow(unused_mut)]
+        let mut state = file.to_state().map_err(state_err)?;
+        #[cfg(feature = "test-hooks")]
+        tamper::state(&mut state);
         if index.size != state.memory.size {
             return Err(SnapshotError::Invalid(
                 "memory index and memory size disagree".into(),
@@ -261,6 +264,8 @@ pub fn restore(
     compat::check(&kvm, &st.cpu, st.memory.size, TscCheck::AtRestore)?;
     let mem = snap.map_memory(opts.verify)?;
     mark(&mut opts.trace, "map guest memory");
+    #[cfg(feature = "test-hooks")]
+    tamper::memory(&mem);
     let vm = Vm::with_kvm(kvm, mem)?;
     mark(&mut opts.trace, "open KVM + create VM");
     let devices = Devices::restore(Reattach { lock: true }, &st.devices)?;
@@ -278,4 +283,46 @@ pub fn restore(
         t.mark("clock + identity");
     }
     Ok(vmm)
+}
+
+/// Test hook (`test-hooks` builds, `DUET_TEST_TAMPER=1`): a snapshot that
+/// claims ring 0 for the guest and its own CR3, IDT and GDT, with garbage
+/// in the monitor's pages; the restore must not care.
+#[cfg(feature = "test-hooks")]
+mod tamper {
+    use crate::layout;
+    use crate::memory::GuestMem;
+    use crate::vmm::VmmState;
+
+    fn on() -> bool {
+        std::env::var_os("DUET_TEST_TAMPER").is_some()
+    }
+
+    pub(super) fn state(st: &mut VmmState) {
+        if !on() {
+            return;
+        }
+        log::warn!("DUET_TEST_TAMPER: restoring a tampered state (test hook)");
+        for v in &mut st.vcpus {
+            let s = &mut v.sregs;
+            s.cs.selector = layout::selector::KERNEL_CODE;
+            s.cs.dpl = 0;
+            s.ss.selector = layout::selector::KERNEL_DATA;
+            s.ss.dpl = 0;
+            s.cr3 = 0x20_0000;
+            s.idt.base = 0x20_0000;
+            s.gdt.base = 0x20_0000;
+            v.regs.rflags |= 3 << 12; // IOPL 3
+        }
+    }
+
+    pub(super) fn memory(mem: &GuestMem) {
+        if !on() {
+            return;
+        }
+        let junk = [0x5au8; 4096];
+        for at in [layout::GDT, layout::IDT, layout::PAGE_TABLES] {
+            let _ = mem.write_bytes(duet_abi::Gpa(at), &junk);
+        }
+    }
 }

@@ -5,18 +5,18 @@
 //! tables, descriptor tables and exception stubs, boot info), the
 //! registers, the clock and the identity.
 
-use super::{Control, Life, Vmm};
+use super::{guest, Control, Life, Vmm};
 use crate::bootinfo::{self, BootInfoError, BootParams};
 use crate::clock::GuestClock;
 use crate::config::VmConfig;
-use crate::cpu::{exception, tables};
+use crate::cpu::tables;
 use crate::devices::{DeviceOpenError, Devices};
 use crate::heap::{Heap, INITIAL_HEAP};
 use crate::identity::Identity;
 use crate::layout;
 use crate::loader::{Image, LoadError};
 use crate::memory::{GuestMem, MemError};
-use crate::paging::{Access, PageTables, PagingError};
+use crate::paging::{PageTables, PagingError};
 use crate::persist::StateError;
 use crate::trace::BootTrace;
 use crate::vm::{Vm, VmError};
@@ -133,10 +133,8 @@ impl Vmm {
         mark(&mut trace, "vCPU + CPUID");
 
         // 4. Image, page tables, descriptor tables, boot info.
-        let mut pt = PageTables::new();
-        let (heap, boot_info) = lay_out(
+        let (heap, pt, boot_info) = lay_out(
             vm.mem_mut(),
-            &mut pt,
             &image,
             cfg,
             &devices,
@@ -178,6 +176,7 @@ impl Vmm {
             ctl,
             trace,
             life: Life::new(),
+            debugger: None,
             vm,
         })
     }
@@ -185,53 +184,21 @@ impl Vmm {
 
 /// Writes the guest's structures into `mem`: the image's segments, the
 /// page tables for everything the guest may touch, the descriptor tables
-/// with the exception stubs, and the boot info. Returns the heap and the
-/// boot info's address.
+/// with the exception stubs, and the boot info. Returns the heap, the page
+/// tables and the boot info's address.
 fn lay_out(
     mem: &mut GuestMem,
-    pt: &mut PageTables,
     image: &Image,
     cfg: &VmConfig,
     devices: &Devices,
     trace: bool,
     tsc_khz: u64,
-) -> Result<(Heap, u64), BootError> {
+) -> Result<(Heap, PageTables, u64), BootError> {
     image.load(mem)?;
-    let user = [
-        (layout::IDENTITY_PAGE, PAGE_SIZE, Access::UserRead),
-        (layout::VIRTIO_PAGE, PAGE_SIZE, Access::UserWrite),
-        (layout::CLOCK_PAGE, PAGE_SIZE, Access::UserRead),
-        (
-            layout::BOOT_INFO,
-            layout::BOOT_INFO_END - layout::BOOT_INFO,
-            Access::UserRead,
-        ),
-        (
-            layout::STACK_BOTTOM,
-            layout::STACK_TOP - layout::STACK_BOTTOM,
-            Access::UserWrite,
-        ),
-    ];
-    for (start, len, access) in user {
-        pt.map_4k(mem, start, start + len, access)?;
-    }
-    pt.map_4k(mem, layout::GDT, layout::IST_STACK_TOP, Access::Supervisor)?;
-    exception::install(mem, pt)?;
-    for s in &image.segments {
-        let access = match (s.perms.write, s.perms.exec) {
-            (_, true) => Access::UserExec,
-            (true, false) => Access::UserWrite,
-            (false, false) => Access::UserRead,
-        };
-        pt.map_4k(mem, s.start, s.end, access)?;
-    }
     // The heap starts small and grows on request (MemGrow) up to the end
     // of guest memory.
     let heap_start = image.end();
     let heap_size = INITIAL_HEAP.min(cfg.mem - heap_start);
-    pt.map_range(mem, heap_start, heap_start + heap_size, Access::UserWrite)?;
-    tables::write_tables(mem, &exception::gates())?;
-
     // What the guest may have the monitor write into on its behalf.
     let mut fixed = vec![(layout::STACK_BOTTOM, layout::STACK_TOP)];
     fixed.extend(
@@ -242,6 +209,8 @@ fn lay_out(
             .map(|s| (s.start, s.end)),
     );
     let heap = Heap::new(heap_start, heap_size, cfg.mem, fixed);
+    let pt = guest::map(mem, image, &heap)?;
+    guest::write_privileged(mem)?;
     mem.set_writable(heap.writable_ranges());
 
     let regions = [
@@ -285,5 +254,5 @@ fn lay_out(
         args: &cfg.args,
         env: &cfg.env,
     };
-    Ok((heap, bootinfo::write(mem, &params)?))
+    Ok((heap, pt, bootinfo::write(mem, &params)?))
 }

@@ -25,7 +25,7 @@ impl Vmm {
             Hypercall::Nop => Flow::Continue,
             Hypercall::ConsoleWrite => console::write(self.vm.mem(), value),
             Hypercall::Exit => Flow::Stop(Outcome::Exited((value & 0xff) as u8)),
-            Hypercall::Abort => lifecycle::abort(self.vm.mem(), value),
+            Hypercall::Abort => self.abort(value),
             Hypercall::BootTrace => {
                 lifecycle::boot_trace(self.vm.mem(), self.trace.as_mut(), value)
             }
@@ -79,6 +79,21 @@ impl Vmm {
                 "guest made unknown hypercall {} (the virtio doorbell of device {dev}, which is not a virtio device); it was built for a different Duet ABI or is corrupt",
                 duet_abi::virtio::DOORBELL_BASE as u32 + dev
             ))),
+        }
+    }
+
+    /// The guest panicked: its message, then where (the backtrace from
+    /// its abort call) and, with `--core`, a core file.
+    fn abort(&mut self, value: u32) -> Flow {
+        match lifecycle::abort(self.vm.mem(), value) {
+            Flow::Stop(Outcome::Aborted(mut msg)) => {
+                if let Ok(r) = self.vcpus[0].get_regs() {
+                    msg.push_str(&super::report::backtrace(self, r.rip, r.rbp));
+                }
+                msg.extend(self.with_debugger(|d, v| d.on_death(v, None)).flatten());
+                Flow::Stop(Outcome::Aborted(msg))
+            }
+            other => other,
         }
     }
 }

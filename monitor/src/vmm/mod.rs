@@ -7,17 +7,21 @@
 //! * [`dispatch`]: the one `match` from hypercall number to handler;
 //! * [`state`]: [`Vmm::capture`] and [`Vmm::assemble`], the only door for
 //!   snapshots and migrations, built on each component's `Persist`;
-//! * [`report`]: how a guest died, in words.
+//! * [`report`]: how a guest died, in words (with a backtrace);
+//! * [`hooks`]: what the run loop tells an attached debugger.
 
 mod boot;
 pub mod control;
 mod dispatch;
+mod guest;
+pub mod hooks;
 pub mod report;
 mod run;
 mod state;
 
 pub use boot::BootError;
 pub use control::{Control, Exited};
+pub use hooks::DebugHooks;
 pub use state::{Parts, VmmState, MAX_VCPUS};
 
 use crate::clock::GuestClock;
@@ -26,6 +30,7 @@ use crate::devices::Devices;
 use crate::heap::Heap;
 use crate::identity::Identity;
 use crate::loader::Image;
+use crate::outcome::Outcome;
 use crate::paging::PageTables;
 use crate::trace::BootTrace;
 use crate::vm::Vm;
@@ -52,6 +57,8 @@ struct Life {
     migrating: bool,
     /// A migration committed: the guest runs there now.
     migrated_to: Option<String>,
+    /// A job ended the guest (GDB's `kill`): the run loop ends with this.
+    ended: Option<Outcome>,
 }
 
 /// One guest and everything that runs it.
@@ -72,6 +79,8 @@ pub struct Vmm {
     ctl: Arc<Control>,
     trace: Option<BootTrace>,
     life: Life,
+    /// GDB, core files (see [`hooks`]).
+    debugger: Option<Box<dyn DebugHooks>>,
     vm: Vm,
 }
 
@@ -130,16 +139,32 @@ impl Vmm {
         self.life.paused = true;
     }
 
-    /// Runs the guest again; refused while a migration holds it.
+    /// Runs the guest again; refused while a migration holds it, or a
+    /// debugger (one that calls this from its own hook is not in the way:
+    /// see [`Vmm::with_debugger`]).
     pub fn resume(&mut self) -> Result<(), &'static str> {
         if self.life.held {
             return Err("the guest is paused for a migration in progress; it resumes if the migration fails");
+        }
+        if self.debugger_holds() {
+            return Err("the guest is held for GDB (waiting for it, or stopped in it); continue it from GDB, or detach");
         }
         self.life.paused = false;
         // Device threads held after a capture (a migration whose end is
         // unknown) go on with the guest.
         self.devices.resume();
         Ok(())
+    }
+
+    /// Ends the guest with `outcome` once the current job is done (GDB's
+    /// `kill`).
+    pub fn end(&mut self, outcome: Outcome) {
+        self.life.ended = Some(outcome);
+    }
+
+    /// Whether a migration is in progress.
+    pub fn migrating(&self) -> bool {
+        self.life.migrating
     }
 
     /// Whether the guest is paused.
@@ -198,6 +223,21 @@ impl Vmm {
         self.trace.take()
     }
 
+    /// The first vCPU (the only one today).
+    pub fn vcpu(&self) -> &Vcpu {
+        &self.vcpus[0]
+    }
+
+    /// The first vCPU, to finish its last exit (`Vcpu::complete_io`).
+    pub fn vcpu_mut(&mut self) -> &mut Vcpu {
+        &mut self.vcpus[0]
+    }
+
+    /// The image the guest runs (its symbols).
+    pub fn image(&self) -> &Image {
+        &self.image
+    }
+
     /// The KVM side and guest memory.
     pub fn vm(&self) -> &Vm {
         &self.vm
@@ -249,6 +289,7 @@ impl Life {
             stop_timeout: crate::signals::DEFAULT_STOP_TIMEOUT,
             migrating: false,
             migrated_to: None,
+            ended: None,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! One-paragraph reports of how a guest died, with RIP symbolized.
+//! One-paragraph reports of how a guest died, with RIP symbolized and
+//! the call chain walked by frame pointers ([`crate::backtrace`]).
 
 use super::Vmm as Vm;
 use crate::cpu::exception::{self, Exception};
@@ -160,7 +161,16 @@ pub fn fault(vm: &Vm, e: &Exception) -> String {
         r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15,
         r.rflags, f.cs, f.ss
     );
+    if f.cpl() == 3 {
+        s.push_str(&backtrace(vm, r.rip, r.rbp));
+    }
     s
+}
+
+/// The guest's call chain from `rip` and frame pointer `rbp`, for a report.
+pub fn backtrace(vm: &Vm, rip: u64, rbp: u64) -> String {
+    let bt = crate::backtrace::walk(vm.vm.mem(), &vm.image.symbols, rip, rbp);
+    format!("\n  backtrace:{}", bt.render("    "))
 }
 
 /// Formats `msg` with the vCPU's current registers (for exits without a

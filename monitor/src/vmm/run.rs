@@ -5,7 +5,9 @@
 //! `kvm_run` page (no extra ioctl). An `out` to an exception stub's port is
 //! a CPU exception. Anything else ends the VM with a report. Between exits
 //! the loop looks at two flags: a signal (`SIGTERM`/`SIGINT`) and a job from
-//! another thread (see [`super::control`]).
+//! another thread (see [`super::control`]); a paused guest (by `duet ctl
+//! pause`, or stopped in GDB) serves jobs until it may run. An attached
+//! debugger hears of exceptions, hypercalls and the end ([`super::hooks`]).
 
 use super::report;
 use super::Vmm;
@@ -21,6 +23,8 @@ enum Exit {
     Hypercall(u16, u32),
     /// An exception stub reported vector on this port.
     Exception(u16),
+    /// `KVM_EXIT_DEBUG`.
+    Debug,
     /// KVM_RUN was interrupted by a signal: just run again.
     Retry,
     Stop(Outcome),
@@ -36,6 +40,7 @@ impl Vmm {
             t.mark("enter guest");
         }
         let outcome = self.run_loop();
+        self.with_debugger(|d, v| d.on_end(v, &outcome));
         if matches!(outcome, Outcome::Terminated(_)) {
             // What the guest wrote must survive the stop it did not choose.
             if let Err(e) = self.devices.flush() {
@@ -54,15 +59,36 @@ impl Vmm {
                     return o;
                 }
             }
+            // A job waits, or the guest is paused (by a job, or stopped
+            // in a debugger): serve jobs until it may run.
+            if self.ctl.pending() || self.life.paused {
+                if let Some(o) = self.serve_jobs() {
+                    return o;
+                }
+            }
             let exit = self.run_once();
             self.exits += 1;
             match exit {
-                Exit::Hypercall(nr, value) => {
-                    if let Flow::Stop(o) = self.hypercall(nr, value) {
+                Exit::Hypercall(nr, value) => match self.hypercall(nr, value) {
+                    Flow::Continue if self.debugger.is_some() => {
+                        self.with_debugger(|d, v| d.after_hypercall(v));
+                    }
+                    Flow::Continue => {}
+                    Flow::Stop(o) => return o,
+                },
+                Exit::Exception(port) => {
+                    if let Some(o) = self.exception(port) {
                         return o;
                     }
                 }
-                Exit::Exception(port) => return self.exception(port),
+                Exit::Debug => {
+                    if self.with_debugger(|d, v| d.on_debug_exit(v)) != Some(true) {
+                        return Outcome::Failed(report::with_regs(
+                            self,
+                            "KVM_EXIT_DEBUG without a debugger that asked KVM for it",
+                        ));
+                    }
+                }
                 Exit::Retry => {
                     // A requester may kick after its job was already run
                     // (it raises `pending` first, then kicks): with nothing
@@ -74,22 +100,24 @@ impl Vmm {
                 }
                 Exit::Stop(o) => return o,
             }
-            if self.ctl.pending() {
-                if let Some(o) = self.serve_jobs() {
-                    return o;
-                }
-            }
         }
     }
 
-    /// An exception stub's exit: the guest's fault report (a #BP too, while
-    /// no debugger is attached). A stray access to such a port ends it as a
-    /// VM failure.
-    fn exception(&mut self, port: u16) -> Outcome {
-        match exception::frame::read(&self.vcpus[0], self.vm.mem(), port) {
-            Ok(e) => Outcome::Faulted(report::fault(self, &e)),
-            Err(e) => Outcome::Failed(report::with_regs(self, &e.to_string())),
+    /// An exception stub's exit. An attached debugger may take it (`None`:
+    /// the guest runs on, or waits stopped in the debugger); otherwise the
+    /// guest's fault report (a #BP too) and, with `--core`, a core file. A
+    /// stray access to such a port ends it as a VM failure.
+    fn exception(&mut self, port: u16) -> Option<Outcome> {
+        let e = match exception::frame::read(&self.vcpus[0], self.vm.mem(), port) {
+            Ok(e) => e,
+            Err(e) => return Some(Outcome::Failed(report::with_regs(self, &e.to_string()))),
+        };
+        if self.with_debugger(|d, v| d.on_exception(v, &e)) == Some(true) {
+            return None;
         }
+        let mut report = report::fault(self, &e);
+        report.extend(self.with_debugger(|d, v| d.on_death(v, Some(&e))).flatten());
+        Some(Outcome::Faulted(report))
     }
 
     /// The first `SIGTERM` asks a running guest to shut down and starts the
@@ -134,6 +162,9 @@ impl Vmm {
             if let Some(to) = self.life.migrated_to.take() {
                 return Some(Outcome::Migrated(to));
             }
+            if let Some(o) = self.life.ended.take() {
+                return Some(o);
+            }
         }
     }
 
@@ -157,6 +188,7 @@ impl Vmm {
                     ))),
                 }
             }
+            Ok(VcpuExit::Debug(_)) => Exit::Debug,
             Ok(VcpuExit::IoIn(port, _)) => Exit::Stop(Outcome::Failed(format!(
                 "guest read from I/O port {port:#x}; Duet emulates no devices"
             ))),

@@ -3,7 +3,7 @@
 //! pages aside), and [`Vmm::assemble`] builds a runnable guest from one.
 //! Snapshots and migrations use nothing else.
 
-use super::{Control, Life, Vmm};
+use super::{guest, Control, Life, Vmm};
 use crate::clock::{ClockArgs, ClockState, GuestClock};
 use crate::compat::{self, GuestCpu};
 use crate::cpu::vcpu::VcpuState;
@@ -12,7 +12,6 @@ use crate::heap::Heap;
 use crate::identity::{Identity, IdentityArgs};
 use crate::loader::Image;
 use crate::memory::MemState;
-use crate::paging::PageTables;
 use crate::persist::{Persist, StateError};
 use crate::trace::BootTrace;
 use crate::vm::Vm;
@@ -29,10 +28,9 @@ pub const MAX_VCPUS: usize = 1;
 pub struct MonitorState {
     /// Exits handled so far.
     pub exits: u64,
-    /// The heap: bounds, protected ranges.
+    /// The heap: bounds, protected ranges (the page tables are rebuilt
+    /// from it and the image).
     pub heap: Heap,
-    /// Page-table allocator position.
-    pub page_tables: u64,
     /// Generation and clone index.
     pub identity: Identity,
 }
@@ -96,7 +94,6 @@ impl Vmm {
             monitor: MonitorState {
                 exits: self.exits,
                 heap: self.heap.save()?,
-                page_tables: self.pt.save()?,
                 identity: self.identity.save()?,
             },
             image: self.image.bytes().to_vec(),
@@ -151,8 +148,22 @@ impl Vmm {
             .map(|(i, s)| vm.restore_vcpu(i as u64, tsc_khz, s))
             .collect::<Result<Vec<_>, _>>()?;
         vm.set_clock(&st.kvm_clock)?;
-        let pt = PageTables::restore((), &st.monitor.page_tables)?;
         let heap = Heap::restore((), &st.monitor.heap)?;
+        if heap.limit() > st.memory.size || heap.start() < image.end() {
+            return Err(StateError::Invalid(
+                "the heap lies outside guest memory or over the image".into(),
+            ));
+        }
+        // The monitor's own structures, rebuilt: nothing privileged is
+        // taken from the saved state.
+        let bad = |e: crate::paging::PagingError| {
+            StateError::Invalid(format!("rebuilding the guest's tables: {e}"))
+        };
+        let pt = guest::map(vm.mem(), &image, &heap).map_err(bad)?;
+        guest::write_privileged(vm.mem()).map_err(bad)?;
+        for v in &vcpus {
+            guest::reset_privileged(v)?;
+        }
         if let Some(t) = &mut trace {
             t.mark("restore vCPU + devices");
         }
@@ -189,6 +200,7 @@ impl Vmm {
             ctl,
             trace,
             life: Life::new(),
+            debugger: None,
             vm,
         })
     }

@@ -15,8 +15,8 @@
 //! non-blocking `try_*` calls instead and drive the stack with [`wait`]. The interface answers ARP and ping whenever any call
 //! is waiting.
 //!
-//! After a live migration (the identity generation changed) the next poll
-//! of the stack broadcasts a gratuitous ARP (a request and a reply for the
+//! After a live migration (the identity generation changed) the stack
+//! broadcasts a gratuitous ARP, five times over half a second (a request and a reply for the
 //! guest's own address), so switches and bridges learn the guest's new
 //! port and neighbours refresh their caches.
 //!
@@ -113,12 +113,35 @@ pub(crate) struct Stack {
     dev: NetDev,
     pub(crate) sockets: SocketSet<'static>,
     /// Closed TCP sockets still finishing their shutdown.
-    closing: Vec<SocketHandle>,
+    closing: Vec<Closing>,
     /// The DHCP client, when `IP=dhcp`.
     dhcp: Option<SocketHandle>,
     info: NetInfo,
     /// The identity generation the stack last announced itself in.
     generation: u64,
+    /// Gratuitous ARPs still to send after a move, and when the next is due
+    /// (guest monotonic ns): one can be lost while the new port comes up
+    /// (a bridge learns a port only once its carrier is seen).
+    announcements: (u32, u64),
+}
+
+/// Gratuitous ARPs sent after a move, and the gap before the first repeat
+/// (each later gap is one step longer), as QEMU's announce does.
+const ANNOUNCE_ROUNDS: u32 = 5;
+const ANNOUNCE_STEP_NS: u64 = 50_000_000;
+
+/// How long a closed socket may take to finish its shutdown before it is
+/// reset (Linux's `tcp_fin_timeout`): a peer that never closes its side
+/// must not hold a socket for ever.
+const LINGER_NS: u64 = 60_000_000_000;
+
+/// A TCP socket the application closed.
+struct Closing {
+    handle: SocketHandle,
+    /// When it is reset if still not closed.
+    deadline_ns: u64,
+    /// Reset; removed at the next poll, once the reset went out.
+    aborted: bool,
 }
 
 /// A gratuitous ARP frame's length (Ethernet header + ARP for IPv4).
@@ -243,6 +266,7 @@ fn new_stack() -> Result<Stack, NetError> {
         dhcp,
         info,
         generation: crate::identity().generation,
+        announcements: (0, 0),
     })
 }
 
@@ -261,7 +285,14 @@ impl Stack {
         let generation = crate::identity().generation;
         if generation != self.generation {
             self.generation = generation;
+            self.announcements = (ANNOUNCE_ROUNDS, 0);
+        }
+        let (left, due) = self.announcements;
+        let now_ns = wait::now_ns();
+        if left > 0 && now_ns >= due {
             self.announce();
+            let gap = ANNOUNCE_STEP_NS * u64::from(ANNOUNCE_ROUNDS - left + 1);
+            self.announcements = (left - 1, now_ns.saturating_add(gap));
         }
         self.dev.refill();
         let changed = self.iface.poll(now(), &mut self.dev, &mut self.sockets)
@@ -269,15 +300,23 @@ impl Stack {
         self.dev.flush_tx();
         self.dhcp_event();
         let sockets = &mut self.sockets;
-        self.closing.retain(|&h| {
-            let done = matches!(
-                sockets.get::<stcp::Socket>(h).state(),
-                stcp::State::Closed | stcp::State::TimeWait
-            );
+        let now_ns = wait::now_ns();
+        self.closing.retain_mut(|c| {
+            let s = sockets.get_mut::<stcp::Socket>(c.handle);
+            // Nobody reads a closed stream: drop what the peer still sends
+            // so that it is not stalled by a full window.
+            while s.can_recv() && s.recv(|b| (b.len(), ())).is_ok() {}
+            let done =
+                c.aborted || matches!(s.state(), stcp::State::Closed | stcp::State::TimeWait);
             if done {
-                sockets.remove(h);
+                sockets.remove(c.handle);
+                return false;
             }
-            !done
+            if now_ns >= c.deadline_ns {
+                s.abort();
+                c.aborted = true;
+            }
+            true
         });
         changed
     }
@@ -325,7 +364,11 @@ impl Stack {
 
     pub(crate) fn close_tcp(&mut self, h: SocketHandle) {
         self.sockets.get_mut::<stcp::Socket>(h).close();
-        self.closing.push(h);
+        self.closing.push(Closing {
+            handle: h,
+            deadline_ns: wait::now_ns().saturating_add(LINGER_NS),
+            aborted: false,
+        });
         self.poll();
     }
 
@@ -346,10 +389,12 @@ impl Stack {
             .iface
             .poll_delay(now(), &self.sockets)
             .map(|d| now_ns.saturating_add(d.total_micros().saturating_mul(1000)));
-        let deadline = match (deadline_ns, stack_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        // Wake for the next announcement after a move too.
+        let announce = (self.announcements.0 > 0).then_some(self.announcements.1);
+        let deadline = [deadline_ns, stack_deadline, announce]
+            .into_iter()
+            .flatten()
+            .min();
         let id = self.info.device;
         wait::wait_io(&mut self.dev, id, deadline, 1 << id);
         self.poll();

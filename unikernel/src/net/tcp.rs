@@ -120,6 +120,14 @@ impl TcpStream {
         self.timeout_ns = timeout_ns;
     }
 
+    /// Turns Nagle's algorithm off (`true`) or on, like `TCP_NODELAY`.
+    /// Request-response servers want it off: with it on, a small reply
+    /// waits for the ACK of the previous one, which a client delays.
+    pub fn set_nodelay(&mut self, nodelay: bool) {
+        let h = self.h();
+        let _ = with_stack(|s| s.sockets.get_mut::<Socket>(h).set_nagle_enabled(!nodelay));
+    }
+
     /// The peer's address.
     pub fn peer(&self) -> Option<IpEndpoint> {
         let h = self.h();

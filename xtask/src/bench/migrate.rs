@@ -7,13 +7,18 @@
 //! the same number of bytes pushed through a loopback TCP connection in the
 //! same run: what the wire alone costs. Downtime is reported beside the
 //! project's 5 ms goal. Configurations are interleaved and repeated.
+//!
+//! `DUET_BENCH_MIGRATE_BASELINE=PATH` also measures another `duet` binary
+//! (say, one built from an older commit) in the same run, interleaved with
+//! this one, its rows marked `[baseline]`: before/after figures under the
+//! same load.
 
 use super::progress::Progress;
 use super::stats::median;
 use super::{Ctx, Row};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -198,7 +203,17 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
     };
     let key = std::env::temp_dir().join(format!("duet-bench-mig-key-{}", std::process::id()));
     std::fs::write(&key, [0x5a; 32])?;
-    let total = reps * mems.len() * loads.len();
+    let baseline = std::env::var_os("DUET_BENCH_MIGRATE_BASELINE").map(PathBuf::from);
+    if let Some(b) = baseline.as_ref().filter(|b| !b.is_file()) {
+        bail!(
+            "DUET_BENCH_MIGRATE_BASELINE={}: no such file; give a built `duet` binary",
+            b.display()
+        );
+    }
+    let bins: Vec<(&str, PathBuf)> = std::iter::once(("", ctx.duet.clone()))
+        .chain(baseline.map(|b| (" [baseline]", b)))
+        .collect();
+    let total = reps * mems.len() * loads.len() * bins.len();
     let p = Progress::new("migrate: loopback migrations", total);
     // Each migration's floor (its bytes over loopback) is measured right
     // after it, so both see the same machine.
@@ -206,19 +221,21 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
     let mut n = 0;
     for _ in 0..reps {
         for mem in mems {
-            for (name, app, args) in loads {
+            for ((name, app, args), (tag, bin)) in
+                loads.iter().flat_map(|l| bins.iter().map(move |b| (l, b)))
+            {
                 n += 1;
                 let q = (mib(mem) / 2).to_string();
                 let args: Vec<&str> = args
                     .iter()
                     .map(|a| if *a == "MEMHALF" { q.as_str() } else { a })
                     .collect();
-                let line = one(&ctx.duet, &ctx.images, mem, app, &args, &key, n as u32);
+                let line = one(bin, &ctx.images, mem, app, &args, &key, n as u32);
                 let s = line.and_then(|l| parse(&l)).and_then(|s| {
                     let bytes = ((s.mib * 1048576.0) as u64).max(1 << 20);
                     Ok((s, loopback_secs(bytes)? * 1e3))
                 });
-                let label = format!("{mem} guest, {name}");
+                let label = format!("{mem} guest, {name}{tag}");
                 match s {
                     Ok(s) => match results.iter_mut().find(|(l, _)| *l == label) {
                         Some((_, v)) => v.push(s),

@@ -14,14 +14,17 @@ mod boot;
 mod chart;
 mod clock;
 mod clones;
+mod framepointers;
 mod group;
 mod host;
 mod hypercall;
+mod kvd;
 mod migrate;
 mod net;
 mod netns;
 mod progress;
 mod qemu;
+mod redis;
 mod report;
 mod snapshot;
 mod stats;
@@ -37,7 +40,8 @@ pub use progress::Progress;
 /// `cargo xtask bench` options.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Which section to run: boot, hypercall, clock, block, net, snapshot, qemu, or all.
+    /// Which section to run: boot, hypercall, clock, block, net, kvd,
+    /// snapshot, migrate, framepointers, qemu, or all.
     #[arg(default_value = "all")]
     pub what: String,
     /// Repetitions: boot runs per side (use at least 50); other sections scale from it.
@@ -202,6 +206,11 @@ pub const SECTIONS: &[Section] = &[
         smoke: true,
     },
     Section {
+        name: "kvd",
+        run: kvd::run,
+        smoke: true,
+    },
+    Section {
         name: "snapshot",
         run: snapshot::run,
         smoke: true,
@@ -210,6 +219,13 @@ pub const SECTIONS: &[Section] = &[
         name: "migrate",
         run: migrate::run,
         smoke: true,
+    },
+    Section {
+        name: "framepointers",
+        run: framepointers::run,
+        // A one-off question (what the backtraces' frame pointers cost),
+        // answered with a second build of two images: too slow for tests.
+        smoke: false,
     },
     Section {
         name: "qemu",
@@ -350,7 +366,7 @@ mod tests {
         assert!(SECTIONS
             .iter()
             .filter(|s| !s.smoke)
-            .all(|s| s.name == "qemu"));
+            .all(|s| s.name == "qemu" || s.name == "framepointers"));
         assert!(
             e.to_string().contains("app `hello` is not in this build"),
             "{e}"

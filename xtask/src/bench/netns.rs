@@ -80,6 +80,21 @@ impl Netns {
         Ok(ns)
     }
 
+    /// `program` run inside the namespace (`ip netns exec`); it dies with
+    /// the harness.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, program]);
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            c.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        c
+    }
+
     fn path(&self) -> String {
         format!("/run/netns/{}", self.0)
     }

@@ -14,14 +14,6 @@ use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 use thiserror::Error;
 
-/// RFLAGS bits a ring-3 context may carry (arithmetic flags, TF, DF, RF,
-/// AC, ID). IF, IOPL, NT and VM are never resumed: the guest runs with
-/// interrupts off and IOPL 0, and could not have set them itself.
-const USER_RFLAGS: u64 =
-    0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x100 | 0x400 | 0x800 | (1 << 16) | (1 << 18) | (1 << 21);
-/// RFLAGS bit 1 reads as one.
-const RFLAGS_FIXED: u64 = 0x2;
-
 /// What the CPU pushed on the IST stack when it took the exception.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Frame {
@@ -252,7 +244,7 @@ pub fn resume_state(
     canonical("rsp", frame.rsp)?;
     regs.rip = frame.rip;
     regs.rsp = frame.rsp;
-    regs.rflags = (frame.rflags & USER_RFLAGS) | RFLAGS_FIXED;
+    regs.rflags = tables::user_rflags(frame.rflags);
     tables::ring3_code_and_stack(sregs);
     Ok(())
 }

@@ -84,9 +84,13 @@ pub fn stub_page() -> Vec<u8> {
     page
 }
 
-/// Writes the stub page and maps it supervisor-only, read-only, executable.
-pub fn install(mem: &GuestMem, pt: &mut PageTables) -> Result<(), PagingError> {
-    mem.write_bytes(Gpa(layout::EXCEPTION_STUBS), &stub_page())?;
+/// Writes the stub page (the caller maps it with [`map_stubs`]).
+pub fn write_stubs(mem: &GuestMem) -> Result<(), crate::memory::MemError> {
+    mem.write_bytes(Gpa(layout::EXCEPTION_STUBS), &stub_page())
+}
+
+/// Maps the stub page supervisor-only, read-only, executable.
+pub fn map_stubs(mem: &GuestMem, pt: &mut PageTables) -> Result<(), PagingError> {
     pt.map_4k(
         mem,
         layout::EXCEPTION_STUBS,

@@ -18,10 +18,11 @@ const NX: u64 = 1 << 63;
 /// Guest memory with the monitor's area built as `Vm::build_guest` does.
 fn monitor_area() -> (GuestMem, PageTables) {
     let mem = GuestMem::new(MIN_MEM).unwrap();
-    let mut pt = PageTables::new();
+    let mut pt = PageTables::new(&mem).unwrap();
     pt.map_4k(&mem, layout::GDT, IST_STACK_TOP, Access::Supervisor)
         .unwrap();
-    install(&mem, &mut pt).unwrap();
+    write_stubs(&mem).unwrap();
+    map_stubs(&mem, &mut pt).unwrap();
     tables::write_tables(&mem, &gates()).unwrap();
     (mem, pt)
 }
@@ -79,6 +80,11 @@ fn stub_ports_are_closed_to_ring_3() {
         assert!(is_stub_port(stub_port(v)));
     }
     assert!(!closed(Hypercall::Exit.port()));
+    // Ports past the bitmap lie past the TSS limit: the CPU denies them.
+    let last_byte = tables::TSS_LIMIT - 104;
+    assert!(u64::from(PORT_BASE + PORT_COUNT + 3) / 8 < last_byte);
+    let trailing: u8 = mem.read_plain(Gpa(bitmap + last_byte)).unwrap();
+    assert_eq!(trailing, 0xff, "the bitmap must end with an all-ones byte");
     assert!(!is_stub_port(STUB_PORT_BASE - 1) && !is_stub_port(STUB_PORT_BASE + 32));
     assert!(!(PORT_BASE..PORT_BASE + PORT_COUNT).any(is_stub_port));
 }
