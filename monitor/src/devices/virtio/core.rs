@@ -4,6 +4,7 @@
 //! handshake that quiesces the thread before a capture.
 
 use super::chain::QueueError;
+use super::hints::{Hints, QueueView};
 use crate::memory::{IoMem, Writable};
 use duet_abi::virtio::{STATUS_NEEDS_RESET, VIRTIO_RING_F_EVENT_IDX};
 use std::num::Wrapping;
@@ -152,7 +153,7 @@ struct PauseState {
 pub struct Shared<E> {
     core: Mutex<Core<E>>,
     /// The queues, readable without the lock.
-    pub hints: super::hints::Hints,
+    pub hints: Hints,
     /// Driver → device: the doorbell (a KVM ioeventfd, or written by the
     /// run loop on a doorbell exit).
     pub kick: EventFd,
@@ -207,7 +208,22 @@ impl<E: Engine> Shared<E> {
 
     /// Republishes the lock-free view of `c` (held by the caller).
     pub fn publish(&self, c: &Core<E>) {
-        self.hints.publish(c, c.engine.input());
+        let live = c.active();
+        let queues = c.queues.iter().enumerate().map(|(i, q)| {
+            live.then(|| QueueView {
+                avail: q.avail_ring(),
+                used: q.used_ring(),
+                next_avail: q.next_avail(),
+                size: q.size(),
+                waits: c.engine.buffers_wait(i),
+            })
+        });
+        self.hints.publish(
+            queues,
+            c.features & VIRTIO_RING_F_EVENT_IDX != 0,
+            c.status & STATUS_NEEDS_RESET != 0 && !c.queues.is_empty(),
+            c.engine.input(),
+        );
     }
 
     /// vCPU thread: stops the I/O thread between two batches and returns

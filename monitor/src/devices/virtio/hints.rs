@@ -4,12 +4,10 @@
 //! thread preempted while it holds the lock (two busy threads on a loaded
 //! host) then stalls nobody who only wanted to know whether there is work.
 
-use super::core::{Core, Engine};
 use crate::memory::IoMem;
-use duet_abi::virtio::{STATUS_NEEDS_RESET, VIRTIO_MAX_QUEUES, VIRTIO_RING_F_EVENT_IDX};
+use duet_abi::virtio::VIRTIO_MAX_QUEUES;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU16, AtomicU64, Ordering};
-use virtio_queue::QueueT;
 
 #[derive(Default)]
 struct QueueHint {
@@ -20,6 +18,20 @@ struct QueueHint {
     next_avail: AtomicU16,
     /// Its buffers wait for outside input (a receive queue).
     waits: AtomicBool,
+}
+
+/// A live queue as the hints publish it.
+pub struct QueueView {
+    /// Guest address of the avail ring.
+    pub avail: u64,
+    /// Guest address of the used ring.
+    pub used: u64,
+    /// The device's next avail index.
+    pub next_avail: u16,
+    /// Queue size (non-zero).
+    pub size: u16,
+    /// Its buffers wait for outside input (a receive queue).
+    pub waits: bool,
 }
 
 /// The lock-free view of a device's queues.
@@ -43,27 +55,30 @@ fn load16(mem: &IoMem, at: u64) -> Option<u16> {
 }
 
 impl Hints {
-    /// Republishes `c` (called with the lock held, after any change).
-    pub fn publish<E: Engine>(&self, c: &Core<E>, input: Option<RawFd>) {
-        let live = c.active();
-        for (i, h) in self.q.iter().enumerate() {
-            match c.queues.get(i).filter(|_| live) {
+    /// Republishes the device's queues (`None`: not live), its features
+    /// and state; called with the device's lock held, after any change.
+    pub fn publish(
+        &self,
+        queues: impl Iterator<Item = Option<QueueView>>,
+        event_idx: bool,
+        failed: bool,
+        input: Option<RawFd>,
+    ) {
+        let mut queues = queues.fuse();
+        for h in &self.q {
+            match queues.next().flatten() {
                 Some(q) => {
-                    h.avail.store(q.avail_ring(), Ordering::Relaxed);
-                    h.used.store(q.used_ring(), Ordering::Relaxed);
-                    h.next_avail.store(q.next_avail(), Ordering::Relaxed);
-                    h.waits.store(c.engine.buffers_wait(i), Ordering::Relaxed);
-                    h.size.store(q.size(), Ordering::Release);
+                    h.avail.store(q.avail, Ordering::Relaxed);
+                    h.used.store(q.used, Ordering::Relaxed);
+                    h.next_avail.store(q.next_avail, Ordering::Relaxed);
+                    h.waits.store(q.waits, Ordering::Relaxed);
+                    h.size.store(q.size, Ordering::Release);
                 }
                 None => h.size.store(0, Ordering::Release),
             }
         }
-        self.event_idx
-            .store(c.features & VIRTIO_RING_F_EVENT_IDX != 0, Ordering::Relaxed);
-        self.failed.store(
-            c.status & STATUS_NEEDS_RESET != 0 && !c.queues.is_empty(),
-            Ordering::Release,
-        );
+        self.event_idx.store(event_idx, Ordering::Relaxed);
+        self.failed.store(failed, Ordering::Release);
         self.input.store(input.unwrap_or(-1), Ordering::Relaxed);
     }
 
