@@ -77,6 +77,9 @@ pub enum RegionKind {
     Heap = 6,
     /// The identity page: read-only to the guest.
     Identity = 7,
+    /// The virtio transport page ([`crate::virtio::VirtioSlot`]s):
+    /// read/write for the guest.
+    Virtio = 8,
 }
 
 impl RegionKind {
@@ -90,6 +93,7 @@ impl RegionKind {
             5 => Self::Image,
             6 => Self::Heap,
             7 => Self::Identity,
+            8 => Self::Virtio,
             _ => return None,
         })
     }
@@ -131,6 +135,9 @@ pub enum DeviceKind {
 
 /// Device flag: the device is read-only.
 pub const DEVICE_FLAG_READONLY: u32 = 1 << 0;
+/// Device flag: the device is driven through virtqueues ([`crate::virtio`])
+/// instead of its hypercalls.
+pub const DEVICE_FLAG_VIRTIO: u32 = 1 << 1;
 
 /// One entry of the device table. Fields that do not apply to a kind are 0.
 #[repr(C)]

@@ -13,7 +13,8 @@
 //! Never use `vmcall`/`vmmcall`: they livelock KVM on nested PVM hosts.
 //!
 //! Number ranges: 1..16 core, 16..24 block, 24..32 network, 32..40
-//! snapshot/identity. Number 0 is reserved and always invalid; number 4
+//! snapshot/identity, 40..48 virtio, 48..64 virtio doorbells (one port per
+//! device, see [`crate::virtio::doorbell_port`]). Number 0 is reserved and always invalid; number 4
 //! is retired (ABI version 1's fault report) and stays unused.
 
 use crate::{plain, Gpa};
@@ -81,6 +82,11 @@ pub enum Hypercall {
     /// monitor is creating a template it snapshots the guest here and stops
     /// it; otherwise the call does nothing. Args: [`SnapshotPointArgs`].
     SnapshotPoint = 32,
+    /// The guest changed a virtio device's `status` in its transport slot
+    /// ([`crate::virtio::VirtioSlot`]); `eax` = device id. The monitor
+    /// checks the slot, starts or resets the device, and writes back the
+    /// status it accepted (the guest reads it from the slot).
+    VirtioStatus = 40,
 }
 
 impl Hypercall {
@@ -104,6 +110,7 @@ impl Hypercall {
         Self::NetSendBatch,
         Self::NetRecvBatch,
         Self::SnapshotPoint,
+        Self::VirtioStatus,
     ];
 
     /// The I/O port the guest writes to for this call.

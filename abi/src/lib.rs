@@ -13,6 +13,8 @@
 //! * [`clock`]: the clock page the monitor writes and the guest only reads.
 //! * [`identity`]: the identity page (generation, random seed, clone index)
 //!   the monitor rewrites after every restore.
+//! * [`virtio`]: the virtio transport (registers in a shared page, doorbell
+//!   ports) for devices driven through virtqueues.
 //!
 //! The interface version ([`ABI_VERSION`]) is independent of the crate's
 //! semver: it changes whenever a layout or a meaning here changes.
@@ -26,6 +28,7 @@ pub mod hypercall;
 pub mod identity;
 pub mod mem;
 pub mod poll;
+pub mod virtio;
 
 /// Version of the guest/monitor interface. The monitor reads it from the
 /// image header before boot and the guest checks it in the boot info; both
@@ -37,7 +40,11 @@ pub mod poll;
 ///   version and flags only, and hypercall 4 is reserved; the identity page
 ///   gains `requests` (shutdown) and poll's `ready` gains
 ///   [`poll::READY_SHUTDOWN`].
-pub const ABI_VERSION: u32 = 2;
+/// * 3: virtio devices ([`virtio`]): device flag
+///   [`boot::DEVICE_FLAG_VIRTIO`], memory-map region
+///   [`boot::RegionKind::Virtio`] (the transport page), hypercall 40
+///   `VirtioStatus`, doorbell ports `PORT_BASE + 48 + device`.
+pub const ABI_VERSION: u32 = 3;
 
 /// Size of a small page.
 pub const PAGE_SIZE: u64 = 0x1000;

@@ -29,7 +29,10 @@ pub struct PollArgs {
     /// IN: guest monotonic time (ns since boot, see [`crate::clock`]) to
     /// wake at; [`POLL_FOREVER`] for none. Absurdly far deadlines saturate.
     pub deadline_ns: u64,
-    /// IN: bit `i` set = wake when device `i` of the device table is ready.
+    /// IN: bit `i` set = wake when device `i` of the device table is ready
+    /// (a hypercall disk always is; a hypercall NIC when a frame waits; a
+    /// virtio device when a used buffer passed the `used_event` its driver
+    /// wrote, or it needs a reset).
     pub wait: u64,
     /// OUT: the devices of `wait` that are ready, plus [`READY_SHUTDOWN`]
     /// when a shutdown request arrived.

@@ -26,6 +26,8 @@ pub const MONITOR_END: u64 = EXCEPTION_STUBS + duet_abi::PAGE_SIZE;
 pub const CLOCK_PAGE: u64 = 0x10000;
 /// The identity page (read-only to the guest): generation, seed, clone index.
 pub const IDENTITY_PAGE: u64 = 0x11000;
+/// The virtio transport page (one 256-byte slot per device), guest read/write.
+pub const VIRTIO_PAGE: u64 = 0x12000;
 /// Boot info, then argv/env arrays and strings (read-only to the guest).
 pub const BOOT_INFO: u64 = 0x20000;
 /// End of the boot-info area.
@@ -63,3 +65,4 @@ pub const MAX_MEM: u64 = 64 << 30;
 const _: () = assert!(STACK_TOP % 16 == 0 && IST_STACK_TOP % 16 == 0);
 const _: () = assert!(PAGE_TABLES_END <= STACK_GUARD);
 const _: () = assert!(IST_STACK_TOP <= EXCEPTION_STUBS && MONITOR_END <= CLOCK_PAGE);
+const _: () = assert!(VIRTIO_PAGE + duet_abi::PAGE_SIZE <= BOOT_INFO);

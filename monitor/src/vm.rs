@@ -160,6 +160,27 @@ impl Vm {
         })
     }
 
+    /// Starts the devices' own threads over this VM's memory, with their
+    /// doorbells as ioeventfds on this VM.
+    pub fn start_devices(
+        &self,
+        devices: &mut crate::devices::Devices,
+    ) -> Result<(), crate::devices::DeviceError> {
+        let ioeventfd = |port: u16, fd: &vmm_sys_util::eventfd::EventFd| {
+            self.fd
+                .register_ioevent(
+                    fd,
+                    &kvm_ioctls::IoEventAddress::Pio(u64::from(port)),
+                    kvm_ioctls::NoDatamatch,
+                )
+                .map_err(|e| std::io::Error::other(format!("KVM_IOEVENTFD on port {port:#x}: {e}")))
+        };
+        devices.start(&crate::devices::virtio::StartCtx {
+            mem: &self.mem,
+            ioeventfd: &ioeventfd,
+        })
+    }
+
     /// The KVM clock (saved with the guest).
     pub fn clock(&self) -> Result<kvm_clock_data, StateError> {
         self.fd.get_clock().map_err(kvm_err("KVM_GET_CLOCK"))

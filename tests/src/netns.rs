@@ -87,12 +87,34 @@ impl Netns {
 
     /// Like [`Netns::boot`] with `--env IP=ip` (e.g. `dhcp`).
     pub fn boot_with_ip(&self, app: &str, ip: &str, opts: &[&str], args: &[&str]) -> Guest {
+        self.boot_on(app, ip, "", opts, args)
+    }
+
+    /// Like [`Netns::boot`] with the NIC on `transport` (`virtio` or
+    /// `hypercall`).
+    pub fn boot_transport(
+        &self,
+        app: &str,
+        transport: &str,
+        opts: &[&str],
+        args: &[&str],
+    ) -> Guest {
+        self.boot_on(
+            app,
+            GUEST_CIDR,
+            &format!(",transport={transport}"),
+            opts,
+            args,
+        )
+    }
+
+    fn boot_on(&self, app: &str, ip: &str, net: &str, opts: &[&str], args: &[&str]) -> Guest {
         let mac = GUEST_MAC.map(|b| format!("{b:02x}")).join(":");
         let mut c = self.command(paths().bin.to_str().unwrap());
         c.arg("run")
             .arg(image(app))
             .arg("--net")
-            .arg(format!("tap={TAP},mac={mac}"))
+            .arg(format!("tap={TAP},mac={mac}{net}"))
             .arg("--env")
             .arg(format!("IP={ip}"))
             .args(opts);

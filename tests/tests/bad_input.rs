@@ -155,14 +155,14 @@ fn images_built_for_abi_version_1_are_refused_by_name() {
     // A version-1 image supplied its own ring-0 exception stubs; its header
     // starts with the same magic and version, so it is recognised and
     // refused with the remedy, not called corrupt.
-    assert_eq!(duet_abi::ABI_VERSION, 2);
+    assert_eq!(duet_abi::ABI_VERSION, 3);
     let magic = duet_abi::boot::IMAGE_MAGIC.to_le_bytes();
     let mut b = hello_bytes();
     let at = b.windows(8).position(|w| w == magic).unwrap();
     elf::set_u32(&mut b, at + 8, 1);
     run_bytes(&b)
         .expect_status(ERR)
-        .expect_stderr("image was built for Duet ABI version 1, but this duet speaks ABI version 2")
+        .expect_stderr("image was built for Duet ABI version 1, but this duet speaks ABI version 3")
         .expect_stderr("rebuild the image against this duet");
 }
 

@@ -103,7 +103,8 @@ fn random_data_round_trips_at_random_aligned_offsets() {
 #[test]
 fn bad_requests_get_error_codes() {
     let s = Scratch::new("errors");
-    let d = disk(&s.file("a.img", 1 << 20), "");
+    // The raw block hypercalls' error codes: a hypercall disk.
+    let d = disk(&s.file("a.img", 1 << 20), ",transport=hypercall");
     let o = boot("blktest", &["--disk", &d], &["errors"]);
     o.expect_status(0);
     for line in [
@@ -128,19 +129,33 @@ fn bad_requests_get_error_codes() {
     ] {
         o.expect_stdout(line);
     }
-    let d4k = disk(&s.file("b.img", 1 << 20), ",sector=4096");
+    let d4k = disk(
+        &s.file("b.img", 1 << 20),
+        ",sector=4096,transport=hypercall",
+    );
     boot("blktest", &["--disk", &d4k], &["align"])
         .expect_status(0)
         .expect_stdout("len-512 -> Err(Inval)")
         .expect_stdout("offset-512 -> Err(Inval)")
         .expect_stdout("aligned -> Ok(4096)");
+    // The same rules through duet::block, on both transports.
+    for t in ["hypercall", "virtio"] {
+        let opts = format!(",sector=4096,transport={t}");
+        let d4k = disk(&s.file("c.img", 1 << 20), &opts);
+        boot("blktest", &["--disk", &d4k], &["align-api"])
+            .expect_status(0)
+            .expect_stdout("len-512 -> Err(Inval)")
+            .expect_stdout("offset-512 -> Err(Inval)")
+            .expect_stdout("aligned -> Ok(())");
+    }
 }
 
 #[test]
 fn a_bad_batch_entry_fails_alone() {
     let s = Scratch::new("batch");
     let img = s.file("a.img", 1 << 20);
-    let d = disk(&img, "");
+    // The batch hypercall's per-entry codes: a hypercall disk.
+    let d = disk(&img, ",transport=hypercall");
     boot("blktest", &["--disk", &d], &["batch"])
         .expect_status(0)
         .expect_stdout("write-batch -> Ok(3)")
@@ -405,10 +420,29 @@ fn host_disk_full_reaches_the_guest_as_an_error() {
     let fs = Tmpfs::mount("64k");
     // A 1 MiB sparse image on a 64 KiB filesystem: writes run out of space.
     let img = fs.0.file("full.img", 1 << 20);
-    let d = disk(&img, "");
-    let o = boot("blktest", &["--disk", &d], &["fill"]);
-    o.expect_status(0)
-        .expect_stdout("-> Err(NoSpace)")
-        .expect_stdout("read-after -> Ok(())");
-    assert!(!o.stdout.contains("fill stopped at 1048576"), "{o:#?}");
+    // virtio-blk has no "no space" status: its guest sees an I/O error.
+    for (t, err) in [("hypercall", "-> Err(NoSpace)"), ("virtio", "-> Err(Io)")] {
+        let d = disk(&img, &format!(",transport={t}"));
+        let o = boot("blktest", &["--disk", &d], &["fill"]);
+        o.expect_status(0)
+            .expect_stdout(err)
+            .expect_stdout("read-after -> Ok(())");
+        assert!(!o.stdout.contains("fill stopped at 1048576"), "{o:#?}");
+    }
+}
+
+#[test]
+fn a_hostile_virtqueue_stops_only_its_device() {
+    let s = Scratch::new("vbad");
+    let d = disk(&s.file("a.img", 1 << 20), ",transport=virtio");
+    boot("virtiobad", &["--disk", &d], &[])
+        .expect_status(0)
+        .expect_stdout("size-3 -> needs reset true")
+        .expect_stdout("size-16 -> live true")
+        .expect_stdout("outside-memory -> done true status 255 live true")
+        .expect_stdout("index-beyond-ring -> needs reset true")
+        .expect_stdout("after-reset -> Ok(())")
+        .expect_stderr("queue size 3 is not a power of two")
+        .expect_stderr("outside guest memory")
+        .expect_stderr("beyond the 16-entry ring");
 }

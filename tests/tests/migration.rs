@@ -762,9 +762,17 @@ fn httpd_keeps_answering_across_a_migration_and_announces_its_new_port() {
     let addr = free_addr();
     let dapi = tmp.join("dst.sock");
     let dst = start_dest_with(&br.exec(), &addr, &k, Some(&dapi), &["--net", "tap=tap1"]);
-    migrate(&sock, &addr, &k, &[], &[])
-        .expect_status(0)
-        .expect_stdout("migrated to");
+    let m = migrate(&sock, &addr, &k, &[], &[]);
+    if m.status != Some(0) {
+        src.signal(libc::SIGKILL);
+        dst.signal(libc::SIGKILL);
+        panic!(
+            "migration failed: {m:#?}\nsource: {:#?}\ndestination: {:#?}",
+            src.finish(),
+            dst.finish()
+        );
+    }
+    m.expect_status(0).expect_stdout("migrated to");
     src.finish().expect_status(MIGRATED);
     // The guest announces itself on its own: no client traffic yet.
     let mut seen = false;
@@ -775,7 +783,17 @@ fn httpd_keeps_answering_across_a_migration_and_announces_its_new_port() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(seen, "no gratuitous ARP: the bridge did not learn tap1");
+    if !seen {
+        let st1 = duet(&["ctl", s(&dapi), "status"]);
+        std::thread::sleep(Duration::from_millis(500));
+        let st2 = duet(&["ctl", s(&dapi), "status"]);
+        eprintln!("status: {}\nthen: {}", st1.stdout, st2.stdout);
+        dst.signal(libc::SIGKILL);
+        panic!(
+            "no gratuitous ARP: the bridge did not learn tap1; destination: {:#?}",
+            dst.finish()
+        );
+    }
     // Clients may retry while the move settles.
     let answered = (0..10).any(|_| br.get().is_some());
     assert!(answered, "httpd stopped answering: {}", dst.stdout());

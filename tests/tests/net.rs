@@ -135,6 +135,35 @@ fn json_u64(json: &str, key: &str) -> u64 {
 }
 
 #[test]
+fn apachebench_gets_every_answer_on_both_transports() {
+    for transport in ["virtio", "hypercall"] {
+        let ns = Netns::create();
+        let g = ns.boot_transport("httpd", transport, &[], &[]);
+        ns.connect(80);
+        let o = ns
+            .command("ab")
+            .args(["-q", "-n", "200", "-c", "4", "-s", "10"])
+            .arg(format!("http://{GUEST_IP}/"))
+            .output()
+            .expect("run ab (Debian apache2-utils; cargo xtask test installs it if missing)");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "ab on {transport}: {o:?}");
+        assert!(
+            out.contains("Complete requests:      200"),
+            "{transport}: {out}"
+        );
+        assert!(
+            out.contains("Failed requests:        0"),
+            "{transport}: {out}"
+        );
+        // The guest saw them all: 200 plus this one.
+        let stats = curl(&ns, "/stats");
+        assert_eq!(json_u64(&stats, "requests"), 201, "{transport}: {stats}");
+        drop(g);
+    }
+}
+
+#[test]
 fn curl_gets_the_page_and_stats() {
     let ns = Netns::create();
     let g = boot_httpd(&ns);
@@ -371,22 +400,27 @@ fn malformed_frames_do_not_crash_guest_or_monitor() {
 
 #[test]
 fn vanishing_tap_is_reported_and_the_monitor_survives() {
-    let ns = Netns::create();
-    let g = boot_httpd(&ns);
-    assert!(http_get(ns.connect(80), "/").contains("200 OK"));
-    ns.ip(&["link", "del", TAP]);
-    // httpd exits with 3 once the device fails: the monitor ran on.
-    let o = g.wait(Duration::from_secs(20));
-    o.expect_status(3)
-        .expect_stderr("tap tap0: receive failed")
-        .expect_stderr("has vanished")
-        .expect_stdout("network device lost: host I/O error");
+    for transport in ["virtio", "hypercall"] {
+        let ns = Netns::create();
+        let g = ns.boot_transport("httpd", transport, &[], &[]);
+        assert!(http_get(ns.connect(80), "/").contains("200 OK"));
+        ns.ip(&["link", "del", TAP]);
+        // httpd exits with 3 once the device fails: the monitor ran on.
+        let o = g.wait(Duration::from_secs(20));
+        o.expect_status(3)
+            .expect_stderr("tap tap0: receive failed")
+            .expect_stderr("has vanished")
+            .expect_stdout("network device lost: host I/O error");
+    }
 }
 
 #[test]
 fn bad_network_calls_get_error_codes() {
     let ns = Netns::create();
-    let o = ns.boot("netbad", &[], &[]).wait(Duration::from_secs(20));
+    // The raw network hypercalls' error codes: a hypercall NIC.
+    let o = ns
+        .boot_transport("netbad", "hypercall", &[], &[])
+        .wait(Duration::from_secs(20));
     o.expect_status(0);
     for line in [
         "send-no-device -> Err(NoDev)",

@@ -105,10 +105,16 @@ fn main() -> i32 {
         .map_or(32 << 20, |m| m << 20)
         .min(d.capacity());
     for (size, tag) in [(512usize, "512"), (4096, "4k")] {
+        let e0 = duet::hypercall::exits();
         bench(
             &alloc::format!("lat_read_{tag}"),
             latency(d, size, false),
             "ns",
+        );
+        bench(
+            &alloc::format!("lat_read_{tag}_exits_milli"),
+            (duet::hypercall::exits() - e0) * 1000 / LAT_N,
+            "exits/1000req",
         );
         bench(
             &alloc::format!("lat_write_{tag}"),
@@ -116,6 +122,26 @@ fn main() -> i32 {
             "ns",
         );
     }
+    // Queue depth 32: 4 KiB reads, 32 in flight (one batch).
+    let exits0 = duet::hypercall::exits();
+    let t = duet::rt::rdtsc();
+    let mut qd = vec![0u8; 32 * 4096];
+    let slots = (d.capacity() / (32 * 4096)).max(1);
+    for i in 0..LAT_N / 32 {
+        let base = (i % slots) * 32 * 4096;
+        let mut b = Batch::new();
+        for (k, c) in qd.chunks_mut(4096).enumerate() {
+            b.read(d, base + k as u64 * 4096, c).expect("batch room");
+        }
+        b.submit_all().expect("qd32 batch");
+    }
+    let n = (LAT_N / 32) * 32;
+    bench("qd32_read_4k", ns(duet::rt::rdtsc() - t) / n, "ns");
+    bench(
+        "qd32_exits_milli",
+        (duet::hypercall::exits() - exits0) * 1000 / n,
+        "exits/1000req",
+    );
     let mut buf = vec![0xa5u8; span as usize];
     for (size, tag) in SIZES {
         let per_batch = (BLK_BATCH_MAX as usize).min(span as usize / size).max(1);

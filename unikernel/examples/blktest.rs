@@ -288,6 +288,16 @@ fn align() -> i32 {
     0
 }
 
+/// The same through `duet::block` (either transport).
+fn align_api() -> i32 {
+    let d = disk0();
+    let mut buf = vec![0u8; 8192];
+    duet::println!("len-512 -> {:?}", d.read_at(0, &mut buf[..512]));
+    duet::println!("offset-512 -> {:?}", d.read_at(512, &mut buf[..4096]));
+    duet::println!("aligned -> {:?}", d.read_at(4096, &mut buf[..4096]));
+    0
+}
+
 fn main() -> i32 {
     let args: Vec<&str> = duet::env::args().collect();
     match args.as_slice() {
@@ -300,6 +310,7 @@ fn main() -> i32 {
         ["readonly"] => readonly(),
         ["fill"] => fill(),
         ["align"] => align(),
+        ["align-api"] => align_api(),
         _ => 2,
     }
 }

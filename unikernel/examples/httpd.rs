@@ -166,9 +166,9 @@ fn respond(req: &[u8], c: &mut Counters, n_open: usize) -> Vec<u8> {
         (Some("GET"), Some("/stats")) => {
             let d = duet::net::stats();
             let body = format!(
-                "{{\"connections\":{},\"open\":{n_open},\"requests\":{},\"not_found\":{},\"bad_requests\":{},\"timeouts\":{},\"bytes_out\":{},\"rx_frames\":{},\"tx_frames\":{},\"rx_calls\":{},\"tx_calls\":{},\"tx_dropped\":{}}}\n",
+                "{{\"connections\":{},\"open\":{n_open},\"requests\":{},\"not_found\":{},\"bad_requests\":{},\"timeouts\":{},\"bytes_out\":{},\"rx_frames\":{},\"tx_frames\":{},\"rx_calls\":{},\"tx_calls\":{},\"tx_dropped\":{},\"exits\":{}}}\n",
                 c.connections, c.requests, c.not_found, c.bad_requests, c.timeouts, c.bytes_out,
-                d.rx_frames, d.tx_frames, d.rx_calls, d.tx_calls, d.tx_dropped
+                d.rx_frames, d.tx_frames, d.rx_calls, d.tx_calls, d.tx_dropped, duet::hypercall::exits()
             );
             ("200 OK", "application/json", body)
         }

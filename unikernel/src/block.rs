@@ -3,8 +3,12 @@
 //! [`disks`] lists them from the boot info's device table. A [`Disk`] reads
 //! and writes whole sectors at byte offsets ([`Disk::read_at`],
 //! [`Disk::write_at`]); writes are durable once [`Disk::flush`] returns.
-//! Every call is one exit to the monitor, which costs tens of microseconds:
-//! a [`Batch`] submits up to [`BLK_BATCH_MAX`] requests in one exit.
+//! On a virtio disk (the default, `--disk ...,transport=virtio`) requests go
+//! through a virtqueue the monitor's I/O thread serves, with no exit while
+//! it is busy; on a hypercall disk every call is one exit to the monitor,
+//! which costs tens of microseconds, and a [`Batch`] submits up to
+//! [`BLK_BATCH_MAX`] requests in one exit (on virtio it keeps that many in
+//! flight). The API is the same either way.
 //!
 //! [`BlockIo`] is the small trait a filesystem or database can sit on.
 //!
@@ -22,7 +26,7 @@ use duet_abi::block::{
     BlkBatchArgs, BlkFlushArgs, BlkIoArgs, BlkReq, BLK_BATCH_MAX, BLK_IO_MAX, BLK_OP_FLUSH,
     BLK_OP_READ, BLK_OP_WRITE,
 };
-use duet_abi::boot::{DeviceInfo, DeviceKind, DEVICE_FLAG_READONLY};
+use duet_abi::boot::{DeviceInfo, DeviceKind, DEVICE_FLAG_READONLY, DEVICE_FLAG_VIRTIO};
 use duet_abi::hypercall::{Error, Hypercall};
 use duet_abi::Gpa;
 
@@ -96,9 +100,52 @@ impl Disk {
         self.info.flags & DEVICE_FLAG_READONLY != 0
     }
 
+    /// Whether the disk is driven through virtio.
+    pub fn is_virtio(&self) -> bool {
+        self.info.flags & DEVICE_FLAG_VIRTIO != 0
+    }
+
+    /// The hypercall path's checks, for the virtio path: aligned, inside the
+    /// disk, writable.
+    fn check(&self, write: bool, offset: u64, len: u64) -> Result<(), Error> {
+        if write && self.is_read_only() {
+            return Err(Error::ReadOnly);
+        }
+        let sector = u64::from(self.sector_size().max(1));
+        if !offset.is_multiple_of(sector) || !len.is_multiple_of(sector) {
+            return Err(Error::Inval);
+        }
+        match offset.checked_add(len) {
+            Some(end) if end <= self.capacity() => Ok(()),
+            _ => Err(Error::Range),
+        }
+    }
+
+    /// A long request as [`BLK_IO_MAX`] pieces on the virtio queue.
+    fn virtio_io(&self, read: bool, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+        self.check(!read, offset, buf.len() as u64)?;
+        let mut ops: alloc::vec::Vec<crate::vblk::Op<'_>> = alloc::vec::Vec::new();
+        let mut off = offset;
+        for chunk in buf.chunks_mut(BLK_IO_MAX as usize) {
+            let len = chunk.len() as u64;
+            ops.push(crate::vblk::Op {
+                read,
+                offset: off,
+                buf: chunk,
+                ret: Ok(()),
+            });
+            off += len;
+        }
+        crate::vblk::run(self.id, &mut ops)?;
+        ops.into_iter().try_for_each(|o| o.ret)
+    }
+
     /// Fills `buf` from byte `offset`. Requests over [`BLK_IO_MAX`] go out
     /// as batches.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+        if self.is_virtio() {
+            return self.virtio_io(true, offset, buf);
+        }
         if buf.len() as u64 <= BLK_IO_MAX {
             return self.one(
                 Hypercall::BlkRead,
@@ -122,6 +169,12 @@ impl Disk {
 
     /// Writes `buf` at byte `offset` (durable after [`Disk::flush`]).
     pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), Error> {
+        if self.is_virtio() {
+            // SAFETY: a write only reads the buffer; the mutable view is for
+            // the request list's one type and nothing writes through it.
+            let b = unsafe { core::slice::from_raw_parts_mut(buf.as_ptr() as *mut u8, buf.len()) };
+            return self.virtio_io(false, offset, b);
+        }
         if buf.len() as u64 <= BLK_IO_MAX {
             return self.one(Hypercall::BlkWrite, offset, buf.as_ptr() as u64, buf.len());
         }
@@ -140,6 +193,9 @@ impl Disk {
     /// Returns once every earlier write to this disk is durable (the
     /// monitor's `fdatasync` returned).
     pub fn flush(&self) -> Result<(), Error> {
+        if self.is_virtio() {
+            return crate::vblk::flush(self.id);
+        }
         let mut a = BlkFlushArgs {
             dev: self.id,
             flags: 0,
@@ -274,6 +330,9 @@ impl<'a> Batch<'a> {
     /// Submits every request in one exit. Returns how many succeeded; see
     /// [`Batch::status`] for each. An `Err` means the list itself was refused.
     pub fn submit(&mut self) -> Result<usize, Error> {
+        if self.reqs[..self.len].iter().any(|r| is_virtio(r.dev)) {
+            return self.submit_virtio();
+        }
         let mut a = BlkBatchArgs {
             reqs: Gpa(self.reqs.as_mut_ptr() as u64),
             count: self.len as u32,
@@ -284,6 +343,82 @@ impl<'a> Batch<'a> {
         // the compiler sees the monitor's writes to each entry's `ret`.
         call(Hypercall::BlkBatch, &mut a);
         result(a.ret).map(|n| n as usize)
+    }
+
+    /// The batch on virtio disks: runs of reads and writes go to the queue
+    /// together (all in flight), a flush waits for what came before it.
+    /// Entries for hypercall disks in a mixed batch go one by one.
+    fn submit_virtio(&mut self) -> Result<usize, Error> {
+        let n = self.len;
+        let mut i = 0;
+        while i < n {
+            let r = self.reqs[i];
+            let disk = disks().find(|d| d.id == r.dev);
+            let Some(disk) = disk.filter(|d| d.is_virtio()) else {
+                self.reqs[i].ret = match disk {
+                    None => Error::NoDev.to_ret(),
+                    Some(d) => single(d, &r).map_or_else(|e| e.to_ret(), |n| n as i64),
+                };
+                i += 1;
+                continue;
+            };
+            if r.op == BLK_OP_FLUSH {
+                self.reqs[i].ret = disk.flush().map_or_else(|e| e.to_ret(), |_| 0);
+                i += 1;
+                continue;
+            }
+            // A run of reads and writes on this disk.
+            let mut j = i;
+            let mut ops = alloc::vec::Vec::new();
+            while j < n && self.reqs[j].dev == r.dev && self.reqs[j].op != BLK_OP_FLUSH {
+                let q = self.reqs[j];
+                let read = q.op == BLK_OP_READ;
+                let checked = match q.op {
+                    BLK_OP_READ | BLK_OP_WRITE if q.len > BLK_IO_MAX => Err(Error::TooBig),
+                    BLK_OP_READ | BLK_OP_WRITE => disk.check(!read, q.offset, q.len),
+                    _ => Err(Error::Unsupported),
+                };
+                // SAFETY: the batch borrows each buffer for `'a` (it was
+                // pushed with its length); a write's buffer is only read.
+                let buf: &mut [u8] = match checked {
+                    Ok(()) => unsafe {
+                        core::slice::from_raw_parts_mut(q.buf.0 as *mut u8, q.len as usize)
+                    },
+                    Err(_) => &mut [],
+                };
+                ops.push((
+                    j,
+                    checked,
+                    crate::vblk::Op {
+                        read,
+                        offset: q.offset,
+                        buf,
+                        ret: Ok(()),
+                    },
+                ));
+                j += 1;
+            }
+            let mut list: alloc::vec::Vec<crate::vblk::Op<'_>> = alloc::vec::Vec::new();
+            let mut idx = alloc::vec::Vec::new();
+            for (k, checked, op) in ops {
+                match checked {
+                    Ok(()) => {
+                        idx.push(k);
+                        list.push(op);
+                    }
+                    Err(e) => self.reqs[k].ret = e.to_ret(),
+                }
+            }
+            let whole = crate::vblk::run(r.dev, &mut list);
+            for (k, op) in idx.into_iter().zip(list) {
+                self.reqs[k].ret = match whole.and(op.ret) {
+                    Ok(()) => self.reqs[k].len as i64,
+                    Err(e) => e.to_ret(),
+                };
+            }
+            i = j;
+        }
+        Ok(self.reqs[..n].iter().filter(|r| r.ret >= 0).count())
     }
 
     /// Submits, then returns the first failed entry's error, if any.
@@ -304,5 +439,22 @@ impl<'a> Batch<'a> {
     /// Empties the batch for reuse (with buffers of the same lifetime).
     pub fn clear(&mut self) {
         self.len = 0;
+    }
+}
+
+/// Whether device `id` is a virtio disk.
+fn is_virtio(id: u32) -> bool {
+    disks().any(|d| d.id == id && d.is_virtio())
+}
+
+/// One hypercall-disk entry of a mixed batch.
+fn single(d: Disk, r: &BlkReq) -> Result<u64, Error> {
+    // SAFETY: as in `submit_virtio`: the batch borrows the buffer.
+    let buf = unsafe { core::slice::from_raw_parts_mut(r.buf.0 as *mut u8, r.len as usize) };
+    match r.op {
+        BLK_OP_READ => d.read_at(r.offset, buf).map(|()| r.len),
+        BLK_OP_WRITE => d.write_at(r.offset, buf).map(|()| r.len),
+        BLK_OP_FLUSH => d.flush().map(|()| 0),
+        _ => Err(Error::Unsupported),
     }
 }

@@ -37,6 +37,8 @@ mod panic;
 pub mod rand;
 pub mod rt;
 pub mod time;
+mod vblk;
+pub mod virtio;
 
 pub use duet_abi as abi;
 pub use identity::{identity, shutdown_requested, snapshot_point, Identity};

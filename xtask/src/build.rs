@@ -197,6 +197,7 @@ pub fn test(extra: &[String]) -> Result<()> {
     ensure_tools(&[
         ("curl", "curl"),
         ("dnsmasq", "dnsmasq-base"),
+        ("ab", "apache2-utils"),
         ("tc", "iproute2"),
         // The OCI runtime tests (tests/tests/oci_*.rs): the engines, runc
         // for non-Duet images, and criu, without which Podman refuses to
@@ -223,7 +224,8 @@ pub fn test(extra: &[String]) -> Result<()> {
         .env("DUET_IMAGES", images_dir())
         .env("DUET_DEBUG_IMAGES", debug_images_dir())
         .env("DUET_BIN", duet)
-        .args(["test", "--workspace"])
+        // Every failing test binary is reported, not only the first.
+        .args(["test", "--workspace", "--no-fail-fast"])
         .args(extra))?;
     // Benchmarks are not tests: a smoke pass with tiny counts keeps the
     // harness from rotting; no figure is checked, but a section that fails

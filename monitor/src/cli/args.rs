@@ -68,11 +68,11 @@ pub struct GuestArgs {
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = config::parse_env)]
     pub env: Vec<String>,
     /// Attach a raw image file as a block device (repeatable; devices are numbered in order).
-    #[arg(long = "disk", value_name = "PATH[,ro][,name=NAME][,sector=512|4096]", value_parser = block::parse_spec)]
+    #[arg(long = "disk", value_name = "PATH[,ro][,name=NAME][,sector=512|4096][,transport=virtio|hypercall]", value_parser = block::parse_spec)]
     pub disks: Vec<block::DiskSpec>,
     /// A network interface backed by TAP NAME (repeatable): tap=NAME[,mac=MAC].
     /// An existing TAP is attached; a missing one is created when allowed.
-    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]", value_parser = net::parse_spec)]
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC][,transport=virtio|hypercall]", value_parser = net::parse_spec)]
     pub net: Vec<net::NetConfig>,
     /// Arguments for the guest, after `--`.
     #[arg(last = true, value_name = "ARGS")]

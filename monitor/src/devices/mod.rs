@@ -11,6 +11,7 @@
 pub mod block;
 pub mod net;
 mod relocate;
+pub mod virtio;
 
 pub use relocate::relocate;
 
@@ -22,6 +23,7 @@ use std::any::Any;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use thiserror::Error;
+use virtio::{StartCtx, VirtioPort};
 
 /// Why a device operation failed at run time.
 #[derive(Debug, Error)]
@@ -37,6 +39,37 @@ pub enum DeviceError {
     /// A disk's lock is held elsewhere.
     #[error(transparent)]
     Block(#[from] block::BlockError),
+    /// A virtio device's I/O thread or doorbell could not be set up.
+    #[error("starting {name}: {source}")]
+    Start {
+        /// The device.
+        name: String,
+        /// The host error.
+        source: std::io::Error,
+    },
+}
+
+/// How the guest reaches a device: through virtqueues (no exit per
+/// request while busy) or one hypercall per request or batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Transport {
+    /// virtio-blk / virtio-net over shared queues (the default: fewer
+    /// exits, see `cargo xtask bench block|net`).
+    #[default]
+    Virtio,
+    /// The block and network hypercalls.
+    Hypercall,
+}
+
+impl Transport {
+    /// Parses `virtio` or `hypercall`.
+    pub fn parse(s: &str) -> Option<Transport> {
+        match s {
+            "virtio" => Some(Transport::Virtio),
+            "hypercall" => Some(Transport::Hypercall),
+            _ => None,
+        }
+    }
 }
 
 /// What a migration that copies a device's contents reads (`--copy-disks`).
@@ -80,6 +113,31 @@ pub trait Device: Send + Any {
     }
     /// Stops tracking writes for a copy.
     fn stop_copy_tracking(&self) {}
+    /// Starts what the device runs beside the vCPU (a virtio device's I/O
+    /// thread), once guest memory exists.
+    fn start(&mut self, _ctx: &StartCtx<'_>) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    /// Whether the device has news for the guest already; the poll
+    /// hypercall asks before it sleeps on [`Device::ready_fd`].
+    fn ready_now(&self) -> bool {
+        false
+    }
+    /// An fd whose input [`Device::ready_now`] serves on the spot (a virtio
+    /// NIC's TAP): the poll hypercall waits on it too, and asks again when
+    /// it fires.
+    fn input_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// Stops the device's own thread between two requests (before a
+    /// capture: its queue state and guest memory then hold still).
+    fn quiesce(&self) {}
+    /// Lets it go on after [`Device::quiesce`].
+    fn resume(&self) {}
+    /// The virtio side of a virtio device.
+    fn virtio(&self) -> Option<&dyn VirtioPort> {
+        None
+    }
     /// For the device's own hypercall handlers.
     fn as_any(&self) -> &dyn Any;
     /// For the device's own hypercall handlers.
@@ -94,6 +152,10 @@ pub enum DeviceState {
     Block(block::BlockState),
     /// A network interface: its TAP is reattached (or created).
     Net(net::NetConfig),
+    /// A virtio disk: the disk, and its queues (served on after restore).
+    VirtioBlock(block::BlockState, virtio::VirtioState),
+    /// A virtio NIC: the interface, and its queues.
+    VirtioNet(net::NetConfig, virtio::VirtioState),
 }
 
 /// Rebuilds device `id` from its record; `lock` false leaves a disk
@@ -102,6 +164,8 @@ pub fn reattach(state: &DeviceState, id: usize, lock: bool) -> Result<Box<dyn De
     Ok(match state {
         DeviceState::Block(s) => Box::new(block::BlockDevice::restore((id, lock), s)?),
         DeviceState::Net(s) => Box::new(net::NetDevice::restore(id, s)?),
+        DeviceState::VirtioBlock(b, t) => Box::new(virtio::restore_block(id, lock, b, t)?),
+        DeviceState::VirtioNet(c, t) => Box::new(virtio::restore_net(id, c, t)?),
     })
 }
 
@@ -119,11 +183,25 @@ impl Devices {
         nets: &[net::NetConfig],
     ) -> Result<Devices, DeviceOpenError> {
         let mut list: Vec<Box<dyn Device>> = Vec::new();
-        for d in block::open_all(disks, 0)? {
-            list.push(Box::new(d));
+        let start = |name: String| move |source| DeviceOpenError::Start { name, source };
+        for (d, spec) in block::open_all(disks, 0)?.into_iter().zip(disks) {
+            let id = list.len();
+            list.push(match spec.transport {
+                Transport::Hypercall => Box::new(d),
+                Transport::Virtio => Box::new(
+                    virtio::VirtioBlock::new(id, d, None).map_err(start(format!("disk {id}")))?,
+                ),
+            });
         }
-        for n in net::open_all(nets, list.len())? {
-            list.push(Box::new(n));
+        let first = list.len();
+        for (n, cfg) in net::open_all(nets, first)?.into_iter().zip(nets) {
+            let id = list.len();
+            list.push(match cfg.transport {
+                Transport::Hypercall => Box::new(n),
+                Transport::Virtio => Box::new(
+                    virtio::VirtioNet::new(id, n, None).map_err(start(format!("nic {id}")))?,
+                ),
+            });
         }
         Ok(Devices { list })
     }
@@ -172,6 +250,26 @@ impl Devices {
     pub fn unlock(&self) {
         self.iter().for_each(Device::unlock)
     }
+
+    /// Starts every device's own thread (guest memory exists now).
+    pub fn start(&mut self, ctx: &StartCtx<'_>) -> Result<(), DeviceError> {
+        self.list.iter_mut().try_for_each(|d| d.start(ctx))
+    }
+
+    /// Holds every device's thread still (before a capture).
+    pub fn quiesce(&self) {
+        self.iter().for_each(Device::quiesce)
+    }
+
+    /// Lets them go on.
+    pub fn resume(&self) {
+        self.iter().for_each(Device::resume)
+    }
+
+    /// Device `id`'s virtio side, if it is a virtio device.
+    pub fn virtio(&self, id: u32) -> Option<&dyn VirtioPort> {
+        self.list.get(id as usize)?.virtio()
+    }
 }
 
 /// Why the command line's devices could not be opened.
@@ -183,6 +281,14 @@ pub enum DeviceOpenError {
     /// A `--net`.
     #[error(transparent)]
     Net(#[from] net::NetError),
+    /// A virtio device's eventfds.
+    #[error("setting up {name}: {source}")]
+    Start {
+        /// The device.
+        name: String,
+        /// The host error.
+        source: std::io::Error,
+    },
 }
 
 /// How devices come back: whether disks take their locks now.
@@ -231,7 +337,8 @@ mod tests {
         let many = vec![
             DeviceState::Net(net::NetConfig {
                 tap: "x".into(),
-                mac: None
+                mac: None,
+                transport: Transport::Hypercall,
             });
             17
         ];

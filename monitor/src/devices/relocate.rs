@@ -22,8 +22,8 @@ pub fn relocate(
     let mut taps = nets.iter();
     for d in &mut devices {
         let spec = match d {
-            DeviceState::Block(b) => &mut b.spec,
-            DeviceState::Net(cfg) => {
+            DeviceState::Block(b) | DeviceState::VirtioBlock(b, _) => &mut b.spec,
+            DeviceState::Net(cfg) | DeviceState::VirtioNet(cfg, _) => {
                 let mine = taps
                     .next()
                     .ok_or("more network devices than `--net` options here")?;
@@ -89,6 +89,7 @@ mod tests {
             readonly,
             name: name.map(Into::into),
             sector_size: 512,
+            transport: Default::default(),
         }
     }
 
@@ -110,11 +111,13 @@ mod tests {
             DeviceState::Net(NetConfig {
                 tap: tap.into(),
                 mac,
+                transport: Default::default(),
             })
         };
         let here = NetConfig {
             tap: "tap1".into(),
             mac: None,
+            transport: Default::default(),
         };
         let m = relocate(vec![nic("tap0", mac)], &[], std::slice::from_ref(&here)).unwrap();
         assert_eq!(m, vec![nic("tap1", mac)]);

@@ -13,6 +13,9 @@ use std::time::Duration;
 
 /// Most devices a guest can wait on (one bit each in `wait`).
 const MAX_WAIT: usize = 64;
+/// Most fds a poll waits on: two per device (readiness and input) and the
+/// wake-up fd.
+const MAX_FDS: usize = 2 * duet_abi::boot::MAX_DEVICES + 1;
 
 /// What a poll waits with besides the devices.
 pub struct Waker<'a> {
@@ -56,18 +59,24 @@ fn wait(
     if n < MAX_WAIT && set >> n != 0 {
         return Err(Error::NoDev);
     }
-    // One slot more than devices: the wake-up fd, so a pause or snapshot
-    // request ends the wait.
+    // One slot more than devices' fds: the wake-up fd, so a pause or
+    // snapshot request ends the wait.
     let mut fds = [libc::pollfd {
         fd: -1,
         events: 0,
         revents: 0,
-    }; MAX_WAIT + 1];
-    let mut ids = [0usize; MAX_WAIT];
+    }; MAX_FDS];
+    // Per fd: the device, and whether it is an input fd to serve.
+    let mut ids = [(0usize, false); MAX_FDS];
     let mut nfds = 0;
     let mut ready = 0u64;
     for (id, dev) in devices.iter().enumerate().take(MAX_WAIT) {
         if set & (1 << id) == 0 {
+            continue;
+        }
+        // A virtio device may have a used buffer the guest has not seen.
+        if dev.ready_now() {
+            ready |= 1 << id;
             continue;
         }
         match dev.ready_fd() {
@@ -79,8 +88,19 @@ fn wait(
                     events: libc::POLLIN,
                     revents: 0,
                 };
-                ids[nfds] = id;
+                ids[nfds] = (id, false);
                 nfds += 1;
+                if let Some(fd) = dev.input_fd() {
+                    if nfds + 1 < MAX_FDS {
+                        fds[nfds] = libc::pollfd {
+                            fd,
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        ids[nfds] = (id, true);
+                        nfds += 1;
+                    }
+                }
             }
         }
     }
@@ -120,8 +140,13 @@ fn wait(
         // the guest polls again.
         return Ok(ready);
     }
-    for (fd, &id) in fds[..nfds].iter().zip(&ids) {
-        if fd.revents != 0 {
+    for (fd, &(id, input)) in fds[..nfds].iter().zip(&ids) {
+        if fd.revents == 0 {
+            continue;
+        }
+        // Input for a device that serves it here: served now, and ready
+        // only if that gave the guest something.
+        if !input || devices.iter().nth(id).is_some_and(|d| d.ready_now()) {
             ready |= 1 << id;
         }
     }

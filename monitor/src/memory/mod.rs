@@ -15,11 +15,13 @@ mod fileio;
 pub mod mapping;
 mod persist;
 pub mod resident;
+pub mod shared;
 
 pub use dirty::{DirtySet, HostDirty};
 pub use fileio::{FileIo, Frame};
 pub use mapping::Mapping;
 pub use persist::{Backing, MemState};
+pub use shared::{IoMem, Writable};
 
 use duet_abi::{Gpa, Plain};
 use std::mem::{size_of, MaybeUninit};
@@ -71,6 +73,8 @@ pub struct GuestMem {
     mapping: Option<Arc<Mapping>>,
     /// Pages the monitor writes while a migration tracks them.
     host_dirty: Arc<HostDirty>,
+    /// `writable` as published to I/O threads ([`IoMem`]).
+    shared_writable: shared::SharedRanges,
 }
 
 /// A read-only view of guest memory for another thread (a migration's
@@ -115,6 +119,7 @@ impl GuestMem {
             file_ranges: Vec::new(),
             mapping: None,
             host_dirty: Default::default(),
+            shared_writable: Default::default(),
         })
     }
 
@@ -145,6 +150,7 @@ impl GuestMem {
             file_ranges,
             mapping: Some(Arc::new(mapping)),
             host_dirty: Default::default(),
+            shared_writable: Default::default(),
         })
     }
 
@@ -244,7 +250,16 @@ impl GuestMem {
                 _ => merged.push((s, e)),
             }
         }
+        *self
+            .shared_writable
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(merged.clone());
         self.writable = merged;
+    }
+
+    /// A handle for a device's I/O thread.
+    pub fn io_mem(&self) -> IoMem {
+        IoMem::new(self)
     }
 
     /// Checks `[gpa, gpa + len)` lies in guest memory (overflow included).

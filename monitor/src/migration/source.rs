@@ -119,7 +119,13 @@ fn finish(vmm: &mut Vmm, end: End, was_paused: bool) -> Result<(), String> {
             vmm.migrated(to);
             return Ok(());
         }
-        End::Abort => vmm.hold(Some(was_paused)),
+        End::Abort => {
+            vmm.hold(Some(was_paused));
+            // The guest runs on here: so do its device threads.
+            vmm.resume_devices();
+        }
+        // Commit may have happened: device threads stay still until the
+        // guest is resumed by hand (`Vmm::resume`).
         End::Unknown => vmm.hold(Some(true)),
     }
     // The destination locks only after commit, so this fails only if

@@ -124,19 +124,32 @@ pub fn save(vmm: &mut Vmm, dir: &Path) -> Result<SaveStats, SnapshotError> {
         return Err(SnapshotError::Exists(dir.display().to_string()));
     }
     let id = crate::bootinfo::random_seed()[0];
-    let st = vmm.capture()?;
+    let st = vmm.capture();
+    // Device threads were quiesced for the capture; whatever happens to the
+    // snapshot, the guest goes on with them once its memory is on disk.
+    let st = match st {
+        Ok(st) => st,
+        Err(e) => {
+            vmm.resume_devices();
+            return Err(e.into());
+        }
+    };
     let state_err = |source| SnapshotError::State {
         path: dir.join(STATE_FILE).display().to_string(),
         source,
     };
-    let mut file = StateFile::from_state(&st, id).map_err(state_err)?;
-    let mem = vmm.vm().mem();
-    let index = dir::write_dir(dir, |tmp| {
-        let index = memfile::dump(mem, &tmp.join(MEMORY_FILE), id)?;
-        file.put(Tag::MemoryIndex, &index).map_err(state_err)?;
-        dir::write_file(&tmp.join(STATE_FILE), &file.encode())?;
-        Ok(index)
-    })?;
+    let written = (|| {
+        let mut file = StateFile::from_state(&st, id).map_err(state_err)?;
+        let mem = vmm.vm().mem();
+        dir::write_dir(dir, |tmp| {
+            let index = memfile::dump(mem, &tmp.join(MEMORY_FILE), id)?;
+            file.put(Tag::MemoryIndex, &index).map_err(state_err)?;
+            dir::write_file(&tmp.join(STATE_FILE), &file.encode())?;
+            Ok(index)
+        })
+    })();
+    vmm.resume_devices();
+    let index = written?;
     let stats = SaveStats {
         elapsed: t0.elapsed(),
         memory_bytes: index.pages() * duet_abi::PAGE_SIZE,

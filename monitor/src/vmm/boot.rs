@@ -61,6 +61,9 @@ pub enum BootError {
     /// A `--disk` or `--net` cannot be attached.
     #[error(transparent)]
     Devices(#[from] DeviceOpenError),
+    /// A device's I/O thread could not start.
+    #[error(transparent)]
+    DeviceStart(#[from] crate::devices::DeviceError),
     /// Guest memory could not be mapped.
     #[error("cannot allocate guest memory: {0}")]
     Alloc(std::io::Error),
@@ -112,7 +115,7 @@ impl Vmm {
                 end: image.end(),
             });
         }
-        let devices = Devices::open(&cfg.disks, &cfg.net)?;
+        let mut devices = Devices::open(&cfg.disks, &cfg.net)?;
         mark(&mut trace, "read + validate image, open devices");
 
         // 2. Memory, then KVM and the VM with the memory as slot 0.
@@ -158,6 +161,7 @@ impl Vmm {
         let clock = GuestClock::start(vm.mem(), tsc_khz, tsc, now)?;
         let identity = Identity::default();
         identity.publish(vm.mem())?;
+        vm.start_devices(&mut devices)?;
         mark(&mut trace, "registers + clock");
         Ok(Vmm {
             vcpus: vec![vcpu],
@@ -217,6 +221,7 @@ fn lay_out(
         ),
         (layout::CLOCK_PAGE, PAGE_SIZE, RegionKind::Clock),
         (layout::IDENTITY_PAGE, PAGE_SIZE, RegionKind::Identity),
+        (layout::VIRTIO_PAGE, PAGE_SIZE, RegionKind::Virtio),
         (
             layout::BOOT_INFO,
             layout::BOOT_INFO_END - layout::BOOT_INFO,

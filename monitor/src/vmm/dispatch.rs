@@ -12,6 +12,9 @@ impl Vmm {
     /// Handles hypercall number `nr` with `eax` = `value`.
     #[inline]
     pub(super) fn hypercall(&mut self, nr: u16, value: u32) -> Flow {
+        if nr >= duet_abi::virtio::DOORBELL_BASE {
+            return self.doorbell(u32::from(nr - duet_abi::virtio::DOORBELL_BASE));
+        }
         let Some(call) = Hypercall::from_number(nr) else {
             return Flow::Stop(Outcome::Failed(format!(
                 "guest made unknown hypercall {nr} (port {:#x}); it was built for a different Duet ABI or is corrupt",
@@ -51,6 +54,31 @@ impl Vmm {
             Hypercall::SnapshotPoint => {
                 snapshot::snapshot_point(self.vm.mem(), self.life.template, value)
             }
+            Hypercall::VirtioStatus => match self.devices.virtio(value) {
+                None => Flow::Stop(Outcome::Failed(format!(
+                    "guest made VirtioStatus for device {value}, which is not a virtio device; check the device table's DEVICE_FLAG_VIRTIO"
+                ))),
+                Some(v) => match v.status_call(self.vm.mem()) {
+                    Ok(()) => Flow::Continue,
+                    Err(e) => Flow::Stop(Outcome::Failed(format!(
+                        "device {value}'s virtio slot is unusable: {e}"
+                    ))),
+                },
+            },
+        }
+    }
+
+    /// A doorbell that reached the run loop (no ioeventfd on its port).
+    fn doorbell(&mut self, dev: u32) -> Flow {
+        match self.devices.virtio(dev) {
+            Some(v) => {
+                v.doorbell();
+                Flow::Continue
+            }
+            None => Flow::Stop(Outcome::Failed(format!(
+                "guest made unknown hypercall {} (the virtio doorbell of device {dev}, which is not a virtio device); it was built for a different Duet ABI or is corrupt",
+                duet_abi::virtio::DOORBELL_BASE as u32 + dev
+            ))),
         }
     }
 

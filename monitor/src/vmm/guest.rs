@@ -23,6 +23,7 @@ pub(super) fn map(mem: &GuestMem, image: &Image, heap: &Heap) -> Result<PageTabl
     let mut pt = PageTables::new(mem)?;
     let user = [
         (layout::IDENTITY_PAGE, PAGE_SIZE, Access::UserRead),
+        (layout::VIRTIO_PAGE, PAGE_SIZE, Access::UserWrite),
         (layout::CLOCK_PAGE, PAGE_SIZE, Access::UserRead),
         (
             layout::BOOT_INFO,

@@ -150,6 +150,9 @@ impl Vmm {
             return Err("the guest is held for GDB (waiting for it, or stopped in it); continue it from GDB, or detach");
         }
         self.life.paused = false;
+        // Device threads held after a capture (a migration whose end is
+        // unknown) go on with the guest.
+        self.devices.resume();
         Ok(())
     }
 

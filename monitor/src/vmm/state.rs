@@ -74,8 +74,13 @@ pub struct Parts {
 impl Vmm {
     /// Captures the guest's state, stopped between two `KVM_RUN`s (the last
     /// hypercall's `out` completed first, so the saved RIP is past it).
+    ///
+    /// Devices with threads of their own are quiesced first and stay so:
+    /// the caller resumes them ([`Vmm::resume_devices`]) if the guest goes
+    /// on here.
     pub fn capture(&mut self) -> Result<VmmState, StateError> {
         self.vcpus[0].complete_io().map_err(StateError::Invalid)?;
+        self.devices.quiesce();
         let vcpus = self
             .vcpus
             .iter()
@@ -105,7 +110,7 @@ impl Vmm {
     pub fn assemble(p: Parts, st: &VmmState) -> Result<Vmm, StateError> {
         let Parts {
             vm,
-            devices,
+            mut devices,
             ctl,
             mut trace,
             clone_index,
@@ -179,6 +184,9 @@ impl Vmm {
             },
             &st.monitor.identity,
         )?;
+        // Restored queues are served from where the capture left them.
+        vm.start_devices(&mut devices)
+            .map_err(|e| StateError::Device(e.to_string()))?;
         Ok(Vmm {
             vcpus,
             devices,
@@ -195,6 +203,12 @@ impl Vmm {
             debugger: None,
             vm,
         })
+    }
+
+    /// Lets device threads go on after a [`Vmm::capture`] the guest
+    /// survives (a snapshot, an aborted migration).
+    pub fn resume_devices(&self) {
+        self.devices.resume();
     }
 
     /// The trace, for a caller that marks restore phases.

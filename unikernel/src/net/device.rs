@@ -15,6 +15,7 @@ use duet_abi::Gpa;
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
+use super::vnet::VirtioNetDev;
 use crate::hypercall::{call, result};
 
 const BATCH: usize = NET_BATCH_MAX as usize;
@@ -128,11 +129,26 @@ pub(crate) struct NetDev {
     /// The last batch was full: more frames may be waiting.
     more: bool,
     pub(crate) tx: TxQueue,
+    /// The virtio device, when the NIC is one (then the rest is unused).
+    v: Option<VirtioNetDev>,
 }
 
 impl NetDev {
     pub(crate) fn new(id: u32, mtu: u32, single: bool) -> NetDev {
+        let virtio = crate::rt::boot_info()
+            .devices
+            .get(id as usize)
+            .is_some_and(|d| d.flags & duet_abi::boot::DEVICE_FLAG_VIRTIO != 0);
+        let mut tx_error = None;
+        let v = if virtio {
+            VirtioNetDev::new(id, mtu)
+                .map_err(|e| tx_error = Some(e))
+                .ok()
+        } else {
+            None
+        };
         NetDev {
+            v,
             id,
             mtu: mtu as usize,
             rx: VecDeque::new(),
@@ -143,7 +159,7 @@ impl NetDev {
                 single,
                 bufs: Vec::new(),
                 used: 0,
-                error: None,
+                error: tx_error,
                 stats: DeviceStats::default(),
             },
         }
@@ -161,17 +177,46 @@ impl NetDev {
 
     /// The first error the host reported, if any.
     pub(crate) fn error(&self) -> Option<Error> {
-        self.tx.error
+        match &self.v {
+            Some(v) => v.error,
+            None => self.tx.error,
+        }
     }
 
     /// Counters.
     pub(crate) fn stats(&self) -> DeviceStats {
-        self.tx.stats
+        match &self.v {
+            Some(v) => v.stats,
+            None => self.tx.stats,
+        }
+    }
+
+    /// The virtio device, when the NIC is one.
+    pub(crate) fn virtio(&mut self) -> Option<&mut VirtioNetDev> {
+        self.v.as_mut()
+    }
+
+    /// Queues one frame of `len` bytes that `f` fills.
+    pub(crate) fn push_frame<R>(&mut self, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        match &mut self.v {
+            Some(v) => v.send(len, f),
+            None => self.tx.push(len, f),
+        }
+    }
+
+    /// Sends what is queued (virtio sends as it queues).
+    pub(crate) fn flush_tx(&mut self) {
+        if self.v.is_none() {
+            self.tx.flush();
+        }
     }
 
     /// Fetches waiting frames into the queue when it is empty; returns how
     /// many arrived. One exit (batched) or one exit per frame (single).
     pub(crate) fn refill(&mut self) -> usize {
+        if let Some(v) = &mut self.v {
+            return v.refill();
+        }
         if !self.rx.is_empty() || self.tx.error.is_some() {
             return 0;
         }
@@ -245,20 +290,26 @@ impl NetDev {
     }
 }
 
-/// A received frame; its buffer goes back to the pool once consumed.
+/// A received frame (bytes `start..start + len` of its buffer); the
+/// buffer goes back to the pool once consumed.
 pub(crate) struct RxToken<'a> {
     buf: Vec<u8>,
+    start: usize,
+    len: usize,
     pool: &'a mut Vec<Vec<u8>>,
 }
 
 /// Room for one frame in the transmit queue.
-pub(crate) struct TxToken<'a> {
-    q: &'a mut TxQueue,
+pub(crate) enum TxToken<'a> {
+    /// The hypercall device's batch.
+    Hc(&'a mut TxQueue),
+    /// The virtio transmit queue.
+    Virtio(&'a mut VirtioNetDev),
 }
 
 impl phy::RxToken for RxToken<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        let r = f(&self.buf);
+        let r = f(&self.buf[self.start..self.start + self.len]);
         self.pool.push(self.buf);
         r
     }
@@ -266,7 +317,10 @@ impl phy::RxToken for RxToken<'_> {
 
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        self.q.push(len, f)
+        match self {
+            TxToken::Hc(q) => q.push(len, f),
+            TxToken::Virtio(v) => v.send(len, f),
+        }
     }
 }
 
@@ -275,23 +329,44 @@ impl phy::Device for NetDev {
     type TxToken<'a> = TxToken<'a>;
 
     fn receive(&mut self, _: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
+        if self.v.is_some() {
+            let NetDev { v, pool, .. } = self;
+            let v = v.as_mut()?;
+            v.give_back(pool);
+            let (buf, start, len) = v.next_frame()?;
+            return Some((
+                RxToken {
+                    buf,
+                    start,
+                    len,
+                    pool,
+                },
+                TxToken::Virtio(v),
+            ));
+        }
         // Single-frame mode fetches here, one exit per frame; batched mode
         // fetches again only when the last batch was full.
         if self.rx.is_empty() && (self.tx.single || self.more) {
             self.refill();
         }
         let buf = self.rx.pop_front()?;
+        let len = buf.len();
         Some((
             RxToken {
                 buf,
+                start: 0,
+                len,
                 pool: &mut self.pool,
             },
-            TxToken { q: &mut self.tx },
+            TxToken::Hc(&mut self.tx),
         ))
     }
 
     fn transmit(&mut self, _: Instant) -> Option<TxToken<'_>> {
-        Some(TxToken { q: &mut self.tx })
+        match &mut self.v {
+            Some(v) => v.can_send().then_some(TxToken::Virtio(v)),
+            None => Some(TxToken::Hc(&mut self.tx)),
+        }
     }
 
     fn capabilities(&self) -> DeviceCapabilities {

@@ -31,6 +31,7 @@
 mod device;
 mod tcp;
 mod udp;
+mod vnet;
 mod wait;
 
 pub use device::DeviceStats;
@@ -296,7 +297,7 @@ impl Stack {
         self.dev.refill();
         let changed = self.iface.poll(now(), &mut self.dev, &mut self.sockets)
             == PollResult::SocketStateChanged;
-        self.dev.tx.flush();
+        self.dev.flush_tx();
         self.dhcp_event();
         let sockets = &mut self.sockets;
         let now_ns = wait::now_ns();
@@ -329,10 +330,9 @@ impl Stack {
         }
         for op in [1u8, 2] {
             self.dev
-                .tx
-                .push(GARP_LEN, |f| garp(f, self.info.mac, ip.octets(), op));
+                .push_frame(GARP_LEN, |f| garp(f, self.info.mac, ip.octets(), op));
         }
-        self.dev.tx.flush();
+        self.dev.flush_tx();
     }
 
     /// Applies a DHCP lease (or its loss) to the interface.

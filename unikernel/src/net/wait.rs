@@ -21,6 +21,9 @@ pub(crate) fn wait_io(
     wait_mask: u64,
 ) -> u64 {
     let bit = 1u64 << dev_id;
+    if let Some(v) = dev.virtio() {
+        return if v.wait(deadline_ns) { bit } else { 0 };
+    }
     // Frames may already be waiting: take them without sleeping.
     if wait_mask & bit != 0 && (dev.refill() > 0 || dev.error().is_some()) {
         return bit;

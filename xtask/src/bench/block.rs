@@ -99,6 +99,31 @@ fn host_throughput(f: &File, span: u64, size: usize, write: bool) -> Result<f64>
     Ok(off as f64 * 1e3 / (t.elapsed().as_nanos() as f64).max(1.0))
 }
 
+/// Mean ns per request of 4 KiB reads 32 at a time: one `preadv` of 32
+/// buffers, as the guest's batch asks for (the same sizes and count per
+/// call).
+fn host_qd32(f: &File, capacity: u64) -> Result<f64> {
+    use std::os::fd::AsRawFd;
+    let mut buf = vec![0u8; 32 * 4096];
+    let slots = (capacity / (32 * 4096)).max(1);
+    let iov: Vec<libc::iovec> = buf
+        .chunks_mut(4096)
+        .map(|c| libc::iovec {
+            iov_base: c.as_mut_ptr().cast(),
+            iov_len: c.len(),
+        })
+        .collect();
+    let rounds = LAT_N / 32;
+    let t = Instant::now();
+    for i in 0..rounds {
+        let off = (i % slots) * 32 * 4096;
+        // SAFETY: the iovecs cover `buf`, alive and unaliased during the call.
+        let n = unsafe { libc::preadv(f.as_raw_fd(), iov.as_ptr(), 32, off as i64) };
+        anyhow::ensure!(n == 32 * 4096, "short preadv: {n}");
+    }
+    Ok(t.elapsed().as_nanos() as f64 / (rounds * 32) as f64)
+}
+
 /// The host floor: what `blkbench` measures, with plain `pread`/`pwrite`
 /// on `path`, named like its lines without the mode (`lat_read_512`,
 /// `seq_write_64k`).
@@ -109,7 +134,7 @@ fn host_metrics(path: &Path) -> Result<Vec<(String, f64)>> {
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
     let span = f.metadata()?.len();
-    let mut out = Vec::new();
+    let mut out = vec![("qd32_read_4k".to_string(), host_qd32(&f, span)?)];
     for (size, tag, _) in LAT_SIZES {
         for (write, op) in [(false, "read"), (true, "write")] {
             let v = host_latency(&f, span, size, write)
@@ -127,21 +152,55 @@ fn host_metrics(path: &Path) -> Result<Vec<(String, f64)>> {
     Ok(out)
 }
 
-/// Boots `blkbench` once on `path` (covering `mib` MiB) and returns its
-/// `BENCH` lines.
-fn guest_metrics(ctx: &Ctx, image: &Path, path: &Path, mib: u64) -> Result<Vec<(String, f64)>> {
+/// The guest's transports as measured: name, `--disk` suffix, doorbell.
+const MODES: [(&str, &str, &str); 3] = [
+    ("hypercall", ",transport=hypercall", "ioeventfd"),
+    ("virtio", ",transport=virtio", "ioeventfd"),
+    ("virtio_exitbell", ",transport=virtio", "exit"),
+];
+
+/// CPU seconds (user + system) of this process's waited-for children.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage fills the struct we own.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// Boots `blkbench` once on `path` (covering `mib` MiB) with the disk on
+/// `mode` and returns its `BENCH` lines, plus `cpu_s` and `wall_s` of the
+/// whole run (monitor and guest: the vCPU's guest time counts as the
+/// monitor's).
+fn guest_metrics(
+    ctx: &Ctx,
+    image: &Path,
+    path: &Path,
+    mib: u64,
+    (suffix, bell): (&str, &str),
+) -> Result<Vec<(String, f64)>> {
+    let cpu0 = children_cpu();
+    let t = Instant::now();
+    let mut cmd = Command::new(&ctx.duet);
+    cmd.arg("run").arg(image).env("DUET_VIRTIO_DOORBELL", bell);
+    // The guest's own spin budget, when a measurement varies it.
+    if let Ok(us) = std::env::var("VIRTIO_SPIN_US") {
+        cmd.args(["--env", &format!("VIRTIO_SPIN_US={us}")]);
+    }
     let out = run_capture(
-        Command::new(&ctx.duet)
-            .arg("run")
-            .arg(image)
-            .args(["--mem", "256M", "--disk"])
-            .arg(path)
+        cmd.args(["--mem", "256M", "--disk"])
+            .arg(format!("{}{suffix}", path.display()))
             .args(["--", &mib.to_string()]),
     )?;
-    Ok(parse_bench(&out)
+    let wall = t.elapsed().as_secs_f64();
+    let mut v: Vec<(String, f64)> = parse_bench(&out)
         .into_iter()
         .map(|l| (l.name, l.value))
-        .collect())
+        .collect();
+    v.push(("cpu_s".into(), children_cpu() - cpu0));
+    v.push(("wall_s".into(), wall));
+    Ok(v)
 }
 
 /// Samples by series: `host_<name>` and `guest_<name>`, one per round.
@@ -173,40 +232,81 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
         for (n, v) in host_metrics(&path)? {
             s.entry(format!("host_{n}")).or_default().push(v);
         }
-        for (n, v) in guest_metrics(ctx, &image, &path, mib)? {
-            s.entry(format!("guest_{n}")).or_default().push(v);
+        for (mode, suffix, bell) in MODES {
+            for (n, v) in guest_metrics(ctx, &image, &path, mib, (suffix, bell))? {
+                s.entry(format!("{mode}_{n}")).or_default().push(v);
+            }
         }
         p.show(r + 1);
     }
 
     let mut rows = Vec::new();
+    let mut lat = vec![(
+        "qd32_read_4k".to_string(),
+        "read 4 KiB, queue depth 32 (floor = preadv of 32)".to_string(),
+    )];
     for (_, tag, label) in LAT_SIZES {
         for op in ["read", "write"] {
-            let n = format!("lat_{op}_{tag}");
+            lat.push((
+                format!("lat_{op}_{tag}"),
+                format!("{op} {label}, queue depth 1 (floor = p{op})"),
+            ));
+        }
+    }
+    for (n, label) in &lat {
+        let host = med(&s, &format!("host_{n}"))?;
+        for (mode, _, _) in MODES {
             rows.push(Row::vs(
-                format!("{op} {label}, one request (floor = p{op})"),
-                med(&s, &format!("guest_{n}"))?,
-                med(&s, &format!("host_{n}"))?,
+                format!("{label}, {mode}"),
+                med(&s, &format!("{mode}_{n}"))?,
+                host,
                 "ns",
             ));
         }
     }
+    for n in ["lat_read_4k_exits_milli", "qd32_exits_milli"] {
+        for (mode, _, _) in MODES {
+            rows.push(Row::alone(
+                format!("VM exits per 1000 requests ({n}), {mode}"),
+                med(&s, &format!("{mode}_{n}"))?,
+                "",
+            ));
+        }
+    }
+    for (mode, _, _) in MODES {
+        let cpu = med(&s, &format!("{mode}_cpu_s"))?;
+        let wall = med(&s, &format!("{mode}_wall_s"))?;
+        rows.push(Row::alone(
+            format!("blkbench run: CPU s (monitor+guest), {mode}"),
+            cpu,
+            "s",
+        ));
+        rows.push(Row::alone(
+            format!("blkbench run: CPU/wall, {mode}"),
+            cpu / wall.max(1e-9),
+            "",
+        ));
+    }
     let mut chart = BarChart::new("block.svg", "Block: sequential throughput (median)");
-    chart.series = vec!["host pread/pwrite", "guest, single", "guest, batched"];
+    chart.series = vec!["host pread/pwrite", "hypercall, batched", "virtio, batched"];
     for op in ["read", "write"] {
         let mut panel = Panel::new(format!("sequential {op}s"), "MB/s");
         for (_, tag, label) in SIZES {
             let host = med(&s, &format!("host_seq_{op}_{tag}"))?;
             let mut bars = vec![host];
-            for (mode, name) in [("single", "single requests"), ("batch", "batched")] {
-                let v = med(&s, &format!("guest_seq_{op}_{mode}_{tag}"))?;
-                rows.push(Row::vs(
-                    format!("seq. {op} {label}, {name}"),
-                    v,
-                    host,
-                    "MB/s",
-                ));
-                bars.push(v);
+            for mode in ["hypercall", "virtio"] {
+                for (m, name) in [("single", "single requests"), ("batch", "batched")] {
+                    let v = med(&s, &format!("{mode}_seq_{op}_{m}_{tag}"))?;
+                    rows.push(Row::vs(
+                        format!("seq. {op} {label}, {name}, {mode}"),
+                        v,
+                        host,
+                        "MB/s",
+                    ));
+                    if m == "batch" {
+                        bars.push(v);
+                    }
+                }
             }
             panel.groups.push((label.to_string(), bars));
         }

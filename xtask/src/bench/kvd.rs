@@ -25,7 +25,7 @@ use std::time::Duration;
 struct Transport {
     /// Name in the report.
     name: &'static str,
-    /// Appended to `--net tap=tap0`.
+    /// The NIC's `transport=`.
     net: &'static str,
     /// Further `duet run` options.
     opts: &'static [&'static str],
@@ -34,13 +34,18 @@ struct Transport {
 /// Every transport the monitor offers; a new one is a line here.
 const TRANSPORTS: &[Transport] = &[
     Transport {
-        name: "batched",
-        net: "",
+        name: "virtio",
+        net: "virtio",
         opts: &[],
     },
     Transport {
-        name: "single-frame",
-        net: "",
+        name: "hypercall batched",
+        net: "hypercall",
+        opts: &[],
+    },
+    Transport {
+        name: "hypercall single-frame",
+        net: "hypercall",
         opts: &["--env", "NET_SINGLE=1"],
     },
 ];
@@ -196,7 +201,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
                         f.set_len(256 << 20)?;
                         opts.extend(["--disk", &disk_opt]);
                     }
-                    let g = ns.boot_with(&ctx.duet, &image, t.net, &opts, &[])?;
+                    let g = ns.boot(&ctx.duet, &image, t.net, &opts, &[])?;
                     ns.run(|| connect(guest, BOOT_WAIT).map(drop))
                         .context("kvd did not come up")?;
                     let figs = redis::benchmark(&ns, guest, cfg.tests, n, CLIENTS, pipe)

@@ -112,34 +112,35 @@ impl Netns {
         })
     }
 
-    /// Boots `image` on the TAP as 10.0.0.2, single-frame if `single`.
-    pub fn boot(&self, duet: &Path, image: &Path, single: bool, args: &[&str]) -> Result<Guest> {
-        let opts: &[&str] = if single {
-            &["--env", "NET_SINGLE=1"]
-        } else {
-            &[]
-        };
-        self.boot_with(duet, image, "", opts, args)
-    }
-
-    /// Boots `image` on the TAP as 10.0.0.2 with `--net tap=tap0{net}`
-    /// (e.g. `,transport=...`) and the monitor options `opts`.
-    pub fn boot_with(
+    /// Boots `image` on the TAP as 10.0.0.2, its NIC on `transport`
+    /// (`virtio` or `hypercall`), with monitor options `opts` and guest
+    /// `args`.
+    pub fn boot(
         &self,
         duet: &Path,
         image: &Path,
-        net: &str,
+        transport: &str,
         opts: &[&str],
         args: &[&str],
     ) -> Result<Guest> {
+        // `virtio-exit`: virtio with port-exit doorbells.
+        let (transport, bell) = match transport {
+            "virtio-exit" => ("virtio", "exit"),
+            t => (t, "ioeventfd"),
+        };
         let mut c = Command::new("ip");
+        c.env("DUET_VIRTIO_DOORBELL", bell);
         c.args(["netns", "exec", &self.0])
             .arg(duet)
             .arg("run")
             .arg(image)
-            .args(["--net", &format!("tap={TAP}{net}")])
-            .args(["--env", &format!("IP={GUEST}/24")])
-            .args(opts);
+            .args(["--net", &format!("tap={TAP},transport={transport}")])
+            .args(["--env", &format!("IP={GUEST}/24")]);
+        // The guest's own spin budget, when a measurement varies it (the
+        // monitor's, DUET_VIRTIO_SPIN_US, is inherited).
+        if let Ok(us) = std::env::var("VIRTIO_SPIN_US") {
+            c.args(["--env", &format!("VIRTIO_SPIN_US={us}")]);
+        }
         // SAFETY: prctl is async-signal-safe. The guest dies with the
         // harness even when the harness is killed before its drops run.
         unsafe {
@@ -149,6 +150,7 @@ impl Netns {
             });
         }
         let child = c
+            .args(opts)
             .arg("--")
             .args(args)
             .stdin(Stdio::null())
@@ -167,6 +169,22 @@ impl Drop for Netns {
 
 /// A running guest; killed on drop.
 pub struct Guest(Child);
+
+impl Guest {
+    /// CPU time the monitor process has used so far, all threads (the
+    /// vCPU thread's guest time included), in ns (`/proc/PID/task/*/schedstat`).
+    pub fn cpu_ns(&self) -> u64 {
+        let dir = format!("/proc/{}/task", self.0.id());
+        let Ok(tasks) = std::fs::read_dir(&dir) else {
+            return 0;
+        };
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    }
+}
 
 impl Drop for Guest {
     fn drop(&mut self) {

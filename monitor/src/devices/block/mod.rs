@@ -33,6 +33,8 @@ pub struct BlockDevice {
     readonly: bool,
     capacity: u64,
     sector_size: u32,
+    /// How the guest reaches it (recorded in its spec).
+    pub(crate) transport: crate::devices::Transport,
 }
 
 /// A disk's saved record.
@@ -61,6 +63,7 @@ impl BlockDevice {
             readonly,
             capacity,
             sector_size,
+            transport: Default::default(),
         }
     }
 
@@ -88,6 +91,7 @@ impl BlockDevice {
             readonly: self.readonly,
             name: Some(self.name.clone()),
             sector_size: self.sector_size,
+            transport: self.transport,
         }
     }
 
@@ -160,6 +164,27 @@ impl BlockDevice {
         }
     }
 
+    /// Size in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Bytes per sector.
+    pub fn sector_size(&self) -> u32 {
+        self.sector_size
+    }
+
+    /// The backing file, for an I/O thread's vectored calls.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Records a write of `len` bytes at `offset` done outside
+    /// [`BlockDevice::io`] (a virtio request), for a copying migration.
+    pub fn mark_written(&self, offset: u64, len: u64) {
+        self.dirty.mark(offset, len as usize);
+    }
+
     /// Makes every write so far durable: returns once `fdatasync` has.
     pub fn sync(&self) -> Result<(), Error> {
         if self.readonly {
@@ -171,7 +196,7 @@ impl BlockDevice {
     }
 
     /// Maps a host error to the guest's error code.
-    fn host_error(&self, what: &str, e: std::io::Error) -> Error {
+    pub fn host_error(&self, what: &str, e: std::io::Error) -> Error {
         log::debug!("disk {}: {what} failed: {e}", self.path);
         match e.raw_os_error() {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => Error::NoSpace,

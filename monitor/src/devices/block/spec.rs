@@ -1,4 +1,4 @@
-//! The `--disk PATH[,ro][,name=NAME][,sector=512|4096]` option: parsing it,
+//! The `--disk PATH[,ro][,name=NAME][,sector=512|4096][,transport=virtio|hypercall]` option: parsing it,
 //! and opening and checking the file before KVM is touched (exists, is a
 //! regular file or block device, sized in whole sectors, not attached
 //! writable twice, not locked by another monitor).
@@ -27,13 +27,15 @@ pub struct DiskSpec {
     pub name: Option<String>,
     /// Sector size: 512 or 4096.
     pub sector_size: u32,
+    /// How the guest reaches it.
+    pub transport: crate::devices::Transport,
 }
 
 /// Why a disk cannot be attached.
 #[derive(Debug, Error)]
 pub enum BlockError {
     /// Malformed `--disk` value.
-    #[error("--disk `{spec}`: {why}; the syntax is PATH[,ro][,name=NAME][,sector=512|4096]")]
+    #[error("--disk `{spec}`: {why}; the syntax is PATH[,ro][,name=NAME][,sector=512|4096][,transport=virtio|hypercall]")]
     BadSpec {
         /// The option as given.
         spec: String,
@@ -117,6 +119,7 @@ pub fn parse_spec(s: &str) -> Result<DiskSpec, BlockError> {
         readonly: false,
         name: None,
         sector_size: DEFAULT_SECTOR,
+        transport: Default::default(),
     };
     for opt in parts {
         match opt.split_once('=') {
@@ -136,6 +139,10 @@ pub fn parse_spec(s: &str) -> Result<DiskSpec, BlockError> {
                     "4096" => 4096,
                     _ => return Err(bad(format!("sector size `{v}` is not 512 or 4096"))),
                 }
+            }
+            Some(("transport", t)) => {
+                spec.transport = crate::devices::Transport::parse(t)
+                    .ok_or_else(|| bad(format!("transport `{t}` is not virtio or hypercall")))?
             }
             _ => return Err(bad(format!("unknown option `{opt}`"))),
         }
@@ -242,7 +249,8 @@ fn open_one(spec: &DiskSpec, name: String) -> Result<(BlockDevice, (u64, u64)), 
             fix: size.next_multiple_of(u64::from(sector)),
         });
     }
-    let dev = BlockDevice::new(file, path, name, spec.readonly, size, sector);
+    let mut dev = BlockDevice::new(file, path, name, spec.readonly, size, sector);
+    dev.transport = spec.transport;
     Ok((dev, (meta.dev(), meta.ino())))
 }
 
@@ -257,6 +265,10 @@ mod tests {
             (s.readonly, s.name, s.sector_size),
             (false, None, DEFAULT_SECTOR)
         );
+        assert_eq!(
+            parse_spec("a,transport=hypercall").unwrap().transport,
+            crate::devices::Transport::Hypercall
+        );
         let s = parse_spec("/x/a.img,ro,name=data,sector=4096").unwrap();
         assert_eq!(s.path, PathBuf::from("/x/a.img"));
         assert_eq!(
@@ -270,6 +282,7 @@ mod tests {
             "a,sector=1024",
             "a,name=",
             "a,name=123456789012345678901234567890123",
+            "a,transport=mmio",
         ] {
             assert!(
                 matches!(parse_spec(bad), Err(BlockError::BadSpec { .. })),

@@ -29,6 +29,7 @@ pub struct NetDevice {
     /// Frames dropped because they did not fit the guest's buffer (the
     /// host raised the TAP's MTU after boot).
     oversized: u64,
+    transport: crate::devices::Transport,
 }
 
 impl NetDevice {
@@ -45,6 +46,7 @@ impl NetDevice {
             fd,
             failed: false,
             oversized: 0,
+            transport: cfg.transport,
         })
     }
 
@@ -53,6 +55,7 @@ impl NetDevice {
         NetConfig {
             tap: self.name.clone(),
             mac: Some(self.mac),
+            transport: self.transport,
         }
     }
 

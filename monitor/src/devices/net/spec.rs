@@ -1,4 +1,4 @@
-//! The `--net tap=NAME[,mac=MAC]` option and the errors of attaching a TAP.
+//! The `--net tap=NAME[,mac=MAC][,transport=virtio|hypercall]` option and the errors of attaching a TAP.
 
 use std::io;
 use thiserror::Error;
@@ -15,13 +15,15 @@ pub struct NetConfig {
     pub tap: String,
     /// The guest's MAC address; `None` picks a locally administered one.
     pub mac: Option<[u8; 6]>,
+    /// How the guest reaches it.
+    pub transport: crate::devices::Transport,
 }
 
 /// Why a network device could not be set up.
 #[derive(Debug, Error)]
 pub enum NetError {
-    /// The option is not `tap=NAME[,mac=MAC]`.
-    #[error("--net `{0}` is not tap=NAME[,mac=MAC] (e.g. --net tap=tap0,mac=02:00:00:00:00:01)")]
+    /// The option is not `tap=NAME[,mac=MAC][,transport=virtio|hypercall]`.
+    #[error("--net `{0}` is not tap=NAME[,mac=MAC][,transport=virtio|hypercall] (e.g. --net tap=tap0,mac=02:00:00:00:00:01)")]
     BadSpec(String),
     /// The interface name is unusable.
     #[error(
@@ -61,10 +63,11 @@ pub enum NetError {
     },
 }
 
-/// Parses `tap=NAME[,mac=MAC]`.
+/// Parses `tap=NAME[,mac=MAC][,transport=virtio|hypercall]`.
 pub fn parse_spec(s: &str) -> Result<NetConfig, NetError> {
     let mut tap = None;
     let mut mac = None;
+    let mut transport = None;
     for part in s.split(',') {
         match part.split_once('=') {
             Some(("tap", name)) if tap.is_none() => {
@@ -77,11 +80,21 @@ pub fn parse_spec(s: &str) -> Result<NetConfig, NetError> {
                 tap = Some(name.to_string());
             }
             Some(("mac", m)) if mac.is_none() => mac = Some(parse_mac(m)?),
+            Some(("transport", t)) if transport.is_none() => {
+                transport = Some(
+                    crate::devices::Transport::parse(t)
+                        .ok_or_else(|| NetError::BadSpec(s.into()))?,
+                )
+            }
             _ => return Err(NetError::BadSpec(s.into())),
         }
     }
     match tap {
-        Some(tap) => Ok(NetConfig { tap, mac }),
+        Some(tap) => Ok(NetConfig {
+            tap,
+            mac,
+            transport: transport.unwrap_or_default(),
+        }),
         None => Err(NetError::BadSpec(s.into())),
     }
 }
@@ -114,7 +127,8 @@ mod tests {
             parse_spec("tap=tap0").unwrap(),
             NetConfig {
                 tap: "tap0".into(),
-                mac: None
+                mac: None,
+                transport: Default::default(),
             }
         );
         assert_eq!(
@@ -127,6 +141,7 @@ mod tests {
             "mac=02:00:00:00:00:01",
             "tap=a,tap=b",
             "tap=x,foo=1",
+            "tap=x,transport=pci",
         ] {
             assert!(parse_spec(bad).is_err(), "{bad}");
         }
