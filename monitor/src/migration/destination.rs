@@ -322,6 +322,11 @@ fn receive(
     let vm = Vm::with_kvm(kvm, mem).map_err(state_err)?;
     // Disks are locked only after Commit (the source still holds them).
     let devices = Devices::restore(Reattach { lock: false }, &state.devices).map_err(state_err)?;
+    // Their threads start held: requests the guest left in its queues are
+    // the source's until Commit (served here too, an abort would serve
+    // them twice: a disk write landing after the source's later ones, a
+    // frame sent from both hosts).
+    devices.quiesce();
     let parts = Parts {
         vm,
         devices,
@@ -348,6 +353,7 @@ fn receive(
     if let Err(e) = vmm.devices().lock() {
         log::error!("after commit: {e}; running the guest anyway");
     }
+    vmm.resume_devices();
     let ack = protocol::CommitAck {
         resume_wall_ns: wall_ns(),
         load_ns: loaded_at.elapsed().as_nanos() as u64,

@@ -216,3 +216,68 @@ fn a_read_lands_in_guest_memory_marked_dirty_and_a_bad_header_gets_ioerr() {
     assert_eq!(u16::from_le_bytes(idx), 2);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_device_held_before_it_starts_serves_nothing_until_resumed() {
+    // A migration destination starts its devices held until Commit: a
+    // write the guest left in its queue is the source's until then.
+    use super::kinds::VirtioBlock;
+    use super::StartCtx;
+    use crate::devices::Device;
+    use duet_abi::virtio::*;
+    let dir = std::env::temp_dir().join(format!("duet-vblk-held-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = dir.join("d.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let spec = parse_spec(img.to_str().unwrap()).unwrap();
+    let dev = open_all(&[spec], 0).unwrap().pop().unwrap();
+    let m = mem();
+    // OUT of 512 bytes of 0xa5 at sector 0.
+    let mut hdr = [0u8; 16];
+    hdr[0..4].copy_from_slice(&1u32.to_le_bytes());
+    m.write_bytes(Gpa(0x40000), &hdr).unwrap();
+    m.write_bytes(Gpa(0x41000), &[0xa5; 512]).unwrap();
+    desc(&m, DESC, 0, 0x40000, 16, F_NEXT, 1);
+    desc(&m, DESC, 1, 0x41000, 512, F_NEXT, 2);
+    desc(&m, DESC, 2, 0x42000, 1, F_WRITE, 0);
+    offer(&m, &[0]);
+    let saved = TransportState {
+        features: VIRTIO_F_VERSION_1,
+        status: STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        queues: vec![QueueRecord {
+            size: SIZE,
+            desc: DESC,
+            avail: AVAIL,
+            used: USED,
+            next_avail: 0,
+            next_used: 0,
+        }],
+    };
+    let used = || {
+        let mut idx = [0u8; 2];
+        m.read_bytes(Gpa(USED + 2), &mut idx).unwrap();
+        u16::from_le_bytes(idx)
+    };
+    let mut v = VirtioBlock::new(0, dev, Some(saved)).unwrap();
+    v.quiesce();
+    let no_doorbell = |_: u16, _: &vmm_sys_util::eventfd::EventFd| Ok(());
+    v.start(&StartCtx {
+        mem: &m,
+        ioeventfd: &no_doorbell,
+    })
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(used(), 0, "a held device served its queue");
+    assert!(std::fs::read(&img).unwrap().iter().all(|&b| b == 0));
+    v.resume();
+    let t = std::time::Instant::now();
+    while used() == 0 && t.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(used(), 1, "the resumed device did not serve its queue");
+    assert!(std::fs::read(&img).unwrap()[..512]
+        .iter()
+        .all(|&b| b == 0xa5));
+    drop(v);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
