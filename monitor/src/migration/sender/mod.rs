@@ -3,20 +3,21 @@
 //! Runs on the migration thread; the vCPU thread is reached only through
 //! [`Step`] requests.
 
-use super::protocol::{self, Frame, Kind, FRAME_HEADER, PAGES_HEADER, SEALED_OVERHEAD, TAG_LEN};
+use super::protocol::{self, Kind, SEALED_OVERHEAD};
 use super::session::{Role, Session, Transcript};
 use super::{ms, MigrateError, MigrateRequest, Progress, Summary, MAX_ROUNDS, STALL_ROUNDS};
 use crate::devices::CopySource;
 use crate::memory::{DirtySet, HostDirty, MemReader};
 use crate::vm::DirtyLog;
 use duet_abi::PAGE_SIZE;
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-/// Socket timeout for every read and write.
-const IO_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long to retry connecting while the destination starts.
-const CONNECT_FOR: Duration = Duration::from_secs(5);
+use std::time::Instant;
+
+mod link;
+mod runs;
+
+use link::{connect, Link, IO_TIMEOUT};
 
 /// What the sender reads, handed over by the vCPU thread's start job.
 pub struct Handoff {
@@ -51,77 +52,6 @@ pub(super) struct Attempt<'a> {
     /// The last phase completed (marked by [`Attempt::cut`]), for
     /// [`Attempt::phase`].
     done: Option<&'static str>,
-}
-
-/// Disks are tracked and copied in units of this many bytes.
-const DISK_UNIT: u64 = 4096;
-/// Room before the first page read into the page buffer: a page run is
-/// sealed where it lies, its frame and run headers written just before it
-/// (here, or over the tail of the zero page before it, which is not sent).
-const PAGES_FRONT: usize = FRAME_HEADER + PAGES_HEADER;
-/// The same for disk runs.
-const DISK_FRONT: usize = FRAME_HEADER + protocol::DISK_HEADER;
-
-/// The connection after the handshake: every frame sealed.
-struct Link {
-    tcp: TcpStream,
-    session: Session,
-}
-
-impl Link {
-    fn write(&mut self, kind: Kind, payload: &[u8]) -> Result<(), MigrateError> {
-        let r = self.session.write(&mut self.tcp, kind, payload);
-        self.why_broken(r)
-    }
-
-    /// Seals `frame` in place ([`Session::seal`]) and writes it.
-    fn write_sealed(&mut self, kind: Kind, frame: &mut [u8]) -> Result<(), MigrateError> {
-        use std::io::Write;
-        self.session.seal(kind, frame)?;
-        let r = self.tcp.write_all(frame).map_err(MigrateError::Connection);
-        self.why_broken(r)
-    }
-
-    /// A write failed because the destination hung up: it usually said why
-    /// first (a refused frame, say), so that reason replaces "broken pipe".
-    fn why_broken(&mut self, r: Result<(), MigrateError>) -> Result<(), MigrateError> {
-        let Err(MigrateError::Connection(e)) = r else {
-            return r;
-        };
-        let _ = self.tcp.set_read_timeout(Some(Duration::from_secs(1)));
-        match self.read() {
-            Ok(f) if f.kind == Kind::Refuse => {
-                Err(MigrateError::Refused(protocol::refusal(&f.payload)))
-            }
-            _ => Err(MigrateError::Connection(e)),
-        }
-    }
-
-    fn read(&mut self) -> Result<Frame, MigrateError> {
-        self.session.read(&mut self.tcp)
-    }
-}
-
-fn connect(addr: &str) -> Result<TcpStream, MigrateError> {
-    let deadline = Instant::now() + CONNECT_FOR;
-    let addrs: Vec<_> = addr
-        .to_socket_addrs()
-        .map_err(MigrateError::Connect)?
-        .collect();
-    loop {
-        let mut last = None;
-        for a in &addrs {
-            match TcpStream::connect_timeout(a, IO_TIMEOUT) {
-                Ok(s) => return Ok(s),
-                Err(e) => last = Some(e),
-            }
-        }
-        let e = last.unwrap_or_else(|| std::io::Error::other("no address"));
-        if e.kind() != std::io::ErrorKind::ConnectionRefused || Instant::now() > deadline {
-            return Err(MigrateError::Connect(e));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 impl<'a> Attempt<'a> {
@@ -202,8 +132,8 @@ impl<'a> Attempt<'a> {
         }
         // And every disk whole (the destination's copy may hold anything).
         for i in 0..self.h.disks.len() {
-            let units = self.h.disks[i].capacity.div_ceil(DISK_UNIT);
-            let per = protocol::MAX_DISK_RUN / DISK_UNIT;
+            let units = self.h.disks[i].capacity.div_ceil(runs::DISK_UNIT);
+            let per = protocol::MAX_DISK_RUN / runs::DISK_UNIT;
             let mut first = 0;
             while first < units {
                 self.send_disk_run(&mut s, i, first, per.min(units - first))?;
@@ -380,159 +310,5 @@ impl<'a> Attempt<'a> {
         let mut d = DirtySet::from_kvm(bits, pages);
         d.add(self.h.host_dirty.take());
         Ok(d)
-    }
-
-    /// The disk units written since the last call, one set per copied disk.
-    fn collect_disks(&self) -> Vec<DirtySet> {
-        self.h
-            .disks
-            .iter()
-            .map(|d| {
-                let units = d.capacity.div_ceil(DISK_UNIT);
-                let mut set = DirtySet::from_kvm(Vec::new(), units);
-                set.add(d.dirty.take());
-                set
-            })
-            .collect()
-    }
-
-    fn send_disk_sets(&mut self, s: &mut Link, sets: &[DirtySet]) -> Result<(), MigrateError> {
-        for (i, set) in sets.iter().enumerate() {
-            for (first, count) in set.runs(protocol::MAX_DISK_RUN / DISK_UNIT) {
-                self.send_disk_run(s, i, first, count)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends disk `i`'s units `first..first+count` (at most
-    /// [`protocol::MAX_DISK_RUN`] bytes, cut at the disk's end): zero
-    /// sub-runs as [`Kind::DiskZero`], the rest as [`Kind::Disk`].
-    fn send_disk_run(
-        &mut self,
-        s: &mut Link,
-        i: usize,
-        first: u64,
-        count: u64,
-    ) -> Result<(), MigrateError> {
-        use std::os::unix::fs::FileExt;
-        let d = &self.h.disks[i];
-        let offset = first * DISK_UNIT;
-        let end = ((first + count) * DISK_UNIT).min(d.capacity);
-        if offset >= end {
-            return Ok(());
-        }
-        let len = (end - offset) as usize;
-        // [room | the run's bytes | tag room]: each non-zero sub-run is
-        // sealed where it lies (see `send_pages`).
-        let mut buf = std::mem::take(&mut self.dbuf);
-        buf.resize(DISK_FRONT + len + TAG_LEN, 0);
-        let data = &mut buf[DISK_FRONT..DISK_FRONT + len];
-        if let Err(e) = d.file.read_exact_at(data, offset) {
-            self.dbuf = buf;
-            return Err(MigrateError::State(format!("reading disk {i}: {e}")));
-        }
-        let zero: Vec<bool> = data
-            .chunks(DISK_UNIT as usize)
-            .map(|u| u.iter().all(|&b| b == 0))
-            .collect();
-        let mut r = Ok(());
-        let mut a = 0;
-        while a < zero.len() && r.is_ok() {
-            let mut b = a + 1;
-            while b < zero.len() && zero[b] == zero[a] {
-                b += 1;
-            }
-            let lo = a * DISK_UNIT as usize;
-            let hi = (b * DISK_UNIT as usize).min(len);
-            let head = protocol::disk_header(i as u32, offset + lo as u64, (hi - lo) as u64);
-            r = if zero[a] {
-                self.frame(s, Kind::DiskZero, &head)
-            } else {
-                let (lo, hi) = (DISK_FRONT + lo, DISK_FRONT + hi);
-                buf[lo - head.len()..lo].copy_from_slice(&head);
-                let frame = &mut buf[lo - DISK_FRONT..hi + TAG_LEN];
-                self.bytes += frame.len() as u64;
-                s.write_sealed(Kind::Disk, frame)
-            };
-            a = b;
-        }
-        self.dbuf = buf;
-        r
-    }
-
-    /// Sends pages `first..first+count` (at most a frame's worth): non-zero
-    /// sub-runs as pages, zero ones as zero runs (skipped when `fresh`: the
-    /// destination's memory starts zeroed).
-    fn send_run(
-        &mut self,
-        s: &mut Link,
-        first: u64,
-        count: u64,
-        fresh: bool,
-    ) -> Result<(), MigrateError> {
-        // One buffer for the whole attempt (taken out so `self` stays free).
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.resize(
-            PAGES_FRONT + (protocol::MAX_PAGES_PER_FRAME * PAGE_SIZE) as usize + TAG_LEN,
-            0,
-        );
-        let r = self.send_pages(s, first, count, fresh, &mut buf);
-        self.buf = buf;
-        r
-    }
-
-    /// Reads pages into `buf` after [`PAGES_FRONT`] bytes of room and seals
-    /// each non-zero sub-run where it lies: its frame and run headers go in
-    /// the 32 bytes before it (the room, or the tail of a zero page: a run
-    /// is as long as it can be, so the page before it is zero and only its
-    /// count is sent) and its tag in the 16 after (the head of the next,
-    /// zero, page, or the room at the end). Guest bytes are copied once,
-    /// from guest memory, and encrypted in place.
-    fn send_pages(
-        &mut self,
-        s: &mut Link,
-        first: u64,
-        count: u64,
-        fresh: bool,
-        buf: &mut [u8],
-    ) -> Result<(), MigrateError> {
-        let mut at = first;
-        let end = first + count;
-        while at < end {
-            let n = (end - at).min(protocol::MAX_PAGES_PER_FRAME);
-            let data = &mut buf[PAGES_FRONT..PAGES_FRONT + (n * PAGE_SIZE) as usize];
-            self.h
-                .mem
-                .read(at * PAGE_SIZE, data)
-                .map_err(|e| MigrateError::State(format!("reading guest memory: {e}")))?;
-            let zero: Vec<bool> = data
-                .chunks(PAGE_SIZE as usize)
-                .map(|p| p.iter().all(|&b| b == 0))
-                .collect();
-            let mut i = 0u64;
-            while i < n {
-                let z = zero[i as usize];
-                let mut j = i + 1;
-                while j < n && zero[j as usize] == z {
-                    j += 1;
-                }
-                if z && !fresh {
-                    let h = protocol::pages_header(at + i, j - i);
-                    self.frame(s, Kind::ZeroPages, &h)?;
-                } else if !z {
-                    let lo = PAGES_FRONT + (i * PAGE_SIZE) as usize;
-                    let hi = PAGES_FRONT + (j * PAGE_SIZE) as usize;
-                    let head = protocol::pages_header(at + i, j - i);
-                    buf[lo - PAGES_HEADER..lo].copy_from_slice(&head);
-                    let frame = &mut buf[lo - PAGES_FRONT..hi + TAG_LEN];
-                    self.bytes += frame.len() as u64;
-                    s.write_sealed(Kind::Pages, frame)?;
-                }
-                i = j;
-            }
-            at += n;
-        }
-        Ok(())
     }
 }

@@ -7,12 +7,17 @@
 //! Every check runs before KVM is touched, so a bad image costs nothing.
 
 use crate::memory::GuestMem;
-use duet_abi::boot::{
-    IMAGE_BASE, IMAGE_HEADER_SECTION, IMAGE_HEADER_SIZE, IMAGE_HEADER_VERSION_OFFSET, IMAGE_MAGIC,
-};
-use duet_abi::{Gpa, ABI_VERSION, PAGE_SIZE};
+use duet_abi::boot::{IMAGE_BASE, IMAGE_HEADER_SECTION};
+use duet_abi::{Gpa, PAGE_SIZE};
 use goblin::elf::{header, program_header, Elf};
 use thiserror::Error;
+
+mod image_header;
+mod symbols;
+
+use image_header::read_header;
+use symbols::read_symbols;
+pub use symbols::{symbolize, Symbol};
 
 /// Why an image was refused.
 #[derive(Debug, Error)]
@@ -125,17 +130,6 @@ pub struct Segment {
     file_offset: u64,
     file_size: u64,
     vaddr: u64,
-}
-
-/// A function symbol, for symbolizing addresses in fault reports.
-#[derive(Clone, Debug)]
-pub struct Symbol {
-    /// Start address.
-    pub addr: u64,
-    /// Size in bytes (0 when unknown).
-    pub size: u64,
-    /// Demangled name.
-    pub name: String,
 }
 
 /// A validated image, ready to copy into guest memory.
@@ -308,62 +302,6 @@ impl Image {
     }
 }
 
-/// Describes `addr` as `function+offset` using a sorted symbol list.
-pub fn symbolize(symbols: &[Symbol], addr: u64) -> Option<String> {
-    let i = symbols.partition_point(|s| s.addr <= addr).checked_sub(1)?;
-    let s = &symbols[i];
-    let off = addr - s.addr;
-    (s.size == 0 || off < s.size).then(|| format!("{}+{:#x}", s.name, off))
-}
-
-/// Checks the image header's magic and ABI version. Only the fields every
-/// version shares are read, so an image of another version is recognised
-/// and refused by name rather than called corrupt.
-fn read_header(elf: &Elf<'_>, bytes: &[u8]) -> Result<(), LoadError> {
-    let sh = elf
-        .section_headers
-        .iter()
-        .find(|sh| elf.shdr_strtab.get_at(sh.sh_name) == Some(IMAGE_HEADER_SECTION))
-        .ok_or(LoadError::NoHeader)?;
-    let off = usize::try_from(sh.sh_offset).map_err(|_| LoadError::BadHeader)?;
-    let data = off
-        .checked_add(IMAGE_HEADER_SIZE)
-        .and_then(|end| bytes.get(off..end))
-        .filter(|_| sh.sh_size >= IMAGE_HEADER_SIZE as u64)
-        .ok_or(LoadError::BadHeader)?;
-    let magic = u64::from_le_bytes(data[..8].try_into().expect("8 bytes"));
-    if magic != IMAGE_MAGIC {
-        return Err(LoadError::BadHeader);
-    }
-    let v = IMAGE_HEADER_VERSION_OFFSET;
-    let version = u32::from_le_bytes(data[v..v + 4].try_into().expect("4 bytes"));
-    if version != ABI_VERSION {
-        return Err(LoadError::AbiMismatch {
-            image: version,
-            monitor: ABI_VERSION,
-        });
-    }
-    Ok(())
-}
-
-fn read_symbols(elf: &Elf<'_>) -> Vec<Symbol> {
-    let mut out: Vec<Symbol> = elf
-        .syms
-        .iter()
-        .filter(|s| s.is_function() && s.st_value != 0)
-        .filter_map(|s| {
-            let name = elf.strtab.get_at(s.st_name)?;
-            Some(Symbol {
-                addr: s.st_value,
-                size: s.st_size,
-                name: format!("{:#}", rustc_demangle::demangle(name)),
-            })
-        })
-        .collect();
-    out.sort_by_key(|s| s.addr);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,25 +328,5 @@ mod tests {
             Image::parse(trunc, 1 << 26),
             Err(LoadError::Malformed(_))
         ));
-    }
-
-    #[test]
-    fn symbolizes() {
-        let syms = vec![
-            Symbol {
-                addr: 0x1000,
-                size: 0x10,
-                name: "a".into(),
-            },
-            Symbol {
-                addr: 0x2000,
-                size: 0,
-                name: "b".into(),
-            },
-        ];
-        assert_eq!(symbolize(&syms, 0x1004).as_deref(), Some("a+0x4"));
-        assert_eq!(symbolize(&syms, 0x1010), None);
-        assert_eq!(symbolize(&syms, 0x2100).as_deref(), Some("b+0x100"));
-        assert_eq!(symbolize(&syms, 0x10), None);
     }
 }
