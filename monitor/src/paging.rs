@@ -15,6 +15,14 @@ const P: u64 = 1 << 0;
 const RW: u64 = 1 << 1;
 const US: u64 = 1 << 2;
 const PS: u64 = 1 << 7;
+/// Accessed and dirty, set up front: the CPU (here KVM's shadow MMU, which
+/// walks these tables on every first touch of a page) then never has to
+/// write them back, a first read of a writable page can map it writable at
+/// once instead of faulting again on the first write, and KVM prefetches
+/// neighbouring entries only when their accessed bit is set. Nothing in the
+/// monitor reads them (dirty tracking is KVM's dirty log).
+const A: u64 = 1 << 5;
+const D: u64 = 1 << 6;
 const NX: u64 = 1 << 63;
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 
@@ -40,11 +48,11 @@ impl Access {
     fn bits(self) -> u64 {
         match self {
             Access::None => 0,
-            Access::Supervisor => P | RW | NX,
-            Access::SupervisorExec => P,
-            Access::UserRead => P | US | NX,
-            Access::UserWrite => P | RW | US | NX,
-            Access::UserExec => P | US,
+            Access::Supervisor => P | RW | NX | A | D,
+            Access::SupervisorExec => P | A,
+            Access::UserRead => P | US | NX | A,
+            Access::UserWrite => P | RW | US | NX | A | D,
+            Access::UserExec => P | US | A,
         }
     }
 }
@@ -105,7 +113,7 @@ impl PageTables {
             return Ok(e & ADDR_MASK);
         }
         let t = self.alloc_table(mem)?;
-        mem.write_monitor_plain(slot, &(t | P | RW | US))?;
+        mem.write_monitor_plain(slot, &(t | P | RW | US | A))?;
         Ok(t)
     }
 
@@ -221,7 +229,7 @@ impl PageTables {
                 for i in 0..512u64 {
                     mem.write_monitor_plain(Gpa(pt + i * 8), &((base + i * PAGE_SIZE) | flags))?;
                 }
-                mem.write_monitor_plain(slot, &(pt | P | RW | US))?;
+                mem.write_monitor_plain(slot, &(pt | P | RW | US | A))?;
             }
             let pt = self.child(mem, pd, (a >> 21) & 511)?;
             let bits = access.bits();
@@ -266,12 +274,12 @@ mod tests {
         pt.map_2m(&mem, 0x40_0000, 0x80_0000, Access::UserWrite)
             .unwrap();
         assert_eq!(pt.leaf(&mem, 0), None);
-        assert_eq!(pt.leaf(&mem, 0x1000), Some(0x1000 | P | RW | NX));
-        assert_eq!(pt.leaf(&mem, 0x20_0000), Some(0x20_0000 | P | US));
+        assert_eq!(pt.leaf(&mem, 0x1000), Some(0x1000 | P | RW | NX | A | D));
+        assert_eq!(pt.leaf(&mem, 0x20_0000), Some(0x20_0000 | P | US | A));
         assert_eq!(pt.leaf(&mem, 0x20_1000), None);
         assert_eq!(
             pt.leaf(&mem, 0x60_0000),
-            Some(0x60_0000 | P | RW | US | NX | PS)
+            Some(0x60_0000 | P | RW | US | NX | A | D | PS)
         );
         assert!(pt
             .map_2m(&mem, 0x1000, 0x20_0000, Access::UserWrite)
@@ -290,9 +298,15 @@ mod tests {
         assert_eq!(pt.leaf(&mem, 0xa0_1000), None);
         pt.protect(&mem, 0x40_3000, 0x40_5000, Access::UserRead)
             .unwrap();
-        assert_eq!(pt.leaf(&mem, 0x40_3000), Some(0x40_3000 | P | US | NX));
-        assert_eq!(pt.leaf(&mem, 0x40_5000), Some(0x40_5000 | P | RW | US | NX));
-        assert_eq!(pt.leaf(&mem, 0x40_2000), Some(0x40_2000 | P | RW | US | NX));
+        assert_eq!(pt.leaf(&mem, 0x40_3000), Some(0x40_3000 | P | US | NX | A));
+        assert_eq!(
+            pt.leaf(&mem, 0x40_5000),
+            Some(0x40_5000 | P | RW | US | NX | A | D)
+        );
+        assert_eq!(
+            pt.leaf(&mem, 0x40_2000),
+            Some(0x40_2000 | P | RW | US | NX | A | D)
+        );
         pt.protect(&mem, 0x60_0000, 0x80_0000, Access::None)
             .unwrap();
         assert_eq!(pt.leaf(&mem, 0x60_0000), None);
@@ -300,7 +314,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             pt.leaf(&mem, 0x70_0000),
-            Some(0x60_0000 | P | RW | US | NX | PS)
+            Some(0x60_0000 | P | RW | US | NX | A | D | PS)
         );
     }
 }

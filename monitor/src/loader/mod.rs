@@ -12,6 +12,10 @@ use duet_abi::{Gpa, PAGE_SIZE};
 use goblin::elf::{header, program_header, Elf};
 use thiserror::Error;
 
+/// How much of a writable segment's zero-filled tail [`Image::load`]
+/// touches up front (the rest is touched by the guest as it needs it).
+const BSS_PREFAULT: u64 = 16 * PAGE_SIZE;
+
 mod image_header;
 mod symbols;
 
@@ -292,6 +296,21 @@ impl Image {
         for s in &self.segments {
             let data = &self.bytes[s.file_offset as usize..(s.file_offset + s.file_size) as usize];
             mem.write_bytes(Gpa(s.vaddr), data)?;
+            if s.perms.write {
+                // Make the first zero-filled (.bss) pages present on the host:
+                // KVM's shadow MMU then maps them writable on the guest's first
+                // touch, or with a neighbour's fault, instead of a read fault
+                // to the zero page and a second fault on the first write.
+                let zero_from = s.vaddr + s.file_size;
+                let zero_to = s.end.min(zero_from + BSS_PREFAULT);
+                let zeros = [0u8; PAGE_SIZE as usize];
+                let mut a = zero_from;
+                while a < zero_to {
+                    let n = (zero_to - a).min(PAGE_SIZE - a % PAGE_SIZE);
+                    mem.write_bytes(Gpa(a), &zeros[..n as usize])?;
+                    a += n;
+                }
+            }
         }
         Ok(())
     }
