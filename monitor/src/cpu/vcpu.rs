@@ -23,19 +23,22 @@ pub struct Vcpu {
     /// that is never saved does not pay for it).
     kvm: Arc<Kvm>,
     msr_index: OnceLock<Vec<u32>>,
-    /// The CPUID the guest sees.
+    /// The host CPUID the guest started with (KVM was given
+    /// [`super::cpuid::for_kvm`] of it).
     cpuid: Vec<kvm_cpuid_entry2>,
 }
 
 impl Vcpu {
-    /// Creates vCPU `id` of `vm` and gives it `cpuid`.
+    /// Creates vCPU `id` of `vm` started with `cpuid` (KVM is given
+    /// [`super::cpuid::for_kvm`] of it).
     pub fn create(kvm: &Arc<Kvm>, vm: &VmFd, id: u64, cpuid: &CpuId) -> Result<Self, StateError> {
         let fd = vm.create_vcpu(id).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        fd.set_cpuid2(cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+        fd.set_cpuid2(&super::cpuid::for_kvm(cpuid))
+            .map_err(kvm_err("KVM_SET_CPUID2"))?;
         Ok(Self::new(kvm, fd, cpuid))
     }
 
-    /// Wraps vCPU `fd`, which already has `cpuid` set.
+    /// Wraps vCPU `fd`, already started with `cpuid`.
     pub fn new(kvm: &Arc<Kvm>, fd: VcpuFd, cpuid: &CpuId) -> Self {
         Vcpu {
             fd,
@@ -45,7 +48,8 @@ impl Vcpu {
         }
     }
 
-    /// The CPUID the guest sees.
+    /// The host CPUID the guest started with: what snapshots record and
+    /// compatibility checks compare.
     pub fn cpuid(&self) -> &[kvm_cpuid_entry2] {
         &self.cpuid
     }
