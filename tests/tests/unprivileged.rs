@@ -31,7 +31,7 @@ fn counts(out: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Panics unless `p` is `uid`'s with mode `want`.
+/// Panics unless `p` is [`UID`]'s with mode `want`.
 #[track_caller]
 fn private(p: &Path, want: u32) {
     assert_eq!(owner(p), UID, "{} is not the user's", p.display());
