@@ -17,7 +17,6 @@ use crate::memory::GuestMem;
 use crate::vmem;
 use duet_abi::PAGE_SIZE;
 use kvm_bindings::{kvm_fpu, kvm_regs};
-use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -248,7 +247,7 @@ pub fn write(
 
     let tmp = temp_path(path);
     let result = (|| {
-        let mut f = File::options().write(true).create_new(true).open(&tmp)?;
+        let mut f = crate::access::new_file().open(&tmp)?;
         f.write_all(&head)?;
         // Where the first PT_LOAD's bytes start (as computed above).
         let mut off = (head.len() as u64).next_multiple_of(PAGE_SIZE);

@@ -7,7 +7,7 @@
 //!
 //! * bottom: [`memory`] (guest memory, dirty tracking, resident pages),
 //!   [`kvm`], [`layout`], [`persist`], [`call`], [`outcome`], [`contract`],
-//!   [`errors`];
+//!   [`errors`], [`access`];
 //! * components, each with its `Persist` impl: [`cpu`], [`paging`],
 //!   [`heap`], [`clock`], [`identity`], [`loader`], [`bootinfo`],
 //!   [`devices`], and the core [`hypercall`] handlers; [`vm`] (the KVM side);
@@ -19,6 +19,7 @@
 //! * the control plane: [`api`], [`runner`], [`signals`].
 #![deny(missing_docs)]
 
+pub mod access;
 pub mod api;
 pub mod backtrace;
 pub mod bootinfo;

@@ -1,7 +1,9 @@
 //! The template store: named snapshots taken at a guest's ready point.
 //!
 //! A template is a snapshot directory `STORE/NAME`. The store defaults to
-//! `$XDG_DATA_HOME/duet/templates` (`~/.local/share/duet/templates`).
+//! `$XDG_DATA_HOME/duet/templates` (`~/.local/share/duet/templates`): each
+//! user has their own, and root is not needed. Directories the store
+//! creates are private to the user (0700), as snapshots are.
 
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -29,21 +31,27 @@ pub enum TemplateError {
         store: String,
     },
     /// No store location.
-    #[error("cannot find the template store: neither XDG_DATA_HOME nor HOME is set; pass --store")]
+    #[error("cannot find the template store: neither XDG_DATA_HOME nor HOME is set; pass --store DIR (a directory this user may write)")]
     NoStore,
     /// File error.
-    #[error("template store {path}: {source}")]
+    #[error("template store {path}: {source}{hint}")]
     Io {
         /// Path.
         path: String,
         /// Error.
         source: std::io::Error,
+        /// The remedy when the store was refused to this user (or nothing).
+        hint: String,
     },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TemplateError + '_ {
     move |source| TemplateError::Io {
         path: path.display().to_string(),
+        hint: crate::access::denied_hint(
+            &source,
+            "pass --store DIR (a directory this user may write) or set XDG_DATA_HOME",
+        ),
         source,
     }
 }
@@ -79,7 +87,7 @@ pub fn check_name(name: &str) -> Result<(), TemplateError> {
 /// Where a new template `name` goes; creates the store.
 pub fn new_path(store: &Path, name: &str) -> Result<PathBuf, TemplateError> {
     check_name(name)?;
-    std::fs::create_dir_all(store).map_err(io(store))?;
+    crate::access::create_dir_all(store).map_err(io(store))?;
     let p = store.join(name);
     if p.symlink_metadata().is_ok() {
         return Err(TemplateError::Exists {
@@ -94,11 +102,17 @@ pub fn new_path(store: &Path, name: &str) -> Result<PathBuf, TemplateError> {
 pub fn path(store: &Path, name: &str) -> Result<PathBuf, TemplateError> {
     check_name(name)?;
     let p = store.join(name);
-    if !p.join(crate::snapshot::STATE_FILE).is_file() {
-        return Err(TemplateError::Missing {
-            name: name.into(),
-            store: store.display().to_string(),
-        });
+    let state = p.join(crate::snapshot::STATE_FILE);
+    match state.metadata() {
+        Ok(m) if m.is_file() => {}
+        // Not "missing" when this user may not look: say who was refused.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(io(&p)(e)),
+        _ => {
+            return Err(TemplateError::Missing {
+                name: name.into(),
+                store: store.display().to_string(),
+            })
+        }
     }
     Ok(p)
 }

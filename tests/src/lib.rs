@@ -10,6 +10,7 @@ pub mod netns;
 pub mod oci;
 pub mod redis;
 pub mod statefile;
+pub mod unprivileged;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -409,7 +410,8 @@ impl Background {
         Background::spawn(c)
     }
 
-    fn spawn(mut cmd: Command) -> Background {
+    /// Starts a prepared command (e.g. one that drops privileges first).
+    pub fn spawn(mut cmd: Command) -> Background {
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

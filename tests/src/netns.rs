@@ -43,23 +43,42 @@ pub struct Netns {
 impl Netns {
     /// Creates the namespace, then `tap0` with `10.0.0.1/24` inside it, up.
     pub fn create() -> Netns {
-        static N: AtomicU32 = AtomicU32::new(0);
-        Netns::named(&format!(
-            "duet-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ))
+        Netns::build(&Netns::fresh_name(), None)
+    }
+
+    /// [`Netns::create`] with `tap0` reserved to user `uid` (`ip tuntap
+    /// add ... user UID`), as root prepares a TAP for an unprivileged monitor.
+    pub fn create_for(uid: u32) -> Netns {
+        Netns::build(&Netns::fresh_name(), Some(uid))
     }
 
     /// [`Netns::create`] with a name of the caller's (e.g. for
     /// `--clone-netns PREFIX`, which wants `PREFIX0`, `PREFIX1`, ...).
     pub fn named(name: &str) -> Netns {
+        Netns::build(name, None)
+    }
+
+    fn fresh_name() -> String {
+        static N: AtomicU32 = AtomicU32::new(0);
+        format!(
+            "duet-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    fn build(name: &str, owner: Option<u32>) -> Netns {
         let name = name.to_string();
         ip(&["netns", "add", &name]);
         // From here on, drop deletes the namespace (and the TAP in it).
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"]);
-        ns.ip(&["tuntap", "add", "dev", TAP, "mode", "tap"]);
+        let mut tap = vec!["tuntap", "add", "dev", TAP, "mode", "tap"];
+        let uid = owner.map(|u| u.to_string());
+        if let Some(u) = &uid {
+            tap.extend(["user", u]);
+        }
+        ns.ip(&tap);
         ns.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", TAP]);
         ns.ip(&["link", "set", TAP, "up"]);
         ns
@@ -131,10 +150,15 @@ impl Netns {
         Guest { child: Some(child) }
     }
 
+    /// The namespace's file, for `setns` (`/run/netns/NAME`).
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
     /// Runs `f` on a thread that has entered the namespace: sockets it
     /// creates live in the namespace (and may be used from any thread).
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
+        let path = self.path();
         std::thread::scope(|s| {
             s.spawn(|| {
                 let ns = std::fs::File::open(&path).expect("open the namespace");

@@ -227,6 +227,9 @@ pub fn test(extra: &[String]) -> Result<()> {
         ("ping", "iputils-ping"),
         ("redis-cli", "redis-tools"),
         ("redis-server", "redis-server"),
+        // The least-privilege tests (tests/tests/unprivileged.rs) drop to
+        // an unprivileged uid with it.
+        ("setpriv", "util-linux"),
     ])?;
     images(&[])?;
     let debug_apps: Vec<String> = DEBUG_TEST_APPS.iter().map(|a| a.to_string()).collect();

@@ -12,7 +12,12 @@ use std::path::Path;
 /// Why `path` cannot be talked to, in the user's terms.
 fn connect_error(path: &Path, e: std::io::Error) -> ApiError {
     let shown = path.display().to_string();
+    let denied = |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM));
+    if denied(&e) {
+        return ApiError::Denied(shown);
+    }
     match path.symlink_metadata() {
+        Err(m) if denied(&m) => ApiError::Denied(shown),
         Err(_) => {
             let clone0 = format!("{shown}.0");
             let hint = if Path::new(&clone0).exists() {

@@ -57,6 +57,9 @@ pub enum ApiError {
         /// A hint about clone sockets (`SOCKET.0`).
         hint: String,
     },
+    /// This user may not reach the socket.
+    #[error("control socket {0}: permission denied; a control socket is private (mode 0600) to the user who started the guest: run `duet ctl` as that user (`duet ctl` runs as uid {uid})", uid = crate::access::uid())]
+    Denied(String),
     /// Nobody answers at the path.
     #[error("nobody serves {0} (the monitor that made it has ended); start the guest again with --api {0}")]
     Dead(String),
@@ -136,8 +139,15 @@ pub fn serve(path: PathBuf, ctl: Arc<Control>) -> Result<Server, ApiError> {
         path: shown.clone(),
         why: e.to_string(),
     };
-    let listener = UnixListener::bind(&path).map_err(bind_err)?;
-    // Only the user who started the guest may control it.
+    // Only the user who started the guest may control it: the socket is
+    // 0600 from the moment it exists (bind applies the umask, so narrow it
+    // for the call; other threads only ever create files narrower for it).
+    // SAFETY: umask has no preconditions and cannot fail.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(&path);
+    // SAFETY: as above; restores the caller's umask.
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(bind_err)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
     let server = Server { path };
     std::thread::Builder::new()

@@ -162,7 +162,15 @@ pub fn run(
             Err(e) => {
                 forward(&live, libc::SIGTERM);
                 reap(&mut live, true);
-                bail!("cannot start clone {i}: {e}; the clones already started were stopped");
+                // setns(CLONE_NEWNET) needs CAP_SYS_ADMIN: the one part of
+                // a template start that needs root.
+                let why = match (netns, e.raw_os_error()) {
+                    (Some(_), Some(libc::EPERM)) => format!(
+                        "{e}; --clone-netns enters a network namespace per clone, which needs root (CAP_SYS_ADMIN): run this command as root (everything else about clones does not need it)"
+                    ),
+                    _ => e.to_string(),
+                };
+                bail!("cannot start clone {i}: {why}; the clones already started were stopped");
             }
         }
     }

@@ -37,8 +37,10 @@ fn write(
             b.unpatch(a, page)
         }
     };
-    coredump::write(path, vm.mem(), regs, &patch)
-        .map_err(|e| format!("cannot write core file {}: {e}", path.display()))
+    coredump::write(path, vm.mem(), regs, &patch).map_err(|e| {
+        let hint = crate::access::denied_hint(&e, crate::access::WRITABLE);
+        format!("cannot write core file {}: {e}{hint}", path.display())
+    })
 }
 
 /// `--core`: the core file of a guest that dies of exception `fault`, with

@@ -22,7 +22,7 @@ use std::fs::File;
 use std::io::BufReader;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,10 +94,17 @@ fn open_copies(h: &protocol::Hello, disks: &[DiskSpec]) -> Result<Vec<(File, u64
             .write(true)
             .create(true)
             .truncate(false)
+            // A new copy holds the guest's data: private, as snapshots are.
+            .mode(crate::access::FILE_MODE)
             .open(&spec.path)
-            .map_err(|e| {
-                format!("cannot open the disk copy {shown}: {e}; check the path and its directory")
-            })?;
+            .map_err(
+                |e| match crate::access::denied_hint(&e, crate::access::WRITABLE) {
+                    h if h.is_empty() => format!(
+                        "cannot open the disk copy {shown}: {e}; check the path and its directory"
+                    ),
+                    h => format!("cannot open the disk copy {shown}: {e}{h}"),
+                },
+            )?;
         // SAFETY: flock on a descriptor we own; no memory is involved.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(format!(

@@ -29,7 +29,8 @@ pub fn write_dir<T>(
         std::process::id(),
         crate::bootinfo::random_seed()[0]
     ));
-    std::fs::create_dir(&tmp).map_err(|e| SnapshotError::io("creating", &tmp, e))?;
+    // Private (0700): the memory file inside is the guest's memory.
+    crate::access::create_dir(&tmp).map_err(|e| SnapshotError::io("creating", &tmp, e))?;
     let result = fill(&tmp).and_then(|v| {
         sync_path(&tmp)?;
         rename_noreplace(&tmp, dir)?;
@@ -77,9 +78,7 @@ fn rename_noreplace(from: &Path, to: &Path) -> Result<(), SnapshotError> {
 /// Writes `bytes` to a new file at `path` and fsyncs it.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
     use std::io::Write;
-    let mut f = std::fs::File::options()
-        .write(true)
-        .create_new(true)
+    let mut f = crate::access::new_file()
         .open(path)
         .map_err(|e| SnapshotError::io("creating", path, e))?;
     f.write_all(bytes)

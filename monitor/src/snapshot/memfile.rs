@@ -61,11 +61,7 @@ impl MemIndex {
 /// Returns the index. The caller pauses the guest.
 pub fn dump(mem: &GuestMem, path: &Path, id: u64) -> Result<MemIndex, SnapshotError> {
     let io = |e| SnapshotError::io("writing", path, e);
-    let file = File::options()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(io)?;
+    let file = crate::access::new_file().open(path).map_err(io)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     w.write_all(&[0u8; PAGE]).map_err(io)?;
     let mut page = vec![0u8; PAGE];

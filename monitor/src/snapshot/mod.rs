@@ -38,7 +38,7 @@ pub enum SnapshotError {
     )]
     Exists(String),
     /// A file operation failed.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}: {source}{hint}")]
     Io {
         /// What was being done.
         what: &'static str,
@@ -46,6 +46,8 @@ pub enum SnapshotError {
         path: String,
         /// The error.
         source: std::io::Error,
+        /// The remedy when the file was refused to this user (or nothing).
+        hint: String,
     },
     /// Not a snapshot at all.
     #[error("{0}")]
@@ -99,9 +101,14 @@ pub enum SnapshotError {
 impl SnapshotError {
     /// An I/O error on `path`.
     pub fn io(what: &'static str, path: &Path, source: std::io::Error) -> Self {
+        let need = match what {
+            "opening" | "reading" | "mapping" => crate::access::READABLE,
+            _ => crate::access::WRITABLE,
+        };
         SnapshotError::Io {
             what,
             path: path.display().to_string(),
+            hint: crate::access::denied_hint(&source, need),
             source,
         }
     }
@@ -181,12 +188,16 @@ impl Snapshot {
         match dir.metadata() {
             Ok(m) if m.is_dir() => {}
             Ok(_) => return Err(not("not a directory")),
-            Err(e) => return Err(not(&e.to_string())),
+            Err(e) => {
+                let hint = crate::access::denied_hint(&e, crate::access::READABLE);
+                return Err(not(&format!("{e}{hint}")));
+            }
         }
         let path = dir.join(STATE_FILE);
-        let meta = path
-            .metadata()
-            .map_err(|_| not(&format!("it has no `{STATE_FILE}` file")))?;
+        let meta = path.metadata().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => not(&format!("it has no `{STATE_FILE}` file")),
+            _ => SnapshotError::io("opening", &path, e),
+        })?;
         if meta.len() > MAX_STATE_FILE {
             return Err(SnapshotError::Invalid(format!(
                 "{} is too large",

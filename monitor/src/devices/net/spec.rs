@@ -47,8 +47,11 @@ pub enum NetError {
         /// The error.
         source: io::Error,
     },
+    /// `/dev/net/tun` is refused to this user.
+    #[error("cannot open {TUN_PATH} for tap {0}: permission denied; the node must be readable and writable by this user (uid {uid}): as root, `chmod 0666 {TUN_PATH}` (its usual mode: a TAP made with `ip tuntap add ... user UID` stays reserved to that user)", uid = crate::access::uid())]
+    TunDenied(String),
     /// Not allowed to create or attach.
-    #[error("tap {0} does not exist and this process may not create it, or it belongs to another user; create it first as root: `ip tuntap add dev {0} mode tap user $(id -un)`")]
+    #[error("tap {0} does not exist and this process may not create it, or it belongs to another user; create it first as root for this user (uid {uid}): `ip tuntap add dev {0} mode tap user {uid}`", uid = crate::access::uid())]
     Permission(String),
     /// In use or of the wrong kind.
     #[error("cannot attach to {0}: it is in use by another process, or it is not a TAP without packet info (create it with `ip tuntap add dev {0} mode tap`)")]

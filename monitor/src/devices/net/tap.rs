@@ -40,9 +40,12 @@ pub(super) fn attach(tap: &str) -> Result<(OwnedFd, u32), NetError> {
         .write(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(TUN_PATH)
-        .map_err(|source| NetError::NoTun {
-            tap: tap.into(),
-            source,
+        .map_err(|source| match source.raw_os_error() {
+            Some(libc::EACCES) | Some(libc::EPERM) => NetError::TunDenied(tap.into()),
+            _ => NetError::NoTun {
+                tap: tap.into(),
+                source,
+            },
         })?;
     let mut req = IfReq::new(tap);
     req.data[..2].copy_from_slice(&(IFF_TAP | IFF_NO_PI).to_ne_bytes());

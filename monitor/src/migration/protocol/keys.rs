@@ -43,7 +43,10 @@ pub fn nonce() -> [u8; NONCE_LEN] {
 pub fn read_key(path: &std::path::Path) -> Result<Vec<u8>, MigrateError> {
     let mut k = std::fs::read(path).map_err(|source| MigrateError::Key {
         path: path.display().to_string(),
-        why: source.to_string(),
+        why: format!(
+            "{source}{}",
+            crate::access::denied_hint(&source, "give a key file this user may read")
+        ),
     })?;
     while k.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         k.pop();
