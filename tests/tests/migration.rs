@@ -814,3 +814,42 @@ fn blank_disk(dir: &std::path::Path) -> std::path::PathBuf {
         .unwrap();
     disk
 }
+
+#[test]
+fn a_destination_waiting_for_a_source_stops_on_sigterm() {
+    let dir = duet_tests::temp_dir("mig-wait-term");
+    let k = key(&dir, "k", b'w');
+    let addr = free_addr();
+    let dest = start_dest(&[], &addr, &k, None);
+    // Wait until it listens (a probe connection would count as a failed
+    // source): a LISTEN entry for the port in /proc/net/tcp.
+    let port = addr.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let listening = || {
+        let t = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        t.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&format!(":{port:04X}")) && f[3] == "0A"
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !listening() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the destination never listened on {addr}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    dest.signal(libc::SIGTERM);
+    let out = dest.finish();
+    assert_ne!(out.status, Some(0), "{out:?}");
+    assert!(
+        out.status.is_some(),
+        "killed by a signal instead of stopping: {out:?}"
+    );
+    assert!(
+        out.stderr
+            .contains("stopped by SIGTERM while waiting for a source"),
+        "{}",
+        out.stderr
+    );
+}

@@ -149,7 +149,7 @@ pub fn incoming(
     let kvm = Arc::new(crate::kvm::open(kvm_device).map_err(state_err)?);
     let listener = TcpListener::bind(addr).map_err(|e| MigrateError::listen(addr, e))?;
     log::info!("waiting for a guest on {addr}");
-    let (mut s, peer) = listener.accept().map_err(MigrateError::Connection)?;
+    let (mut s, peer) = accept(&listener)?;
     drop(listener);
     log::info!("incoming guest from {peer}");
     s.set_read_timeout(Some(IO_TIMEOUT))
@@ -175,6 +175,45 @@ pub fn incoming(
                 };
             }
             Err(e)
+        }
+    }
+}
+
+/// Accepts one source. A `SIGTERM` or `SIGINT` ends the wait (std's
+/// `accept` retries after `EINTR`, so it polls: the signal interrupts that).
+fn accept(listener: &TcpListener) -> Result<(TcpStream, std::net::SocketAddr), MigrateError> {
+    use std::os::fd::AsRawFd;
+    listener
+        .set_nonblocking(true)
+        .map_err(MigrateError::Connection)?;
+    loop {
+        match listener.accept() {
+            Ok((s, peer)) => {
+                s.set_nonblocking(false).map_err(MigrateError::Connection)?;
+                return Ok((s, peer));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(MigrateError::Connection(e)),
+        }
+        let mut pfd = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd on a descriptor we own, for one call.
+        if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(MigrateError::Connection(e));
+            }
+            if let Some(sig) = crate::signals::take() {
+                let name = if sig.number() == libc::SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
+                return Err(MigrateError::Stopped(name));
+            }
         }
     }
 }

@@ -39,6 +39,9 @@ pub enum MigrateError {
         /// The OS's reason and the remedy.
         why: String,
     },
+    /// A signal ended `duet run --incoming` before a source arrived.
+    #[error("stopped by {0} while waiting for a source; no guest arrived, nothing ran")]
+    Stopped(&'static str),
     /// The other side hung up or stopped answering in the middle of a
     /// migration ([`MigrateError::lost`]).
     #[error("the {peer} {what} {when}")]
