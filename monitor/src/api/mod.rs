@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use thiserror::Error;
 
 /// A control-socket problem, each naming its cause and remedy once.
@@ -81,13 +81,47 @@ pub enum ApiError {
     },
 }
 
-/// The serving side; removes the socket file when dropped.
+/// The serving side; removes the socket file when dropped, after letting
+/// requests in progress answer.
 pub struct Server {
     path: PathBuf,
+    busy: Arc<Busy>,
+}
+
+/// How long a dropped [`Server`] waits for requests in progress: a
+/// migration's commit ends the guest while its `migrate` request is still
+/// to be answered, and the client must hear that it succeeded.
+const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The number of requests being served, with a condition variable to wait
+/// for none.
+#[derive(Default)]
+struct Busy {
+    count: Mutex<usize>,
+    idle: Condvar,
+}
+
+impl Busy {
+    /// Runs `f` counted as one request in progress.
+    fn serving<T>(&self, f: impl FnOnce() -> T) -> T {
+        *self.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        let r = f();
+        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        *n -= 1;
+        if *n == 0 {
+            self.idle.notify_all();
+        }
+        r
+    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
+        let n = self.busy.count.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self
+            .busy
+            .idle
+            .wait_timeout_while(n, ANSWER_GRACE, |n| *n > 0);
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -149,24 +183,28 @@ pub fn serve(path: PathBuf, ctl: Arc<Control>) -> Result<Server, ApiError> {
     unsafe { libc::umask(old) };
     let listener = bound.map_err(bind_err)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
-    let server = Server { path };
+    let busy = Arc::new(Busy::default());
+    let server = Server {
+        path,
+        busy: busy.clone(),
+    };
     std::thread::Builder::new()
         .name("duet-api".into())
         .spawn(move || {
             for conn in listener.incoming().flatten() {
-                let ctl = ctl.clone();
+                let (ctl, busy) = (ctl.clone(), busy.clone());
                 // A migration streams for seconds: each connection gets its
                 // own thread so `status` or `pause` still answer meanwhile.
                 let _ = std::thread::Builder::new()
                     .name("duet-api-conn".into())
-                    .spawn(move || serve_conn(conn, &ctl));
+                    .spawn(move || serve_conn(conn, &ctl, &busy));
             }
         })
         .map_err(bind_err)?;
     Ok(server)
 }
 
-fn serve_conn(conn: UnixStream, ctl: &Control) {
+fn serve_conn(conn: UnixStream, ctl: &Control, busy: &Busy) {
     let Ok(mut out) = conn.try_clone() else {
         return;
     };
@@ -175,13 +213,16 @@ fn serve_conn(conn: UnixStream, ctl: &Control) {
         if line.trim().is_empty() {
             continue;
         }
-        let resp = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => dispatch::serve(ctl, req, &mut out),
-            Err(e) => Response::err(format!("bad request: {e}")),
-        };
-        let mut text = serde_json::to_string(&resp).unwrap_or_else(|_| "{\"ok\":false}".into());
-        text.push('\n');
-        if out.write_all(text.as_bytes()).is_err() {
+        let sent = busy.serving(|| {
+            let resp = match serde_json::from_str::<Request>(&line) {
+                Ok(req) => dispatch::serve(ctl, req, &mut out),
+                Err(e) => Response::err(format!("bad request: {e}")),
+            };
+            let mut text = serde_json::to_string(&resp).unwrap_or_else(|_| "{\"ok\":false}".into());
+            text.push('\n');
+            out.write_all(text.as_bytes())
+        });
+        if sent.is_err() {
             return;
         }
     }
