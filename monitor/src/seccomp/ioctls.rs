@@ -66,7 +66,10 @@ ioctl!(
     KVM_CHECK_EXTENSION = io(0x03),
     "capabilities (XSAVE size, TSC control)"
 );
-ioctl!(KVM_GET_VCPU_MMAP_SIZE = io(0x04), "the vCPU's kvm_run page");
+ioctl!(
+    KVM_GET_VCPU_MMAP_SIZE = io(0x04),
+    "the vCPU's kvm_run page; the VM fd duplicated for a migration"
+);
 ioctl!(
     KVM_GET_SUPPORTED_CPUID = iowr::<kvm_cpuid2>(0x05),
     "the CPUID the guest gets, on a cache miss"
@@ -210,6 +213,7 @@ pub const VCPU: &[Ioctl] = &[
     KVM_GET_CLOCK,
     KVM_GET_TSC_KHZ,
     KVM_CHECK_EXTENSION,
+    KVM_GET_VCPU_MMAP_SIZE,
     KVM_SET_GUEST_DEBUG,
     KVM_SET_USER_MEMORY_REGION,
     KVM_GET_DIRTY_LOG,
@@ -246,3 +250,6 @@ pub const CONTROL: &[Ioctl] = MIGRATION;
 
 /// The GDB thread: its sockets.
 pub const GDB: &[Ioctl] = &[FIONBIO];
+
+/// Every request named here, for the violation report.
+pub const NAMED: &[&[Ioctl]] = &[VCPU, INCOMING, &[TCGETS]];

@@ -58,7 +58,7 @@ pub struct Allowed {
 
 /// Every thread, all the time: memory, locks, logs, signals, thread end.
 pub const BASE: &[Sys] = sys! {
-    SYS_write: "log lines to stderr; the seccomp report itself",
+    SYS_write: "log lines, eventfd signals, guest console; the seccomp report itself",
     SYS_futex: "locks, channels, joins",
     SYS_mmap: "the allocator (large blocks, arenas)",
     SYS_munmap: "the allocator; thread stacks at exit",
@@ -75,6 +75,8 @@ pub const BASE: &[Sys] = sys! {
     SYS_sigaltstack: "Rust's stack-overflow handler stack, set and freed",
     SYS_exit: "thread end",
     SYS_exit_group: "process end (also after a seccomp report)",
+    SYS_getpid: "abort() and pthread_kill: the process id for tgkill",
+    SYS_gettid: "abort() and pthread_kill: the thread's own id",
 };
 
 /// Threads that start threads: what `pthread_create` and the new thread
@@ -83,6 +85,7 @@ pub const SPAWN: &[Sys] = sys! {
     SYS_clone3: "pthread_create (glibc 2.34+)",
     SYS_set_robust_list: "the new thread registers its robust futexes",
     SYS_rseq: "the new thread registers its restartable sequences",
+    SYS_sched_getaffinity: "the new thread's pthread_getattr_np (Rust finds its stack)",
 };
 
 /// Sockets and the files a control request names.
@@ -102,11 +105,11 @@ pub const CONTROL: &[Sys] = sys! {
     SYS_getsockname: "the address bound (port 0)",
     SYS_getpeername: "who connected",
     SYS_shutdown: "closing a connection",
-    SYS_fcntl: "try_clone (F_DUPFD_CLOEXEC) of a connection",
     SYS_openat: "the migration key file",
     SYS_statx: "the migration key file's size",
     SYS_pread64: "--copy-disks: the source disks",
     SYS_clock_nanosleep: "short waits (migration rounds, GDB retries)",
+    SYS_eventfd2: "ctl gdb: the GDB thread's wake-up eventfd",
 };
 
 /// The migration's sender: its connection, disk copies and waits.
@@ -135,7 +138,6 @@ pub const GDB: &[Sys] = sys! {
     SYS_poll: "a packet or a stop, whichever first",
     SYS_setsockopt: "TCP_NODELAY",
     SYS_getpeername: "who connected",
-    SYS_fcntl: "try_clone (F_DUPFD_CLOEXEC) of the connection",
     SYS_clock_nanosleep: "retries while the vCPU is in a stub",
 };
 
@@ -153,6 +155,7 @@ pub const VCPU: &[Sys] = sys! {
     SYS_fdatasync: "disk flush",
     SYS_fsync: "snapshot files made durable",
     SYS_ppoll: "the poll hypercall; paused waits",
+    SYS_poll: "a virtio NIC's TAP looked at (zero timeout)",
     SYS_openat: "snapshot and core files, --copy-disks sources",
     SYS_mkdir: "a snapshot's directory",
     SYS_renameat2: "a snapshot's directory put in place (RENAME_NOREPLACE)",
@@ -163,7 +166,8 @@ pub const VCPU: &[Sys] = sys! {
     SYS_statx: "file metadata",
     SYS_lseek: "file sizes",
     SYS_ftruncate: "memory and core files sized",
-    SYS_fcntl: "the VM fd duplicated for a migration",
+    SYS_dup: "the VM fd duplicated for a migration's dirty log",
+    SYS_rename: "a core file put in place",
     SYS_flock: "disk locks handed over in a migration",
     SYS_mincore: "populated guest pages (snapshots, migrations, status)",
     SYS_setitimer: "the grace period after SIGTERM",
@@ -180,6 +184,10 @@ pub const INCOMING: &[Sys] = sys! {
     SYS_socket: "--net: a socket for the TAP's MTU",
     SYS_dup: "descriptors shared with I/O threads",
     SYS_fallocate: "--copy-disks: disk copies sized",
+    SYS_geteuid: "the CPUID cache's directory (/run/duet or the user's)",
+    SYS_shutdown: "the connection closed after commit",
+    SYS_rename: "the CPUID cache written in place",
+    SYS_mkdir: "the CPUID cache's directory",
 };
 
 /// The main thread with `--api`, once the vCPU and control threads run:
@@ -202,6 +210,7 @@ pub const IO: &[Sys] = sys! {
     SYS_read: "drain eventfds",
     SYS_preadv: "virtio-blk reads into guest memory",
     SYS_pwritev: "virtio-blk writes from guest memory",
+    SYS_poll: "whether the TAP has a frame (zero timeout)",
     SYS_fdatasync: "virtio-blk flush",
     SYS_readv: "virtio-net: TAP to guest memory",
     SYS_writev: "virtio-net: guest memory to TAP",
@@ -213,6 +222,52 @@ const SET_FILTER: (u64, &str) = (
     libc::SECCOMP_SET_MODE_FILTER as u64,
     "SECCOMP_SET_MODE_FILTER",
 );
+
+/// `tgkill`: `abort()` raising `SIGABRT` on its own thread (so a monitor
+/// abort still ends as one, core file and all), and for threads that send
+/// the vCPU thread jobs, the kick signal (`SIGRTMIN`, a run-time value in
+/// glibc).
+fn tgkill(kick: bool) -> Allowed {
+    static ABORT: [(u64, &str); 1] = [(libc::SIGABRT as u64, "SIGABRT (abort)")];
+    static BOTH: std::sync::OnceLock<[(u64, &str); 2]> = std::sync::OnceLock::new();
+    let values: &'static [(u64, &str)] = if kick {
+        BOTH.get_or_init(|| {
+            [
+                ABORT[0],
+                (
+                    libc::SIGRTMIN() as u64,
+                    "SIGRTMIN (kicks the vCPU thread to a job)",
+                ),
+            ]
+        })
+    } else {
+        &ABORT
+    };
+    Allowed {
+        sys: sys(
+            libc::SYS_tgkill,
+            "SYS_tgkill",
+            "abort(); kicking the vCPU thread to a job",
+        ),
+        args: Args::Only { arg: 2, values },
+    }
+}
+
+const F_GETFL: (u64, &str) = (libc::F_GETFL as u64, "F_GETFL");
+const F_DUP: (u64, &str) = (libc::F_DUPFD_CLOEXEC as u64, "F_DUPFD_CLOEXEC");
+
+/// `fcntl`: only `F_DUPFD_CLOEXEC` (`try_clone` of a socket) and, where
+/// directories are read, `F_GETFL` (glibc's `fdopendir` checks the fd).
+fn fcntl(values: &'static [(u64, &'static str)]) -> Allowed {
+    Allowed {
+        sys: sys(
+            libc::SYS_fcntl,
+            "SYS_fcntl",
+            "try_clone of a socket; fdopendir",
+        ),
+        args: Args::Only { arg: 1, values },
+    }
+}
 
 fn sys(nr: i64, id: &'static str, why: &'static str) -> Sys {
     Sys { nr, id, why }
@@ -235,6 +290,23 @@ fn prctl(values: &'static [(u64, &'static str)]) -> Allowed {
             "a new thread's name; no_new_privs before a filter",
         ),
         args: Args::Only { arg: 0, values },
+    }
+}
+
+/// `rt_sigaction`: only glibc's own `SIGCANCEL` and `SIGSETXID` (32, 33),
+/// whose handlers its first `pthread_create` installs: a destination
+/// without `--api` starts its first thread (an I/O thread) under its list.
+fn glibc_sigaction() -> Allowed {
+    Allowed {
+        sys: sys(
+            libc::SYS_rt_sigaction,
+            "SYS_rt_sigaction",
+            "glibc's first pthread_create",
+        ),
+        args: Args::Only {
+            arg: 0,
+            values: &[(32, "SIGCANCEL"), (33, "SIGSETXID")],
+        },
     }
 }
 
@@ -269,38 +341,47 @@ fn plain(groups: &[&'static [Sys]]) -> std::vec::IntoIter<Allowed> {
 /// several groups appears once, with the first group's reason).
 pub fn list(t: Thread) -> Vec<Allowed> {
     let mut v: Vec<Allowed> = match t {
-        Thread::Main => plain(&[BASE, MAIN]).collect(),
+        Thread::Main => plain(&[BASE, MAIN]).chain([tgkill(false)]).collect(),
         Thread::Vcpu => plain(&[BASE, VCPU])
-            .chain([ioctl(
-                ioctls::VCPU,
-                "KVM: the run loop, state, dirty logging",
-            )])
+            .chain([
+                ioctl(ioctls::VCPU, "KVM: the run loop, state, dirty logging"),
+                tgkill(false),
+                fcntl(&[F_GETFL, F_DUP]),
+            ])
             .collect(),
         Thread::Control => plain(&[BASE, SPAWN, CONTROL])
             .chain([
+                tgkill(true),
+                fcntl(&[F_DUP]),
                 ioctl(ioctls::CONTROL, "the migration's dirty log; sockets"),
                 prctl(&[PR_NAME, PR_NNP]),
                 seccomp(),
             ])
             .collect(),
         Thread::Migration => plain(&[BASE, MIGRATION])
-            .chain([ioctl(ioctls::MIGRATION, "the dirty log; sockets")])
+            .chain([
+                tgkill(true),
+                ioctl(ioctls::MIGRATION, "the dirty log; sockets"),
+            ])
             .collect(),
         Thread::Gdb => plain(&[BASE, GDB])
-            .chain([ioctl(ioctls::GDB, "sockets")])
+            .chain([tgkill(true), ioctl(ioctls::GDB, "sockets"), fcntl(&[F_DUP])])
             .collect(),
-        Thread::Io => plain(&[BASE, IO]).collect(),
+        Thread::Io => plain(&[BASE, IO]).chain([tgkill(false)]).collect(),
         Thread::Incoming => plain(&[BASE, SPAWN, VCPU, INCOMING, GDB, IO])
             .chain([
+                tgkill(true),
+                fcntl(&[F_GETFL, F_DUP]),
                 ioctl(
                     incoming_ioctls(),
                     "KVM: the VM built; TAPs; then the vCPU's",
                 ),
+                glibc_sigaction(),
                 prctl(&[PR_NAME, PR_NNP]),
                 seccomp(),
             ])
             .collect(),
-        Thread::Clones => plain(&[BASE, CLONES]).collect(),
+        Thread::Clones => plain(&[BASE, CLONES]).chain([tgkill(false)]).collect(),
     };
     let mut seen = std::collections::HashSet::new();
     v.retain(|a| seen.insert(a.sys.nr));

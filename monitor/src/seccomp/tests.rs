@@ -98,15 +98,22 @@ fn a_thread_started_under_a_list_can_narrow_to_its_own() {
 
 #[test]
 fn the_report_names_the_thread_and_the_call() {
-    let r = trap::report_text(libc::SYS_execve, Some(Thread::Vcpu));
+    let r = trap::report_text(libc::SYS_execve, 0, Some(Thread::Vcpu));
     assert!(
         r.starts_with("duet: seccomp: the vcpu thread made system call 59 (execve)"),
         "{r}"
     );
     assert!(r.contains("status 159"), "{r}");
     assert!(r.ends_with('\n'));
-    let r = trap::report_text(100_000, None);
+    let r = trap::report_text(100_000, 0, None);
     assert!(r.contains("system call 100000 (unknown)"), "{r}");
+    let r = trap::report_text(libc::SYS_ioctl, 0xc008_ae05, Some(Thread::Io));
+    assert!(
+        r.contains("system call 16 (ioctl request KVM_GET_SUPPORTED_CPUID)"),
+        "{r}"
+    );
+    let r = trap::report_text(libc::SYS_ioctl, 0x5401_0000_1234, Some(Thread::Io));
+    assert!(r.contains("(ioctl request 0x540100001234)"), "{r}");
     assert_eq!(trap::name(libc::SYS_ioctl), Some("ioctl"));
     assert_eq!(trap::name(libc::SYS_ppoll), Some("ppoll"));
 }
@@ -120,7 +127,7 @@ fn the_docs_table_matches_the_lists() {
     let mut rows = Vec::new();
     let mut inside = false;
     for line in text.lines() {
-        if line.starts_with("| list |") {
+        if line.starts_with("| list | calls |") {
             inside = true;
             continue;
         }

@@ -51,9 +51,6 @@ const OTHERS: &[(i64, &str)] = &[
     (libc::SYS_symlink, "symlink"),
     (libc::SYS_link, "link"),
     (libc::SYS_getppid, "getppid"),
-    (libc::SYS_getpid, "getpid"),
-    (libc::SYS_gettid, "gettid"),
-    (libc::SYS_tgkill, "tgkill"),
     (libc::SYS_uname, "uname"),
     (libc::SYS_sysinfo, "sysinfo"),
     (libc::SYS_prlimit64, "prlimit64"),
@@ -84,6 +81,9 @@ pub fn name(nr: i64) -> Option<&'static str> {
                 (libc::SYS_ioctl, "ioctl"),
                 (libc::SYS_prctl, "prctl"),
                 (libc::SYS_seccomp, "seccomp"),
+                (libc::SYS_tgkill, "tgkill"),
+                (libc::SYS_fcntl, "fcntl"),
+                (libc::SYS_rt_sigaction, "rt_sigaction"),
             ]
             .iter()
             .chain(OTHERS)
@@ -105,6 +105,14 @@ impl Line {
         self.len += n;
     }
 
+    fn hex(&mut self, v: u64) {
+        self.put(b"0x");
+        let digits = (64 - v.leading_zeros()).div_ceil(4).max(1);
+        for i in (0..digits).rev() {
+            self.put(&[b"0123456789abcdef"[((v >> (4 * i)) & 0xf) as usize]]);
+        }
+    }
+
     fn num(&mut self, mut v: u64) {
         let mut d = [0u8; 20];
         let mut i = d.len();
@@ -120,8 +128,9 @@ impl Line {
     }
 }
 
-/// The report for call `nr` made by a thread under `kind`'s list.
-fn report(nr: i64, kind: Option<Thread>) -> Line {
+/// The report for call `nr` (its second argument `arg1`) made by a thread
+/// under `kind`'s list.
+fn report(nr: i64, arg1: u64, kind: Option<Thread>) -> Line {
     let mut l = Line {
         buf: [0; 400],
         len: 0,
@@ -132,6 +141,18 @@ fn report(nr: i64, kind: Option<Thread>) -> Line {
     l.num(nr as u64);
     l.put(b" (");
     l.put(name(nr).unwrap_or("unknown").as_bytes());
+    if nr == libc::SYS_ioctl {
+        // Which request: the filter looked at it, so should the reader.
+        l.put(b" request ");
+        match super::ioctls::NAMED
+            .iter()
+            .flat_map(|g| g.iter())
+            .find(|i| u64::from(i.nr) == arg1 & 0xffff_ffff)
+        {
+            Some(i) => l.put(i.name.as_bytes()),
+            None => l.hex(arg1),
+        }
+    }
     l.put(b"), which its seccomp list does not allow; the monitor stops (status ");
     l.num(u64::from(STATUS));
     l.put(
@@ -140,14 +161,20 @@ fn report(nr: i64, kind: Option<Thread>) -> Line {
     l
 }
 
-extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo_t for SA_SIGINFO. For
     // SIGSYS its union holds `struct { void *call_addr; int syscall;
     // unsigned arch; }` at offset 16 (after signo, errno, code and
     // padding), so the call's number is the int at offset 24.
     let nr = unsafe { info.cast::<u8>().add(24).cast::<libc::c_int>().read() };
+    // SAFETY: for SA_SIGINFO the third argument is the interrupted
+    // context, a ucontext_t; RSI held the call's second argument.
+    let arg1 = unsafe {
+        let uc = &*ctx.cast::<libc::ucontext_t>();
+        uc.uc_mcontext.gregs[libc::REG_RSI as usize] as u64
+    };
     let kind = KIND.with(Cell::get);
-    let line = report(i64::from(nr), Thread::from_u8(kind));
+    let line = report(i64::from(nr), arg1, Thread::from_u8(kind));
     // SAFETY: write(2) of our own stack buffer, then _exit(2): both
     // async-signal-safe, and both on every list.
     unsafe {
@@ -172,7 +199,7 @@ pub fn install_handler() -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-pub(super) fn report_text(nr: i64, kind: Option<Thread>) -> String {
-    let l = report(nr, kind);
+pub(super) fn report_text(nr: i64, arg1: u64, kind: Option<Thread>) -> String {
+    let l = report(nr, arg1, kind);
     String::from_utf8_lossy(&l.buf[..l.len]).into_owned()
 }
