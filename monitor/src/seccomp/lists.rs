@@ -254,10 +254,12 @@ fn tgkill(kick: bool) -> Allowed {
 }
 
 const F_GETFL: (u64, &str) = (libc::F_GETFL as u64, "F_GETFL");
+const F_SETFD: (u64, &str) = (libc::F_SETFD as u64, "F_SETFD");
 const F_DUP: (u64, &str) = (libc::F_DUPFD_CLOEXEC as u64, "F_DUPFD_CLOEXEC");
 
 /// `fcntl`: only `F_DUPFD_CLOEXEC` (`try_clone` of a socket) and, where
-/// directories are read, `F_GETFL` (glibc's `fdopendir` checks the fd).
+/// directories are read, `F_GETFL` and `F_SETFD` (glibc's `fdopendir`
+/// checks the fd and marks it close-on-exec).
 fn fcntl(values: &'static [(u64, &'static str)]) -> Allowed {
     Allowed {
         sys: sys(
@@ -346,7 +348,7 @@ pub fn list(t: Thread) -> Vec<Allowed> {
             .chain([
                 ioctl(ioctls::VCPU, "KVM: the run loop, state, dirty logging"),
                 tgkill(false),
-                fcntl(&[F_GETFL, F_DUP]),
+                fcntl(&[F_GETFL, F_SETFD, F_DUP]),
             ])
             .collect(),
         Thread::Control => plain(&[BASE, SPAWN, CONTROL])
@@ -371,7 +373,7 @@ pub fn list(t: Thread) -> Vec<Allowed> {
         Thread::Incoming => plain(&[BASE, SPAWN, VCPU, INCOMING, GDB, IO])
             .chain([
                 tgkill(true),
-                fcntl(&[F_GETFL, F_DUP]),
+                fcntl(&[F_GETFL, F_SETFD, F_DUP]),
                 ioctl(
                     incoming_ioctls(),
                     "KVM: the VM built; TAPs; then the vCPU's",

@@ -143,6 +143,12 @@ pub fn enable() -> Result<(), SeccompError> {
         return Err(refuse(std::io::Error::last_os_error().to_string()));
     }
     trap::install_handler().map_err(|e| refuse(e.to_string()))?;
+    // One malloc arena: glibc's per-thread arenas, when one shrinks, read
+    // /proc/sys/vm/overcommit_memory (openat) from whatever thread freed
+    // the memory, which only a few lists allow. The main arena trims with
+    // brk, on every list. Small allocations stay in per-thread caches.
+    // SAFETY: mallopt with a valid parameter, before any thread starts.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     ENABLED.store(true, Ordering::SeqCst);
     Ok(())
 }
