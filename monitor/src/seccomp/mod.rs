@@ -29,6 +29,7 @@
 //! Nothing is filtered until the CLI calls [`enable`] (`--seccomp on`, the
 //! default), so the library's unit tests run unfiltered.
 
+mod args;
 mod filter;
 pub mod ioctls;
 pub mod lists;
