@@ -1,10 +1,53 @@
 //! The calls a list allows only with certain arguments, as entries for
 //! `lists.rs`: `ioctl` requests, `prctl` options, the `seccomp`
 //! operation, `tgkill`'s signal, `fcntl`'s command, and the two signals
-//! glibc's first `pthread_create` takes a handler for.
+//! glibc's first `pthread_create` takes a handler for; and the types a
+//! list is made of.
 
 use super::ioctls::{self, Ioctl};
-use super::lists::{Allowed, Args, Sys};
+
+/// One system call: its number, its libc name (`SYS_read`) and why.
+#[derive(Clone, Copy, Debug)]
+pub struct Sys {
+    /// The x86_64 number.
+    pub nr: i64,
+    /// `SYS_` + the name.
+    pub id: &'static str,
+    /// Why the thread makes it.
+    pub why: &'static str,
+}
+
+impl Sys {
+    /// The name, as `man 2` spells it.
+    pub fn name(&self) -> &'static str {
+        self.id.strip_prefix("SYS_").unwrap_or(self.id)
+    }
+}
+
+/// Which values of one argument a call is allowed with.
+#[derive(Clone, Copy, Debug)]
+pub enum Args {
+    /// Any arguments.
+    Any,
+    /// `ioctl`: these requests only (argument 1).
+    Ioctl(&'static [Ioctl]),
+    /// Argument `arg` equal to one of these (value, name).
+    Only {
+        /// The argument's index.
+        arg: u8,
+        /// The values allowed, with their names.
+        values: &'static [(u64, &'static str)],
+    },
+}
+
+/// One entry of a thread's list.
+#[derive(Clone, Copy, Debug)]
+pub struct Allowed {
+    /// The call.
+    pub sys: Sys,
+    /// What it may be called with.
+    pub args: Args,
+}
 
 pub(super) const PR_NAME: (u64, &str) = (libc::PR_SET_NAME as u64, "PR_SET_NAME");
 pub(super) const PR_NNP: (u64, &str) = (libc::PR_SET_NO_NEW_PRIVS as u64, "PR_SET_NO_NEW_PRIVS");

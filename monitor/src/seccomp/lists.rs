@@ -4,56 +4,13 @@
 //! `seccomp` operation). `docs/security.md` has the table of counts (a
 //! unit test keeps it true).
 
-use super::ioctls::{self, Ioctl};
+use super::ioctls;
 use super::Thread;
-
-/// One system call: its number, its libc name (`SYS_read`) and why.
-#[derive(Clone, Copy, Debug)]
-pub struct Sys {
-    /// The x86_64 number.
-    pub nr: i64,
-    /// `SYS_` + the name.
-    pub id: &'static str,
-    /// Why the thread makes it.
-    pub why: &'static str,
-}
-
-impl Sys {
-    /// The name, as `man 2` spells it.
-    pub fn name(&self) -> &'static str {
-        self.id.strip_prefix("SYS_").unwrap_or(self.id)
-    }
-}
 
 macro_rules! sys {
     ($($id:ident: $why:expr,)*) => {
         &[$(Sys { nr: libc::$id, id: stringify!($id), why: $why },)*]
     };
-}
-
-/// Which values of one argument a call is allowed with.
-#[derive(Clone, Copy, Debug)]
-pub enum Args {
-    /// Any arguments.
-    Any,
-    /// `ioctl`: these requests only (argument 1).
-    Ioctl(&'static [Ioctl]),
-    /// Argument `arg` equal to one of these (value, name).
-    Only {
-        /// The argument's index.
-        arg: u8,
-        /// The values allowed, with their names.
-        values: &'static [(u64, &'static str)],
-    },
-}
-
-/// One entry of a thread's list.
-#[derive(Clone, Copy, Debug)]
-pub struct Allowed {
-    /// The call.
-    pub sys: Sys,
-    /// What it may be called with.
-    pub args: Args,
 }
 
 /// Every thread, all the time: memory, locks, logs, signals, thread end.
@@ -219,6 +176,7 @@ use super::args::{
     fcntl, glibc_sigaction, incoming_ioctls, ioctl, prctl, seccomp, tgkill, F_DUP, F_GETFL,
     F_SETFD, PR_NAME, PR_NNP,
 };
+pub use super::args::{Allowed, Args, Sys};
 
 fn plain(groups: &[&'static [Sys]]) -> std::vec::IntoIter<Allowed> {
     let v: Vec<Allowed> = groups
