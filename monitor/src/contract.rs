@@ -34,6 +34,10 @@ pub mod status {
     pub const SIGINT: u8 = 130;
     /// `SIGTERM`: the guest did not exit within the grace period (128 + 15).
     pub const SIGTERM: u8 = 143;
+    /// A monitor thread made a system call its seccomp list does not
+    /// allow (`duet: seccomp: ...` on stderr names the thread and the
+    /// call): like SIGSYS, 128 + 31. A monitor bug or an attack.
+    pub const SECCOMP: u8 = 159;
 
     /// The monitor stopped the guest because of signal `sig`: 128 + `sig`,
     /// as a shell reports a process killed by it.
@@ -81,6 +85,10 @@ pub mod status {
         (
             "130",
             "SIGINT (Ctrl-C): the monitor stopped the guest at once",
+        ),
+        (
+            "159",
+            "a monitor thread made a system call its seccomp list does not allow (duet: seccomp: on stderr names the thread and the call; docs/security.md): a monitor bug or an attack",
         ),
     ];
 }

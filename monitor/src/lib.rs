@@ -16,7 +16,8 @@
 //!   hypercall dispatch, [`vmm::Vmm::capture`] / [`vmm::Vmm::assemble`];
 //! * [`compat`], [`statefile`], [`snapshot`], [`migration`], [`template`],
 //!   and the debugger ([`debug`]: GDB, core files);
-//! * the control plane: [`api`], [`runner`], [`signals`].
+//! * the control plane: [`api`], [`runner`], [`signals`];
+//! * beside everything: [`seccomp`] (each thread's system-call list).
 #![deny(missing_docs)]
 
 pub mod access;
@@ -45,6 +46,7 @@ pub mod outcome;
 pub mod paging;
 pub mod persist;
 pub mod runner;
+pub mod seccomp;
 pub mod signals;
 pub mod snapshot;
 pub mod statefile;

@@ -3,9 +3,11 @@
 //! thread fewer to start on the boot path).
 
 use crate::outcome::Outcome;
+use crate::seccomp::Thread;
 use crate::trace::BootTrace;
 use crate::vmm::{Control, Vmm};
 use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use thiserror::Error;
 
@@ -24,6 +26,9 @@ pub enum RunError {
     /// The vCPU thread died (a monitor bug).
     #[error("the vCPU thread failed: {0}")]
     Thread(String),
+    /// A thread could not be confined (`--seccomp`).
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 /// How to run a guest besides what builds it.
@@ -108,36 +113,42 @@ where
     let ctl = Arc::new(Control::new().map_err(RunError::Control)?);
     let Some(api) = opts.api.clone() else {
         crate::signals::unblock();
-        return drive(make, ctl, opts, |_| {});
+        return drive(make, ctl, opts, None);
     };
     // The socket first: a bad --api path fails before the guest starts.
     // Requests that arrive before the vCPU runs wait in the queue.
     let server = crate::api::serve(api, ctl.clone())?;
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let vcpu = std::thread::Builder::new()
         .name("duet-vcpu".into())
         .spawn(move || {
             crate::signals::unblock();
-            drive(make, ctl, opts, move |_| {
-                let _ = ready_tx.send(());
-            })
+            drive(make, ctl, opts, Some(go_rx))
         })
         .map_err(RunError::Control)?;
-    let _ = ready_rx.recv();
+    // Every thread this one starts is running: narrow to its own list, and
+    // only then let the guest's first instruction run.
+    let confined = crate::seccomp::install(Thread::Main);
+    if confined.is_ok() {
+        let _ = go_tx.send(());
+    }
+    drop(go_tx);
     let finished = vcpu
         .join()
         .map_err(|_| RunError::Thread("it panicked".into()))?;
     drop(server);
+    confined?;
     finished
 }
 
-/// Builds the guest, waits at the start gate, runs it, and saves it at its
-/// snapshot point in template mode.
+/// Builds the guest, waits at the start gate (and for `go`: the main
+/// thread confined), confines the thread to the vCPU list, runs the guest,
+/// and saves it at its snapshot point in template mode.
 fn drive<F, E>(
     make: F,
     ctl: Arc<Control>,
     opts: RunOptions,
-    built: impl FnOnce(&Vmm),
+    go: Option<Receiver<()>>,
 ) -> Result<Finished, RunError>
 where
     F: FnOnce(Arc<Control>) -> Result<Vmm, E>,
@@ -155,7 +166,6 @@ where
         ctl.finish();
         return Err(RunError::Start(crate::errors::chain(&e)));
     }
-    built(&vmm);
     vmm.set_stop_timeout(opts.stop_timeout);
     vmm.set_template(opts.snapshot_at_point.is_some());
     if let Some(Err(outcome)) = opts.wait_start.as_deref().map(wait_start) {
@@ -164,6 +174,17 @@ where
             outcome,
             trace: vmm.take_trace(),
         });
+    }
+    // Nothing runs unfiltered once the guest does.
+    let confined = match go.map(|g| g.recv()) {
+        Some(Err(_)) => Err(RunError::Start(
+            "the main thread could not install its seccomp filter".into(),
+        )),
+        _ => crate::seccomp::install(Thread::Vcpu).map_err(RunError::Seccomp),
+    };
+    if let Err(e) = confined {
+        ctl.finish();
+        return Err(e);
     }
     let mut outcome = vmm.run();
     if let (Outcome::AtSnapshotPoint, Some(dir)) = (&outcome, &opts.snapshot_at_point) {

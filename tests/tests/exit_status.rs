@@ -143,6 +143,17 @@ fn provoke(row: &str, tmp: &Path) {
                 .expect_status(s(status::SIGINT))
                 .expect_stderr("SIGINT");
         }
+        "159" => {
+            // A monitor built with `test-hooks` (as `cargo xtask test` builds
+            // it) makes the vCPU thread call `execve` once its list is in.
+            let img = image("shutdown");
+            let mut c = duet_tests::duet_cmd(&["run", img.to_str().unwrap()]);
+            c.env("DUET_TEST_SECCOMP_PROBE", "vcpu")
+                .env_remove("DUET_TEST_SECCOMP_LOG");
+            duet_tests::run_cmd(c, std::time::Duration::from_secs(60))
+                .expect_status(s(status::SECCOMP))
+                .expect_stderr("duet: seccomp: the vcpu thread made system call 59 (execve)");
+        }
         other => panic!(
             "README.md's exit-status row {other:?} has no check in tests/tests/exit_status.rs"
         ),

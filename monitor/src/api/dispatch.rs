@@ -6,11 +6,12 @@
 use super::wire::{millis, ProgressLine, Request, Response};
 use crate::debug;
 use crate::migration::{self, MigrateRequest};
-use crate::vmm::{Control, Vmm};
+use crate::vmm::{Control, Exited, Vmm};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Serves `req`; a migration writes progress lines to `out` first.
-pub fn serve(ctl: &Control, req: Request, out: &mut impl std::io::Write) -> Response {
+pub fn serve(ctl: &Arc<Control>, req: Request, out: &mut (impl std::io::Write + Send)) -> Response {
     let r = match req {
         Request::Pause => ctl.on_vcpu(|vmm| {
             vmm.pause();
@@ -23,13 +24,7 @@ pub fn serve(ctl: &Control, req: Request, out: &mut impl std::io::Write) -> Resp
         Request::Status => ctl.on_vcpu(status),
         Request::Snapshot { dir } => ctl.on_vcpu(move |vmm| snapshot(vmm, PathBuf::from(dir))),
         Request::Migrate(m) => return migrate(ctl, &m, out),
-        Request::Gdb { addr } => ctl.on_vcpu(move |vmm| match debug::listen(vmm, &addr) {
-            Ok(at) => Response {
-                gdb: Some(at.to_string()),
-                ..Response::ok()
-            },
-            Err(e) => Response::err(e.to_string()),
-        }),
+        Request::Gdb { addr } => gdb(ctl, &addr),
         Request::Core { path } => ctl.on_vcpu(move |vmm| match debug::dump(vmm, path.as_ref()) {
             Ok(bytes) => Response {
                 core_bytes: Some(bytes),
@@ -41,6 +36,26 @@ pub fn serve(ctl: &Control, req: Request, out: &mut impl std::io::Write) -> Resp
     r.unwrap_or_else(|_| Response {
         state: Some("exited".into()),
         ..Response::err("the guest has exited")
+    })
+}
+
+/// `gdb ADDR`: the listener and the GDB thread start here, on the
+/// connection's thread (the vCPU thread's list has no sockets to listen on
+/// nor threads to start); the vCPU thread only takes the link.
+fn gdb(ctl: &Arc<Control>, addr: &str) -> Result<Response, Exited> {
+    if let Some(at) = ctl.on_vcpu(debug::served)? {
+        return Ok(Response::err(debug::DebugError::Served(at).to_string()));
+    }
+    let link = match debug::Listener::bind(addr).and_then(|l| debug::start(l, ctl.clone())) {
+        Ok(l) => l,
+        Err(e) => return Ok(Response::err(e.to_string())),
+    };
+    Ok(match ctl.on_vcpu(move |vmm| debug::attach(vmm, link))? {
+        Ok(at) => Response {
+            gdb: Some(at.to_string()),
+            ..Response::ok()
+        },
+        Err(e) => Response::err(e.to_string()),
     })
 }
 
@@ -73,7 +88,11 @@ fn snapshot(vmm: &mut Vmm, dir: PathBuf) -> Response {
 }
 
 /// Runs a migration, writing one `{"progress":{...}}` line per round.
-fn migrate(ctl: &Control, req: &MigrateRequest, out: &mut impl std::io::Write) -> Response {
+fn migrate(
+    ctl: &Control,
+    req: &MigrateRequest,
+    out: &mut (impl std::io::Write + Send),
+) -> Response {
     // GDB's breakpoints live in the guest's text, which is about to be
     // copied page by page while the guest runs: not under a debugger.
     if ctl.on_vcpu(debug::attached) == Ok(true) {

@@ -191,6 +191,9 @@ pub fn serve(path: PathBuf, ctl: Arc<Control>) -> Result<Server, ApiError> {
     std::thread::Builder::new()
         .name("duet-api".into())
         .spawn(move || {
+            // Connection threads (and the migration and GDB threads they
+            // start) run under this list too, or narrow it.
+            crate::seccomp::install_or_exit(crate::seccomp::Thread::Control);
             for conn in listener.incoming().flatten() {
                 let (ctl, busy) = (ctl.clone(), busy.clone());
                 // A migration streams for seconds: each connection gets its
@@ -204,7 +207,7 @@ pub fn serve(path: PathBuf, ctl: Arc<Control>) -> Result<Server, ApiError> {
     Ok(server)
 }
 
-fn serve_conn(conn: UnixStream, ctl: &Control, busy: &Busy) {
+fn serve_conn(conn: UnixStream, ctl: &Arc<Control>, busy: &Busy) {
     let Ok(mut out) = conn.try_clone() else {
         return;
     };

@@ -55,6 +55,40 @@ pub struct Common {
     /// (`gdb IMAGE PATH` then shows where).
     #[arg(long, value_name = "PATH")]
     pub core: Option<PathBuf>,
+    #[command(flatten)]
+    pub seccomp: Seccomp,
+}
+
+/// `--seccomp`, for every command that runs a guest.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct Seccomp {
+    /// Confine each monitor thread to the system calls it needs (seccomp;
+    /// a call off its list stops the monitor with status 159, see
+    /// docs/security.md). `off` is UNSAFE: a monitor bug a guest can reach
+    /// then has every system call; use it only to debug the monitor.
+    #[arg(long = "seccomp", value_name = "on|off", default_value = "on", value_parser = parse_switch, action = clap::ArgAction::Set)]
+    pub on: bool,
+}
+
+impl Seccomp {
+    /// Applies the choice to this process, before any thread starts.
+    pub fn apply(self) -> anyhow::Result<()> {
+        if self.on {
+            duet_monitor::seccomp::enable()?;
+        } else {
+            log::warn!("--seccomp off: the monitor runs without system-call filters (unsafe)");
+        }
+        Ok(())
+    }
+}
+
+/// `on` or `off`.
+fn parse_switch(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("`{s}` is neither on nor off")),
+    }
 }
 
 /// What a fresh boot is built from (`duet run IMAGE`, `duet template create`).

@@ -49,6 +49,9 @@ fn clone_cmd(exe: &Path, dir: &Path, i: u32, c: &Common, netns: Option<RawFd>) -
     if let Some(api) = &c.api {
         cmd.arg("--api").arg(format!("{}.{i}", api.display()));
     }
+    if !c.seccomp.on {
+        cmd.args(["--seccomp", "off"]);
+    }
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the child between fork and exec and only
     // makes async-signal-safe system calls (setns, prctl, getppid); `netns`
@@ -173,6 +176,14 @@ pub fn run(
                 bail!("cannot start clone {i}: {why}; the clones already started were stopped");
             }
         }
+    }
+    // Every child runs (each installs its own lists): from here the parent
+    // only waits, forwards signals and reports. Filters survive exec, so
+    // this comes after the last child started, never before.
+    if let Err(e) = duet_monitor::seccomp::install(duet_monitor::seccomp::Thread::Clones) {
+        forward(&live, libc::SIGTERM);
+        reap(&mut live, true);
+        bail!("{e}; the clones were stopped");
     }
     if c.trace_boot {
         eprintln!(

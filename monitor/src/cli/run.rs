@@ -87,6 +87,7 @@ pub struct RestoreArgs {
 
 /// Runs `duet run` in the mode its arguments chose.
 pub fn run(a: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
+    a.common.seccomp.apply()?;
     if let Some(addr) = a.incoming {
         let key = a
             .migration_key_file
@@ -112,6 +113,7 @@ pub fn run(a: RunArgs, start: Instant) -> anyhow::Result<Outcome> {
 
 /// Runs `duet restore`.
 pub fn restore(a: RestoreArgs, start: Instant) -> anyhow::Result<Outcome> {
+    a.common.seccomp.apply()?;
     match a.clones {
         Some(n) => {
             let netns = a.clone_netns.as_deref();

@@ -1,6 +1,6 @@
 //! `duet template create | list | rm`: the template store (docs/snapshots.md).
 
-use super::args::{Common, GuestArgs};
+use super::args::{Common, GuestArgs, Seccomp};
 use super::run::boot;
 use anyhow::bail;
 use duet_monitor::outcome::Outcome;
@@ -30,6 +30,8 @@ pub enum TemplateCmd {
             default_value = "/dev/kvm"
         )]
         kvm_device: PathBuf,
+        #[command(flatten)]
+        seccomp: Seccomp,
     },
     /// List the templates.
     List {
@@ -56,6 +58,7 @@ pub fn run(cmd: TemplateCmd, start: Instant) -> anyhow::Result<Outcome> {
             store,
             guest,
             kvm_device,
+            seccomp,
         } => {
             let store = template::store(store.as_deref())?;
             let dir = template::new_path(&store, &name)?;
@@ -68,7 +71,9 @@ pub fn run(cmd: TemplateCmd, start: Instant) -> anyhow::Result<Outcome> {
                 gdb: None,
                 gdb_wait: true,
                 core: None,
+                seccomp,
             };
+            seccomp.apply()?;
             match boot(image, guest, c, start, Some(dir))? {
                 Outcome::Snapshotted(d) => {
                     eprintln!("duet: template `{name}` created in {d}");

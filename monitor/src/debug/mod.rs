@@ -34,8 +34,8 @@
 //! GDB reads any mapped page and writes only where the guest could write
 //! itself; the text changes only through breakpoints.
 //!
-//! The control plane calls [`setup`] (`--gdb`, `--core`), [`listen`]
-//! (`duet ctl gdb`), [`dump()`] (`duet ctl core`) and
+//! The control plane calls [`setup`] (`--gdb`, `--core`), [`start`] and
+//! [`attach`] (`duet ctl gdb`), [`dump()`] (`duet ctl core`) and
 //! [`without_breakpoints`] (snapshots).
 
 mod adapter;
@@ -49,7 +49,7 @@ mod target;
 pub use adapter::DebugVm;
 pub use dump::dump;
 pub use session::without_breakpoints;
-pub use stub::{DebugError, Listener};
+pub use stub::{DebugError, Link, Listener};
 
 use crate::cpu::exception::Exception;
 use crate::outcome::Outcome;
@@ -230,24 +230,35 @@ pub fn setup(vmm: &mut Vmm, opts: DebugOptions) -> Result<(), DebugError> {
     Ok(())
 }
 
-/// `duet ctl SOCKET gdb ADDR`: serves GDB on `addr` for this running guest;
-/// returns the address bound.
-pub fn listen(vmm: &mut Vmm, addr: &str) -> Result<SocketAddr, DebugError> {
-    let served = with(vmm, |d, _| d.link.as_ref().map(|l| l.addr));
-    if let Some(Some(at)) = served {
+/// The address this guest's GDB server listens on, if it has one.
+pub fn served(vmm: &mut Vmm) -> Option<SocketAddr> {
+    with(vmm, |d, _| d.link.as_ref().map(|l| l.addr)).flatten()
+}
+
+/// Starts a GDB thread on `l` for the guest behind `ctl` (`duet ctl
+/// SOCKET gdb ADDR`, on the control connection's thread); [`attach`] then
+/// gives it to the guest.
+pub fn start(l: Listener, ctl: std::sync::Arc<crate::vmm::Control>) -> Result<Link, DebugError> {
+    stub::start(l, ctl)
+}
+
+/// vCPU thread: makes `link` this guest's GDB server; returns its address.
+/// If another one got there first, `link` is refused (its thread keeps
+/// its port until the monitor ends, serving nothing).
+pub fn attach(vmm: &mut Vmm, link: Link) -> Result<SocketAddr, DebugError> {
+    if let Some(at) = served(vmm) {
         return Err(DebugError::Served(at));
     }
-    let link = stub::start(Listener::bind(addr)?, vmm.control().clone())?;
     let at = link.addr;
-    match served {
-        Some(_) => {
-            with(vmm, |d, _| d.link = Some(link));
-        }
+    let have = with(vmm, |_, _| ()).is_some();
+    if have {
+        with(vmm, |d, _| d.link = Some(link));
+    } else {
         // No --gdb or --core at start: this guest's first debugger.
-        None => vmm.set_debugger(Box::new(Debugger {
+        vmm.set_debugger(Box::new(Debugger {
             link: Some(link),
             ..Default::default()
-        })),
+        }));
     }
     Ok(at)
 }

@@ -74,9 +74,9 @@ impl Listener {
 
 /// The vCPU thread's end of the GDB thread: where stops are posted.
 #[derive(Debug)]
-pub(crate) struct Link {
+pub struct Link {
     /// The address GDB connects to.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     stops: Sender<Stop>,
     wake: Arc<EventFd>,
     reported: Receiver<()>,
@@ -84,7 +84,7 @@ pub(crate) struct Link {
 
 impl Link {
     /// Tells the GDB thread the guest stopped (or ended).
-    pub fn post(&self, stop: Stop) {
+    pub(crate) fn post(&self, stop: Stop) {
         if self.stops.send(stop).is_ok() {
             let _ = self.wake.write(1);
         }
@@ -108,7 +108,10 @@ pub(crate) fn start(l: Listener, ctl: Arc<Control>) -> Result<Link, DebugError> 
     crate::signals::with_blocked(|| {
         std::thread::Builder::new()
             .name("duet-gdb".into())
-            .spawn(move || serve(l.socket, target, reported_tx))
+            .spawn(move || {
+                crate::seccomp::install_or_exit(crate::seccomp::Thread::Gdb);
+                serve(l.socket, target, reported_tx)
+            })
     })
     .map_err(DebugError::Start)?;
     Ok(Link {

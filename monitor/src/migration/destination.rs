@@ -157,6 +157,9 @@ pub fn incoming(
     s.set_write_timeout(Some(IO_TIMEOUT))
         .map_err(MigrateError::Connection)?;
     s.set_nodelay(true).map_err(MigrateError::Connection)?;
+    // Before the first byte from the peer: from here this thread builds the
+    // guest under the destination's list, then narrows to the vCPU's.
+    crate::seccomp::install(crate::seccomp::Thread::Incoming).map_err(state_err)?;
     let mut session = None;
     match receive(&mut s, &key, kvm, (disks, nets), ctl, &mut session) {
         Ok(vm) => Ok(vm),

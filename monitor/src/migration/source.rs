@@ -152,9 +152,33 @@ fn job<R: Send + 'static>(
 pub fn migrate(
     ctl: &Control,
     req: &MigrateRequest,
-    progress: &mut dyn FnMut(&Progress),
+    progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<Summary, MigrateError> {
     let key = protocol::read_key(std::path::Path::new(&req.key_file))?;
+    // The sender talks to an untrusted peer: it gets a thread of its own,
+    // confined to the migration list (no files, no listening sockets, no
+    // threads), while this connection thread waits.
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("duet-migrate".into())
+            .spawn_scoped(s, || {
+                crate::seccomp::install(crate::seccomp::Thread::Migration)
+                    .map_err(|e| MigrateError::State(e.to_string()))?;
+                send(ctl, req, &key, progress)
+            })
+            .map_err(|e| MigrateError::State(format!("cannot start the migration thread: {e}")))?
+            .join()
+            .unwrap_or_else(|_| Err(MigrateError::State("the migration thread panicked".into())))
+    })
+}
+
+/// One attempt, on the migration thread.
+fn send(
+    ctl: &Control,
+    req: &MigrateRequest,
+    key: &[u8],
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<Summary, MigrateError> {
     #[cfg(feature = "test-hooks")]
     if let Some(p) = &req.fail_at {
         if !super::FAIL_PHASES.contains(&p.as_str()) {
@@ -167,7 +191,7 @@ pub fn migrate(
     let copy_disks = req.copy_disks;
     let (h, was_paused) = job(ctl, move |vmm| start(vmm, copy_disks))?;
     let stop = || job(ctl, move |vmm| stop(vmm, copy_disks));
-    let mut attempt = Attempt::new(&stop, req, &key, &h, progress);
+    let mut attempt = Attempt::new(&stop, req, key, &h, progress);
     let result = attempt
         .run()
         .map_err(|e| e.lost("destination", attempt.phase()));

@@ -26,6 +26,7 @@ mod progress;
 mod qemu;
 mod redis;
 mod report;
+mod seccomp;
 mod snapshot;
 mod stats;
 
@@ -41,7 +42,7 @@ pub use progress::Progress;
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Which section to run: boot, hypercall, clock, block, net, kvd,
-    /// snapshot, migrate, framepointers, qemu, or all.
+    /// snapshot, migrate, seccomp, framepointers, qemu, or all.
     #[arg(default_value = "all")]
     pub what: String,
     /// Repetitions: boot runs per side (use at least 50); other sections scale from it.
@@ -218,6 +219,11 @@ pub const SECTIONS: &[Section] = &[
     Section {
         name: "migrate",
         run: migrate::run,
+        smoke: true,
+    },
+    Section {
+        name: "seccomp",
+        run: seccomp::run,
         smoke: true,
     },
     Section {

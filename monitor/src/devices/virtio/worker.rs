@@ -3,19 +3,13 @@
 //! then needs no doorbell), and sleeps on the doorbell only after asking
 //! the driver to ring it (`avail_event`).
 //!
-//! # Syscalls (for the I/O thread's seccomp list)
-//! Every I/O thread starts through [`spawn_io_thread`], the hook where a
-//! filter for these threads belongs. What the thread calls:
-//! * `ppoll` — sleep on the doorbell, control and TAP fds;
-//! * `read`, `write` — drain and signal eventfds; log lines to stderr;
-//! * `preadv`, `pwritev`, `fdatasync` — virtio-blk requests and flushes;
-//! * `readv`, `writev` — virtio-net frames from and to the TAP;
-//! * `futex` — the device mutex and the pause handshake;
-//! * `clock_gettime` — the spin budget (normally the vDSO, no syscall);
-//! * `mmap`, `munmap`, `madvise`, `mprotect`, `brk` — the allocator
-//!   (per-request vectors);
-//! * `sigaltstack`, `rt_sigprocmask`, `munmap`, `exit` — thread start and
-//!   end in the Rust runtime.
+//! # Syscalls
+//! Every I/O thread starts through [`spawn_io_thread`], which confines it
+//! to its seccomp list first thing: `crate::seccomp::lists::IO` (ppoll on
+//! the doorbell, control and TAP fds; eventfd reads and writes;
+//! `preadv`/`pwritev`/`fdatasync` for disks, `readv`/`writev` for TAPs)
+//! plus what every thread makes (`lists::BASE`: locks, the allocator, log
+//! lines, thread end).
 
 use super::core::{Core, Engine, Shared};
 use crate::memory::IoMem;
@@ -26,29 +20,6 @@ use std::sync::MutexGuard;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use virtio_queue::QueueT;
-
-/// The syscalls an I/O thread makes, with why (see the module comment);
-/// the list a seccomp filter for [`spawn_io_thread`] allows.
-pub const IO_THREAD_SYSCALLS: &[(&str, &str)] = &[
-    ("ppoll", "sleep on doorbell, control and TAP fds"),
-    ("read", "drain eventfds"),
-    ("write", "signal eventfds, log lines"),
-    ("preadv", "virtio-blk reads into guest memory"),
-    ("pwritev", "virtio-blk writes from guest memory"),
-    ("fdatasync", "virtio-blk flush"),
-    ("readv", "virtio-net: TAP to guest memory"),
-    ("writev", "virtio-net: guest memory to TAP"),
-    ("futex", "device mutex, pause handshake"),
-    ("clock_gettime", "spin budget (vDSO fallback)"),
-    ("mmap", "allocator"),
-    ("munmap", "allocator, thread exit"),
-    ("madvise", "allocator"),
-    ("mprotect", "allocator"),
-    ("brk", "allocator"),
-    ("sigaltstack", "thread start/exit"),
-    ("rt_sigprocmask", "thread start/exit"),
-    ("exit", "thread exit"),
-];
 
 /// How long the thread spins after its last request before it sleeps:
 /// the engine's `SPIN_US`, unless `DUET_VIRTIO_SPIN_US` says otherwise
@@ -62,13 +33,16 @@ pub fn spin_budget(default_us: u64) -> Duration {
     )
 }
 
-/// Starts a device's I/O thread named `name`. The one place I/O threads
-/// start: install their seccomp filter ([`IO_THREAD_SYSCALLS`]) here.
+/// Starts a device's I/O thread named `name`: the one place I/O threads
+/// start, each confined to its seccomp list before it touches a queue.
 pub fn spawn_io_thread(
     name: String,
     body: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name(name).spawn(body)
+    std::thread::Builder::new().name(name).spawn(move || {
+        crate::seccomp::install_or_exit(crate::seccomp::Thread::Io);
+        body()
+    })
 }
 
 /// The thread's body.
