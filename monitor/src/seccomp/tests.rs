@@ -173,3 +173,79 @@ fn the_docs_table_matches_the_lists() {
         "docs/security.md's table (list, calls, with argument filters, values allowed) is not the lists'"
     );
 }
+
+/// Runs a seccomp BPF program the way the kernel does, for the few
+/// instructions `filter.rs` emits.
+fn run(prog: &[seccompiler::sock_filter], nr: u32, arch: u32, args: [u64; 6]) -> u32 {
+    let word = |off: u32| -> u32 {
+        match off {
+            0 => nr,
+            4 => arch,
+            o if (16..64).contains(&o) && (o - 16) % 8 == 0 => args[((o - 16) / 8) as usize] as u32,
+            o => panic!("load at {o}"),
+        }
+    };
+    let (mut pc, mut acc) = (0usize, 0u32);
+    loop {
+        let i = &prog[pc];
+        pc += 1;
+        match i.code {
+            0x20 => acc = word(i.k),
+            0x15 => pc += usize::from(if acc == i.k { i.jt } else { i.jf }),
+            0x35 => pc += usize::from(if acc >= i.k { i.jt } else { i.jf }),
+            0x05 => pc += i.k as usize,
+            0x06 => return i.k,
+            c => panic!("opcode {c:#x}"),
+        }
+    }
+}
+
+#[test]
+fn the_tree_gives_every_call_and_argument_the_lists_verdict() {
+    use seccompiler::SeccompAction;
+    let allow = u32::from(SeccompAction::Allow);
+    let deny = u32::from(SeccompAction::Trap);
+    for t in Thread::ALL {
+        let list = lists::list(t);
+        let map = filter::verdicts(&list).unwrap();
+        for a in &list {
+            let v = map.get(&(a.sys.nr as u32));
+            assert!(v.is_some(), "{t:?}: {} lost", a.sys.name());
+            if matches!(a.args, Args::Any) {
+                assert_eq!(v, Some(&filter::Verdict::Any), "{t:?}: {}", a.sys.name());
+            }
+        }
+        let prog = filter::compile(&list, SeccompAction::Trap).unwrap();
+        // Another architecture's calls, and x32's, never pass.
+        assert_eq!(run(&prog, 0, 0x4000_0003, [0; 6]), deny, "{t:?}: i386");
+        assert_eq!(
+            run(&prog, 0x4000_0000, 0xc000_003e, [0; 6]),
+            deny,
+            "{t:?}: x32"
+        );
+        for nr in 0..1024u32 {
+            let got = |args| run(&prog, nr, 0xc000_003e, args);
+            match map.get(&nr) {
+                None => assert_eq!(got([0; 6]), deny, "{t:?}: call {nr}"),
+                Some(filter::Verdict::Any) => {
+                    assert_eq!(got([0; 6]), allow, "{t:?}: call {nr}");
+                    assert_eq!(got([u64::MAX; 6]), allow, "{t:?}: call {nr}");
+                }
+                Some(filter::Verdict::Only { arg, values }) => {
+                    for &v in values {
+                        let mut a = [0u64; 6];
+                        a[usize::from(*arg)] = u64::from(v) | 0xdead_0000_0000;
+                        assert_eq!(got(a), allow, "{t:?}: call {nr} arg {arg} = {v:#x}");
+                    }
+                    for v in [0u32, 1, 0x4000_0000, u32::MAX] {
+                        if !values.contains(&v) {
+                            let mut a = [0u64; 6];
+                            a[usize::from(*arg)] = u64::from(v);
+                            assert_eq!(got(a), deny, "{t:?}: call {nr} arg {arg} = {v:#x}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
