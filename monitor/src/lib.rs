@@ -32,6 +32,8 @@ pub mod cpu;
 pub mod debug;
 pub mod devices;
 pub mod errors;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod heap;
 pub mod hypercall;
 pub mod identity;
