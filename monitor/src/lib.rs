@@ -32,7 +32,7 @@ pub mod cpu;
 pub mod debug;
 pub mod devices;
 pub mod errors;
-#[cfg(feature = "fuzzing")]
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod heap;
 pub mod hypercall;

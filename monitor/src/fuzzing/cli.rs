@@ -18,7 +18,14 @@ pub enum Part {
 
 const KEYS: &[&str] = &["name", "sector", "transport", "tap", "mac", "ro", "rw"];
 const WORDS: &[&str] = &[
-    "ro", "rw", "virtio", "hypercall", "512", "4096", "02:00:00:00:00:01", "tap0",
+    "ro",
+    "rw",
+    "virtio",
+    "hypercall",
+    "512",
+    "4096",
+    "02:00:00:00:00:01",
+    "tap0",
 ];
 
 fn text(p: &Result<u8, String>, known: &[&str]) -> String {
@@ -86,7 +93,9 @@ pub fn run(input: &Input) {
     }
     if let Ok(n) = net::parse_spec(&input.net.text()) {
         assert!(!n.tap.is_empty() && n.tap.len() <= 15);
-        assert!(!n.tap.contains(|c: char| c == '/' || c == ':' || c.is_whitespace()));
+        assert!(!n
+            .tap
+            .contains(|c: char| c == '/' || c == ':' || c.is_whitespace()));
         if let Some(m) = n.mac {
             assert!(m[0] & 1 == 0 && m != [0; 6]);
         }

@@ -81,7 +81,9 @@ fn json(v: &Value) -> serde_json::Value {
         Value::Str(s) => s.clone().into(),
         Value::Num(n) => (*n).into(),
         Value::Neg(n) => (*n).into(),
-        Value::Float(f) => serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into),
+        Value::Float(f) => {
+            serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into)
+        }
         Value::Bool(b) => (*b).into(),
         Value::Null => serde_json::Value::Null,
         Value::List(l) => l.clone().into(),

@@ -207,7 +207,7 @@ impl ElfSpec {
         let entry = match self.entry {
             Ok((i, o)) => phdrs
                 .get(usize::from(i) % phdrs.len().max(1))
-                .map_or(IMAGE_BASE, |p| vaddr(p.0.vaddr) + u64::from(o)),
+                .map_or(IMAGE_BASE, |p| vaddr(p.0.vaddr).wrapping_add(u64::from(o))),
             Err(a) => a,
         };
         put(&mut out, 24, entry.to_le_bytes());

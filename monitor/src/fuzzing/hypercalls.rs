@@ -135,31 +135,55 @@ fn disk(i: usize) -> DiskSpec {
     }
 }
 
+/// The two disks: device 0 on the hypercall transport, device 1 virtio
+/// (attached to `mem` as its start would, without its thread).
+fn devices(mem: &GuestMem) -> (Devices, VirtioDevice<BlkEngine>) {
+    // Zeroed again: what one run wrote must not reach the next.
+    for f in disk_files() {
+        f.set_len(0).expect("emptying a fuzzed disk");
+        f.set_len(DISK_BYTES).expect("sizing a fuzzed disk");
+    }
+    let devices = Devices::open(&[disk(0)], &[]).expect("opening the hypercall disk");
+    let dev: BlockDevice = block::open_all(&[disk(1)], VIRTIO_DEV as usize)
+        .expect("opening the virtio disk")
+        .remove(0);
+    let virtio = VirtioDevice::new(VIRTIO_DEV as usize, BlkEngine::new(Arc::new(dev)), None)
+        .expect("a virtio disk");
+    {
+        let mut c = virtio.shared().lock();
+        c.mem = Some(mem.io_mem());
+        transport::publish(mem, slot_of(VIRTIO_DEV as usize), &c.engine)
+            .expect("publishing the virtio slot");
+        virtio.shared().publish(&c);
+    }
+    (devices, virtio)
+}
+
 /// One guest, as the harness built it.
 pub struct Guest {
+    /// The page tables' bytes, their allocator and the heap as built.
+    fresh: (Vec<u8>, PageTables, Heap),
     mem: GuestMem,
     heap: Heap,
     pt: PageTables,
     devices: Devices,
-    virtio: VirtioDevice<BlkEngine>,
+    /// `None` only while the disks are reopened.
+    virtio: Option<VirtioDevice<BlkEngine>>,
     clock: GuestClock,
     /// Always readable: a poll never sleeps.
     wake: EventFd,
     shutdown_unreported: bool,
     template: bool,
+    /// The FILL is in place.
+    filled: bool,
+    /// The check's buffer, kept (a fresh one costs page faults each run).
+    scratch: std::cell::RefCell<Vec<u8>>,
 }
 
 impl Guest {
-    /// A fresh guest.
-    pub fn new(template: bool) -> Guest {
+    /// Builds the guest the first time: memory, page tables, heap.
+    fn build() -> Guest {
         let mut mem = GuestMem::new(MEM).expect("mapping fuzzed guest memory");
-        // The monitor's pages below the page tables and the image's text:
-        // read-only to the guest, so they must still hold FILL at the end
-        // (bar the pages the monitor keeps: see `check_untouched`).
-        mem.write_bytes(Gpa(0), &vec![FILL; layout::PAGE_TABLES as usize])
-            .expect("filling");
-        mem.write_bytes(Gpa(TEXT.0), &vec![FILL; (TEXT.1 - TEXT.0) as usize])
-            .expect("filling");
         let heap_size = INITIAL_HEAP.min(MEM - DATA.1);
         let heap = Heap::new(
             DATA.1,
@@ -180,29 +204,22 @@ impl Guest {
             (DATA.0, DATA.1 - DATA.0, Access::UserWrite),
         ];
         for (start, len, access) in maps {
-            pt.map_4k(&mem, start, start + len, access).expect("mapping");
+            pt.map_4k(&mem, start, start + len, access)
+                .expect("mapping");
         }
         pt.map_range(&mem, heap.start(), heap.end(), Access::UserWrite)
             .expect("mapping the heap");
+        let mut tables = vec![0u8; (pt.next_table() - layout::PAGE_TABLES) as usize];
+        mem.read_bytes(Gpa(layout::PAGE_TABLES), &mut tables)
+            .expect("reading the tables");
         mem.set_writable(heap.writable_ranges());
-        let clock = GuestClock::start(&mem, 2_000_000, 0, Instant::now()).expect("clock page");
-        let devices = Devices::open(&[disk(0)], &[]).expect("opening the hypercall disk");
-        let dev: BlockDevice = block::open_all(&[disk(1)], VIRTIO_DEV as usize)
-            .expect("opening the virtio disk")
-            .remove(0);
-        let virtio = VirtioDevice::new(VIRTIO_DEV as usize, BlkEngine::new(Arc::new(dev)), None)
-            .expect("a virtio disk");
-        {
-            // What `VirtioDevice::start` does, without its thread.
-            let mut c = virtio.shared().lock();
-            c.mem = Some(mem.io_mem());
-            transport::publish(&mem, slot_of(VIRTIO_DEV as usize), &c.engine)
-                .expect("publishing the virtio slot");
-            virtio.shared().publish(&c);
-        }
         let wake = EventFd::new(EFD_NONBLOCK).expect("an eventfd");
         wake.write(1).expect("arming the eventfd");
+        let (devices, virtio) = devices(&mem);
+        let virtio = Some(virtio);
+        let clock = GuestClock::start(&mem, 2_000_000, 0, Instant::now()).expect("clock page");
         Guest {
+            fresh: (tables, pt.clone(), heap.clone()),
             mem,
             heap,
             pt,
@@ -211,8 +228,51 @@ impl Guest {
             clock,
             wake,
             shutdown_unreported: false,
-            template,
+            template: false,
+            filled: false,
+            scratch: Default::default(),
         }
+    }
+
+    /// Makes the guest as new: memory zero but for the tables, the heap as
+    /// built, the disks reopened (cheaper than building it all again: the
+    /// heap's page tables cost most).
+    fn reset(&mut self, template: bool) {
+        // The monitor's pages below the page tables and the image's text
+        // hold FILL (they are read-only to the guest, and checked after
+        // every run: see `check_untouched`); everything else starts zero.
+        if !self.filled {
+            let f = filled();
+            self.mem.write_bytes(Gpa(0), f).expect("filling");
+            self.mem
+                .write_bytes(Gpa(TEXT.0), &f[..(TEXT.1 - TEXT.0) as usize])
+                .expect("filling");
+            self.filled = true;
+        }
+        for (start, end) in [
+            (layout::VIRTIO_PAGE, layout::VIRTIO_PAGE + PAGE_SIZE),
+            (layout::PAGE_TABLES, TEXT.0),
+            (TEXT.1, MEM),
+        ] {
+            self.mem
+                .discard(Gpa(start), end - start)
+                .expect("dropping guest memory");
+        }
+        let (tables, pt, heap) = &self.fresh;
+        self.mem
+            .write_bytes(Gpa(layout::PAGE_TABLES), tables)
+            .expect("writing the tables");
+        self.pt = pt.clone();
+        self.heap = heap.clone();
+        self.mem.set_writable(self.heap.writable_ranges());
+        self.clock = GuestClock::start(&self.mem, 2_000_000, 0, Instant::now()).expect("clock");
+        // The old devices go before the new ones lock the files.
+        self.devices = Devices::default();
+        self.virtio = None;
+        let (devices, virtio) = devices(&self.mem);
+        (self.devices, self.virtio) = (devices, Some(virtio));
+        self.shutdown_unreported = false;
+        self.template = template;
     }
 
     /// Writes `bytes` at `at` if the guest could: in its writable memory or
@@ -263,10 +323,13 @@ impl Guest {
                 crate::devices::net::hypercalls::batch(&mut self.devices, mem, value, call)
             }
             Hypercall::SnapshotPoint => snapshot::snapshot_point(mem, self.template, value),
-            Hypercall::VirtioStatus if value == VIRTIO_DEV => match self.virtio.status_call(mem) {
-                Ok(()) => Flow::Continue,
-                Err(e) => Flow::Stop(Outcome::Failed(format!("virtio slot unusable: {e}"))),
-            },
+            Hypercall::VirtioStatus if value == VIRTIO_DEV => {
+                let v = self.virtio.as_ref().expect("the virtio disk");
+                match v.status_call(mem) {
+                    Ok(()) => Flow::Continue,
+                    Err(e) => Flow::Stop(Outcome::Failed(format!("virtio slot unusable: {e}"))),
+                }
+            }
             Hypercall::VirtioStatus => Flow::Stop(Outcome::Failed(format!(
                 "VirtioStatus for device {value}, not a virtio device"
             ))),
@@ -279,7 +342,7 @@ impl Guest {
         if dev != VIRTIO_DEV {
             return Flow::Stop(Outcome::Failed(format!("doorbell of device {dev}")));
         }
-        let sh = self.virtio.shared();
+        let sh = self.virtio.as_ref().expect("the virtio disk").shared();
         worker::serve(sh, sh.lock());
         Flow::Continue
     }
@@ -289,29 +352,52 @@ impl Guest {
     /// keeps itself, and the virtio page, which the guest writes) and the
     /// image's text.
     pub fn check_untouched(&self) {
-        let mut own = vec![0u8; layout::PAGE_TABLES as usize];
-        self.mem.read_bytes(Gpa(0), &mut own).expect("reading");
-        let kept = [
-            (layout::CLOCK_PAGE, layout::CLOCK_PAGE + PAGE_SIZE),
-            (layout::VIRTIO_PAGE, layout::VIRTIO_PAGE + PAGE_SIZE),
+        let ranges = [
+            (0, layout::CLOCK_PAGE),
+            (layout::IDENTITY_PAGE, layout::VIRTIO_PAGE),
+            (layout::VIRTIO_PAGE + PAGE_SIZE, layout::PAGE_TABLES),
+            TEXT,
         ];
-        for (i, b) in own.iter().enumerate() {
-            let a = i as u64;
-            if *b != FILL && !kept.iter().any(|&(s, e)| a >= s && a < e) {
-                panic!("the monitor wrote guest-read-only memory at {a:#x}");
+        let filled = filled();
+        let mut buf = std::mem::take(&mut *self.scratch.borrow_mut());
+        buf.resize(filled.len(), 0);
+        for (start, end) in ranges {
+            let b = &mut buf[..(end - start) as usize];
+            self.mem.read_bytes(Gpa(start), b).expect("reading");
+            // One comparison (not a loop the coverage pass instruments).
+            if b != &filled[..b.len()] {
+                let i = b.iter().position(|x| *x != FILL).unwrap_or(0);
+                panic!(
+                    "the monitor wrote guest-read-only memory at {:#x}",
+                    start + i as u64
+                );
             }
         }
-        let mut text = vec![0u8; (TEXT.1 - TEXT.0) as usize];
-        self.mem.read_bytes(Gpa(TEXT.0), &mut text).expect("reading");
-        if let Some(i) = text.iter().position(|b| *b != FILL) {
-            panic!("the monitor wrote the image's text at {:#x}", TEXT.0 + i as u64);
-        }
+        *self.scratch.borrow_mut() = buf;
     }
+}
+
+/// [`FILL`] bytes, as many as the largest range checked.
+fn filled() -> &'static [u8] {
+    static F: OnceLock<Vec<u8>> = OnceLock::new();
+    F.get_or_init(|| vec![FILL; layout::PAGE_TABLES as usize])
+}
+
+thread_local! {
+    static GUEST: std::cell::RefCell<Option<Guest>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Plays `input` on a fresh guest.
 pub fn run(input: &Input) {
-    let mut g = Guest::new(input.template);
+    GUEST.with(|g| {
+        let mut g = g.borrow_mut();
+        let g = g.get_or_insert_with(Guest::build);
+        g.reset(input.template);
+        play(g, input);
+    })
+}
+
+fn play(g: &mut Guest, input: &Input) {
     for step in &input.steps {
         let mut at = Vec::with_capacity(step.writes.len());
         for w in &step.writes {

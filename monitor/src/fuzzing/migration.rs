@@ -161,7 +161,9 @@ fn payload(p: &Payload, blob: &[u8]) -> Vec<u8> {
             v.resize(v.len() + usize::from(*data) * PAGE_SIZE as usize, 0x5a);
             v
         }
-        Payload::Run(first, count) => protocol::pages_header(u64::from(*first), count.get()).to_vec(),
+        Payload::Run(first, count) => {
+            protocol::pages_header(u64::from(*first), count.get()).to_vec()
+        }
         Payload::Disk(disk, off, len, data) => {
             let mut v = protocol::disk_header(*disk, off.get(), len.get()).to_vec();
             v.resize(v.len() + usize::from(*data), 0xd1);
@@ -208,7 +210,11 @@ fn receive(w: &mut Wire, src: Option<&Described>) -> Result<(), MigrateError> {
     if let Some(d) = src {
         let h = &d.hello;
         let hello = Hello {
-            magic: if h.current { protocol::MAGIC } else { *b"DUETMIG\x01" },
+            magic: if h.current {
+                protocol::MAGIC
+            } else {
+                *b"DUETMIG\x01"
+            },
             protocol: protocol::PROTOCOL_VERSION - u32::from(!h.current),
             abi: duet_abi::ABI_VERSION,
             vendor: *b"AuthenticAMD",
@@ -348,10 +354,16 @@ fn receive(w: &mut Wire, src: Option<&Described>) -> Result<(), MigrateError> {
 
 /// The source seals frame `f` and puts it on the wire, tampered with as
 /// described.
-fn send(source: &mut Session, w: &mut Wire, f: &FrameSpec, blob: &[u8]) -> Result<(), MigrateError> {
+fn send(
+    source: &mut Session,
+    w: &mut Wire,
+    f: &FrameSpec,
+    blob: &[u8],
+) -> Result<(), MigrateError> {
     let Some(k) = kind(f.kind) else {
         // An unknown kind: a frame header nobody could seal.
-        w.buf.extend_from_slice(&protocol::sealed_header(Kind::Sync, 0, 0));
+        w.buf
+            .extend_from_slice(&protocol::sealed_header(Kind::Sync, 0, 0));
         let at = w.buf.len() - protocol::FRAME_HEADER;
         w.buf[at] = f.kind;
         return Ok(());

@@ -19,9 +19,11 @@
 
 pub mod cli;
 pub mod control;
-mod elf;
+pub mod elf;
 pub mod gen;
 pub mod hypercalls;
 pub mod loader;
 pub mod migration;
 pub mod snapshot;
+#[cfg(test)]
+mod tests;

@@ -49,11 +49,16 @@ pub enum Input {
 /// The heap as its state holds it (the field order of `heap::Heap`).
 #[derive(Arbitrary, Clone, Debug)]
 pub struct HeapRecord {
-    start: Len,
-    end: Len,
-    limit: Len,
-    no_write: Vec<(Len, Len, bool)>,
-    fixed_writable: Vec<(Len, Len)>,
+    /// First heap byte.
+    pub start: Len,
+    /// End of the mapped heap.
+    pub end: Len,
+    /// Largest end.
+    pub limit: Len,
+    /// Protected ranges (read-only when true).
+    pub no_write: Vec<(Len, Len, bool)>,
+    /// The other writable ranges (unless `Spec::fixed_as_booted`).
+    pub fixed_writable: Vec<(Len, Len)>,
 }
 
 #[derive(Serialize)]
@@ -72,11 +77,14 @@ struct MonitorOut {
     identity: Identity,
 }
 
+/// A virtio queue's record: size, rings, next entries.
+pub type Queue = (u16, Len, Len, Len, u16, u16);
+
 /// A device record.
 #[derive(Arbitrary, Clone, Debug)]
 pub enum Device {
-    /// A disk (virtio when queues are given).
-    Disk(u64, Option<(u64, u32, Vec<(u16, Len, Len, Len, u16, u16)>)>),
+    /// A disk (virtio when features, status and queues are given).
+    Disk(u64, Option<(u64, u32, Vec<Queue>)>),
     /// A NIC.
     Nic(String, Option<[u8; 6]>),
 }
@@ -119,7 +127,10 @@ fn vcpu(tsc: Option<u64>) -> VcpuState {
         ..Default::default()
     };
     VcpuState {
-        cpuid: vec![leaf(0, 0x6874_7541, 0x444d_4163, 0x6974_6e65), leaf(1, 0, 1, 2)],
+        cpuid: vec![
+            leaf(0, 0x6874_7541, 0x444d_4163, 0x6974_6e65),
+            leaf(1, 0, 1, 2),
+        ],
         regs: Default::default(),
         sregs: Default::default(),
         xsave: Default::default(),
@@ -191,7 +202,11 @@ impl Spec {
         let devices: Vec<DeviceState> = self.devices.iter().take(20).map(device).collect();
         let memory = MemState {
             size,
-            writable: self.writable.iter().map(|(s, e)| (s.get(), e.get())).collect(),
+            writable: self
+                .writable
+                .iter()
+                .map(|(s, e)| (s.get(), e.get()))
+                .collect(),
         };
         let index = MemIndex {
             size,
@@ -217,7 +232,10 @@ impl Spec {
             },
         };
         sections.extend([
-            (Tag::KvmClock as u32, enc(&kvm_bindings::kvm_clock_data::default())),
+            (
+                Tag::KvmClock as u32,
+                enc(&kvm_bindings::kvm_clock_data::default()),
+            ),
             (Tag::Clock as u32, enc(&clock)),
             (Tag::Monitor as u32, enc(&monitor)),
             (Tag::Image as u32, image),
@@ -254,7 +272,9 @@ fn device(d: &Device) -> DeviceState {
             };
             match q {
                 None => DeviceState::Block(b),
-                Some((features, status, queues)) => DeviceState::VirtioBlock(b, virtio(*features, *status, queues)),
+                Some((features, status, queues)) => {
+                    DeviceState::VirtioBlock(b, virtio(*features, *status, queues))
+                }
             }
         }
         Device::Nic(tap, mac) => DeviceState::Net(NetConfig {
@@ -265,21 +285,23 @@ fn device(d: &Device) -> DeviceState {
     }
 }
 
-fn virtio(features: u64, status: u32, q: &[(u16, Len, Len, Len, u16, u16)]) -> VirtioState {
+fn virtio(features: u64, status: u32, q: &[Queue]) -> VirtioState {
     VirtioState {
         features,
         status,
         queues: q
             .iter()
             .take(3)
-            .map(|&(size, desc, avail, used, next_avail, next_used)| QueueRecord {
-                size,
-                desc: desc.get(),
-                avail: avail.get(),
-                used: used.get(),
-                next_avail,
-                next_used,
-            })
+            .map(
+                |&(size, desc, avail, used, next_avail, next_used)| QueueRecord {
+                    size,
+                    desc: desc.get(),
+                    avail: avail.get(),
+                    used: used.get(),
+                    next_avail,
+                    next_used,
+                },
+            )
             .collect(),
     }
 }
@@ -298,7 +320,11 @@ pub fn bytes(input: &Input) -> Vec<u8> {
         Input::Raw(b) => b.clone(),
         Input::Sections(s) => StateFile {
             header,
-            sections: s.iter().take(70).map(|(t, p)| (u32::from(*t), p.clone())).collect(),
+            sections: s
+                .iter()
+                .take(70)
+                .map(|(t, p)| (u32::from(*t), p.clone()))
+                .collect(),
         }
         .encode(),
         Input::State(spec, patches) => {
@@ -338,7 +364,10 @@ pub fn restore(bytes: &[u8]) {
         return;
     }
     // `memfile::map`, for a memory file holding what the index says.
-    let pages = index.ranges.iter().fold(0u64, |n, r| n.wrapping_add(r.pages));
+    let pages = index
+        .ranges
+        .iter()
+        .fold(0u64, |n, r| n.wrapping_add(r.pages));
     let _ = memfile::validate_index(&index, st.memory.size, pages);
     // Devices come back as `relocate` leaves them.
     let Ok(devices) = relocate(std::mem::take(&mut st.devices), &[], &[]) else {

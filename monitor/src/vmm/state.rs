@@ -257,3 +257,99 @@ impl Vmm {
         self.trace.as_mut()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuzzing::elf::{Body, ElfSpec, ElfType, Header, Seg, Vaddr};
+    use crate::fuzzing::gen::Len;
+    use crate::fuzzing::snapshot::{HeapRecord, Spec};
+    use crate::layout;
+    use crate::statefile::StateFile;
+    use duet_abi::boot::IMAGE_BASE;
+
+    /// Text at the image base, data on the next page.
+    fn image() -> ElfSpec {
+        let seg = |flags, page| Seg {
+            load: true,
+            ptype: 0,
+            flags,
+            vaddr: Vaddr::Page(page, 0),
+            extra: None,
+            body: Body::Bytes(64),
+        };
+        ElfSpec {
+            etype: ElfType::Exec,
+            machine: None,
+            entry: Ok((0, 0)),
+            segs: vec![seg(5, 0), seg(6, 1)],
+            header: Header {
+                present: true,
+                magic: true,
+                version: None,
+                size: None,
+                offset: None,
+            },
+            syms: vec![],
+            patches: vec![],
+        }
+    }
+
+    /// An 8 MiB guest's state; the heap's other writable ranges are
+    /// `fixed`, or the stack and the data segment as a boot makes them.
+    fn spec(fixed: Option<&[(u64, u64)]>) -> Spec {
+        let start = IMAGE_BASE + 0x2000;
+        Spec {
+            mem: Ok(8),
+            writable: vec![],
+            heap: HeapRecord {
+                start: Len::Raw(start),
+                end: Len::Raw(start + 0x10000),
+                limit: Len::Raw(8 << 20),
+                no_write: vec![],
+                fixed_writable: fixed
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|&(s, e)| (Len::Raw(s), Len::Raw(e)))
+                    .collect(),
+            },
+            fixed_as_booted: fixed.is_none(),
+            image: image(),
+            vcpus: vec![Some(1000)],
+            same_cpu: true,
+            tsc_khz: 2_000_000,
+            clock: (0, None, 0, 0),
+            identity: (0, 0),
+            devices: vec![],
+            index: vec![],
+        }
+    }
+
+    fn state(s: &Spec) -> VmmState {
+        let bytes = s.sections().encode();
+        StateFile::decode(&bytes, "t").unwrap().to_state().unwrap()
+    }
+
+    /// Found writing the snapshot fuzz target's check: a state file (or a
+    /// migration peer) could list the page tables, or the image's text,
+    /// among the heap's writable ranges, and the guest then had the
+    /// monitor write hypercall results there.
+    #[test]
+    fn a_heap_that_gives_the_guest_the_monitors_pages_is_refused() {
+        let good = state(&spec(None));
+        let c = check(&good).unwrap();
+        assert_eq!(c.heap.fixed_writable(), guest::fixed_writable(&c.image));
+        let stack = (layout::STACK_BOTTOM, layout::STACK_TOP);
+        let data = (IMAGE_BASE + 0x1000, IMAGE_BASE + 0x2000);
+        for fixed in [
+            vec![stack, data, (layout::PAGE_TABLES, layout::PAGE_TABLES_END)],
+            vec![stack, (IMAGE_BASE, IMAGE_BASE + 0x2000)],
+            vec![(layout::GDT, layout::STACK_TOP), data],
+        ] {
+            let e = check(&state(&spec(Some(&fixed)))).err().unwrap();
+            assert!(e.to_string().contains("writable ranges"), "{e}");
+        }
+        // The rebuild the fuzz target runs (its own check included).
+        crate::fuzzing::snapshot::restore(&spec(None).sections().encode());
+    }
+}
