@@ -95,6 +95,11 @@ impl Heap {
         out
     }
 
+    /// The writable ranges besides the heap (stack, the image's data).
+    pub fn fixed_writable(&self) -> &[(u64, u64)] {
+        &self.fixed_writable
+    }
+
     /// The protected ranges, in order.
     pub fn protections(&self) -> impl Iterator<Item = (u64, u64, Prot)> + '_ {
         self.no_write.iter().copied()

@@ -34,6 +34,8 @@ pub mod cpu;
 pub mod debug;
 pub mod devices;
 pub mod errors;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod heap;
 pub mod hypercall;
 pub mod identity;

@@ -72,6 +72,7 @@ pub enum PagingError {
 }
 
 /// The page tables and their allocator state.
+#[derive(Clone, Debug)]
 pub struct PageTables {
     next_table: u64,
 }

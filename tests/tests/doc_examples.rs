@@ -4,9 +4,9 @@
 //! directory, fixed ports free ones, network namespaces private ones, the
 //! README's `/path/to/app` its own app example): every command must succeed,
 //! `# prints "X"` comments and a console's shown output must match what it
-//! printed. Only `cargo xtask test` (this suite) and `cargo xtask bench`
-//! (minutes; the suite runs its smoke pass) are checked by their help
-//! instead. Sample `duet ctl ... migrate` output in `text` blocks must have
+//! printed. Only `cargo xtask test` (this suite), `cargo xtask bench` and
+//! `cargo xtask fuzz` (minutes; the suite runs their smoke passes) are
+//! checked by their help instead. Sample `duet ctl ... migrate` output in `text` blocks must have
 //! the shape of a real migration's.
 
 use duet_tests::docs::script::{run_steps, steps, Ran, Step, Subst};
@@ -57,7 +57,10 @@ fn run_file(file: &str, tmp: &Path) -> Vec<(Step, Ran)> {
     let mut todo: Vec<(&Block, Step)> = Vec::new();
     for b in &blocks {
         for s in steps(b) {
-            if s.cmd.starts_with("cargo xtask test") || s.cmd.starts_with("cargo xtask bench") {
+            if ["test", "bench", "fuzz"]
+                .iter()
+                .any(|x| s.cmd.starts_with(&format!("cargo xtask {x}")))
+            {
                 check_xtask_by_help(&s.cmd, &b.at());
                 continue;
             }

@@ -247,7 +247,10 @@ pub fn test(extra: &[String]) -> Result<()> {
     // Benchmarks are not tests: a smoke pass with tiny counts keeps the
     // harness from rotting; no figure is checked, but a section that fails
     // or cannot run fails the command.
-    crate::bench::smoke()
+    crate::bench::smoke()?;
+    // Every fuzz target for a few seconds: the harness builds and runs,
+    // and a crash fails the command.
+    crate::fuzz::smoke()
 }
 
 /// Installs the test suite's host tools (program, Debian package) with

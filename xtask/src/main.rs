@@ -7,6 +7,7 @@
 mod bench;
 mod build;
 mod debug;
+mod fuzz;
 mod image;
 
 use anyhow::Result;
@@ -77,6 +78,10 @@ enum Cmd {
     /// beside a floor measured in the same run:
     /// `cargo xtask bench [boot|hypercall|clock|block|net|kvd|snapshot|migrate|framepointers|qemu|all] [--runs N] [--json PATH]`.
     Bench(bench::BenchArgs),
+    /// Fuzz the monitor's parsers of untrusted input with libFuzzer
+    /// (cargo-fuzz on nightly, both installed if missing), every target in
+    /// turn unless one is named: `cargo xtask fuzz [TARGET] [--time S] [--runs N]`.
+    Fuzz(fuzz::FuzzArgs),
     /// Build every image, then run every test (unit and end-to-end).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -129,6 +134,7 @@ fn main() -> Result<()> {
             image::image(&app, tag.as_deref(), tar.as_deref())
         }
         Cmd::Bench(a) => bench::run(&a),
+        Cmd::Fuzz(a) => fuzz::main(&a),
         Cmd::Test { rest } => build::test(&rest),
     }
 }

@@ -265,7 +265,7 @@ impl Image {
         let entry = elf.entry;
         if !segments
             .iter()
-            .any(|s| s.perms.exec && entry >= s.vaddr && entry < s.vaddr + (s.end - s.start))
+            .any(|s| s.perms.exec && entry >= s.vaddr && entry < s.end)
         {
             return Err(LoadError::EntryOutsideText(entry));
         }

@@ -200,15 +200,7 @@ fn lay_out(
     let heap_start = image.end();
     let heap_size = INITIAL_HEAP.min(cfg.mem - heap_start);
     // What the guest may have the monitor write into on its behalf.
-    let mut fixed = vec![(layout::STACK_BOTTOM, layout::STACK_TOP)];
-    fixed.extend(
-        image
-            .segments
-            .iter()
-            .filter(|s| s.perms.write)
-            .map(|s| (s.start, s.end)),
-    );
-    let heap = Heap::new(heap_start, heap_size, cfg.mem, fixed);
+    let heap = Heap::new(heap_start, heap_size, cfg.mem, guest::fixed_writable(image));
     let pt = guest::map(mem, image, &heap)?;
     guest::write_privileged(mem)?;
     mem.set_writable(heap.writable_ranges());

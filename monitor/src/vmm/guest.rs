@@ -18,8 +18,22 @@ use crate::paging::{Access, PageTables, PagingError};
 use crate::persist::{kvm_err, StateError};
 use duet_abi::PAGE_SIZE;
 
+/// The ranges besides the heap the guest may have the monitor write into:
+/// the stack and the image's writable segments.
+pub(crate) fn fixed_writable(image: &Image) -> Vec<(u64, u64)> {
+    let mut fixed = vec![(layout::STACK_BOTTOM, layout::STACK_TOP)];
+    fixed.extend(
+        image
+            .segments
+            .iter()
+            .filter(|s| s.perms.write)
+            .map(|s| (s.start, s.end)),
+    );
+    fixed
+}
+
 /// Fresh page tables for `image` and `heap` (with its protections).
-pub(super) fn map(mem: &GuestMem, image: &Image, heap: &Heap) -> Result<PageTables, PagingError> {
+pub(crate) fn map(mem: &GuestMem, image: &Image, heap: &Heap) -> Result<PageTables, PagingError> {
     let mut pt = PageTables::new(mem)?;
     let user = [
         (layout::IDENTITY_PAGE, PAGE_SIZE, Access::UserRead),
@@ -58,7 +72,7 @@ pub(super) fn map(mem: &GuestMem, image: &Image, heap: &Heap) -> Result<PageTabl
 
 /// Writes the GDT, the TSS with its I/O bitmap, the IDT and the exception
 /// stubs.
-pub(super) fn write_privileged(mem: &GuestMem) -> Result<(), PagingError> {
+pub(crate) fn write_privileged(mem: &GuestMem) -> Result<(), PagingError> {
     exception::write_stubs(mem)?;
     tables::write_tables(mem, &exception::gates())?;
     Ok(())

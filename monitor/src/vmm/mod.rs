@@ -13,11 +13,11 @@
 mod boot;
 pub mod control;
 mod dispatch;
-mod guest;
+pub(crate) mod guest;
 pub mod hooks;
 pub mod report;
 mod run;
-mod state;
+pub(crate) mod state;
 
 pub use boot::BootError;
 pub use control::{Control, Exited};

@@ -71,6 +71,65 @@ pub struct Parts {
     pub clone_index: Option<u32>,
 }
 
+/// What [`check`] found in a state: its image and heap, checked, and the
+/// numbers the vCPUs and the clock are rebuilt from.
+pub(crate) struct Checked {
+    /// The guest's image, parsed and validated.
+    pub image: Image,
+    /// The heap, checked against guest memory and the image.
+    pub heap: Heap,
+    /// The guest's TSC rate.
+    pub tsc_khz: u32,
+    /// The guest TSC when the state was saved.
+    pub tsc_at_save: u64,
+}
+
+/// The checks of [`Vmm::assemble`] that need no KVM (the fuzz targets run
+/// them on hostile states): vCPUs, CPU, image, heap. A state that passes
+/// can only describe what a monitor could have built: in particular, the
+/// heap's other writable ranges are the stack and the image's writable
+/// segments, nothing of the monitor's own.
+pub(crate) fn check(st: &VmmState) -> Result<Checked, StateError> {
+    if st.vcpus.is_empty() || st.vcpus.len() > MAX_VCPUS {
+        return Err(StateError::Invalid(format!(
+            "{} vCPUs; this duet runs guests with 1 to {MAX_VCPUS}",
+            st.vcpus.len()
+        )));
+    }
+    for v in &st.vcpus {
+        if compat::signature(&v.cpuid) != (st.cpu.vendor, st.cpu.features) {
+            return Err(StateError::Invalid(
+                "the vCPU state and the guest's CPU disagree".into(),
+            ));
+        }
+    }
+    let tsc_khz = u32::try_from(st.cpu.tsc_khz).map_err(|_| {
+        StateError::Invalid(format!("a TSC of {} kHz is impossible", st.cpu.tsc_khz))
+    })?;
+    let image = Image::parse(st.image.clone(), st.memory.size)
+        .map_err(|e| StateError::Invalid(format!("the guest's image: {e}")))?;
+    let Some(tsc_at_save) = st.vcpus[0].tsc() else {
+        return Err(StateError::Invalid("the vCPU state has no TSC".into()));
+    };
+    let heap = Heap::restore((), &st.monitor.heap)?;
+    if heap.limit() > st.memory.size || heap.start() < image.end() {
+        return Err(StateError::Invalid(
+            "the heap lies outside guest memory or over the image".into(),
+        ));
+    }
+    if heap.fixed_writable() != guest::fixed_writable(&image) {
+        return Err(StateError::Invalid(
+            "the heap's writable ranges are not the stack and the image's data".into(),
+        ));
+    }
+    Ok(Checked {
+        image,
+        heap,
+        tsc_khz,
+        tsc_at_save,
+    })
+}
+
 impl Vmm {
     /// Captures the guest's state, stopped between two `KVM_RUN`s (the last
     /// hypercall's `out` completed first, so the saved RIP is past it).
@@ -109,38 +168,26 @@ impl Vmm {
     /// identity (generation + 1, fresh seed).
     pub fn assemble(p: Parts, st: &VmmState) -> Result<Vmm, StateError> {
         let Parts {
-            vm,
+            mut vm,
             mut devices,
             ctl,
             mut trace,
             clone_index,
         } = p;
-        if st.vcpus.is_empty() || st.vcpus.len() > MAX_VCPUS {
-            return Err(StateError::Invalid(format!(
-                "{} vCPUs; this duet runs guests with 1 to {MAX_VCPUS}",
-                st.vcpus.len()
-            )));
-        }
-        for v in &st.vcpus {
-            if compat::signature(&v.cpuid) != (st.cpu.vendor, st.cpu.features) {
-                return Err(StateError::Invalid(
-                    "the vCPU state and the guest's CPU disagree".into(),
-                ));
-            }
-        }
-        let tsc_khz = u32::try_from(st.cpu.tsc_khz).map_err(|_| {
-            StateError::Invalid(format!("a TSC of {} kHz is impossible", st.cpu.tsc_khz))
-        })?;
         if vm.mem().size() != st.memory.size {
             return Err(StateError::Invalid(
                 "guest memory and the state disagree on its size".into(),
             ));
         }
-        let image = Image::parse(st.image.clone(), st.memory.size)
-            .map_err(|e| StateError::Invalid(format!("the guest's image: {e}")))?;
-        let Some(tsc_at_save) = st.vcpus[0].tsc() else {
-            return Err(StateError::Invalid("the vCPU state has no TSC".into()));
-        };
+        let Checked {
+            image,
+            heap,
+            tsc_khz,
+            tsc_at_save,
+        } = check(st)?;
+        // The guest may have the monitor write where its heap and image
+        // say, not where the saved memory state says.
+        vm.mem_mut().set_writable(heap.writable_ranges());
         let vcpus = st
             .vcpus
             .iter()
@@ -148,12 +195,6 @@ impl Vmm {
             .map(|(i, s)| vm.restore_vcpu(i as u64, tsc_khz, s))
             .collect::<Result<Vec<_>, _>>()?;
         vm.set_clock(&st.kvm_clock)?;
-        let heap = Heap::restore((), &st.monitor.heap)?;
-        if heap.limit() > st.memory.size || heap.start() < image.end() {
-            return Err(StateError::Invalid(
-                "the heap lies outside guest memory or over the image".into(),
-            ));
-        }
         // The monitor's own structures, rebuilt: nothing privileged is
         // taken from the saved state.
         let bad = |e: crate::paging::PagingError| {
@@ -214,5 +255,101 @@ impl Vmm {
     /// The trace, for a caller that marks restore phases.
     pub fn trace_mut(&mut self) -> Option<&mut BootTrace> {
         self.trace.as_mut()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuzzing::elf::{Body, ElfSpec, ElfType, Header, Seg, Vaddr};
+    use crate::fuzzing::gen::Len;
+    use crate::fuzzing::snapshot::{HeapRecord, Spec};
+    use crate::layout;
+    use crate::statefile::StateFile;
+    use duet_abi::boot::IMAGE_BASE;
+
+    /// Text at the image base, data on the next page.
+    fn image() -> ElfSpec {
+        let seg = |flags, page| Seg {
+            load: true,
+            ptype: 0,
+            flags,
+            vaddr: Vaddr::Page(page, 0),
+            extra: None,
+            body: Body::Bytes(64),
+        };
+        ElfSpec {
+            etype: ElfType::Exec,
+            machine: None,
+            entry: Ok((0, 0)),
+            segs: vec![seg(5, 0), seg(6, 1)],
+            header: Header {
+                present: true,
+                magic: true,
+                version: None,
+                size: None,
+                offset: None,
+            },
+            syms: vec![],
+            patches: vec![],
+        }
+    }
+
+    /// An 8 MiB guest's state; the heap's other writable ranges are
+    /// `fixed`, or the stack and the data segment as a boot makes them.
+    fn spec(fixed: Option<&[(u64, u64)]>) -> Spec {
+        let start = IMAGE_BASE + 0x2000;
+        Spec {
+            mem: Ok(8),
+            writable: vec![],
+            heap: HeapRecord {
+                start: Len::Raw(start),
+                end: Len::Raw(start + 0x10000),
+                limit: Len::Raw(8 << 20),
+                no_write: vec![],
+                fixed_writable: fixed
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|&(s, e)| (Len::Raw(s), Len::Raw(e)))
+                    .collect(),
+            },
+            fixed_as_booted: fixed.is_none(),
+            image: image(),
+            vcpus: vec![Some(1000)],
+            same_cpu: true,
+            tsc_khz: 2_000_000,
+            clock: (0, None, 0, 0),
+            identity: (0, 0),
+            devices: vec![],
+            index: vec![],
+        }
+    }
+
+    fn state(s: &Spec) -> VmmState {
+        let bytes = s.sections().encode();
+        StateFile::decode(&bytes, "t").unwrap().to_state().unwrap()
+    }
+
+    /// Found writing the snapshot fuzz target's check: a state file (or a
+    /// migration peer) could list the page tables, or the image's text,
+    /// among the heap's writable ranges, and the guest then had the
+    /// monitor write hypercall results there.
+    #[test]
+    fn a_heap_that_gives_the_guest_the_monitors_pages_is_refused() {
+        let good = state(&spec(None));
+        let c = check(&good).unwrap();
+        assert_eq!(c.heap.fixed_writable(), guest::fixed_writable(&c.image));
+        let stack = (layout::STACK_BOTTOM, layout::STACK_TOP);
+        let data = (IMAGE_BASE + 0x1000, IMAGE_BASE + 0x2000);
+        for fixed in [
+            vec![stack, data, (layout::PAGE_TABLES, layout::PAGE_TABLES_END)],
+            vec![stack, (IMAGE_BASE, IMAGE_BASE + 0x2000)],
+            vec![(layout::GDT, layout::STACK_TOP), data],
+        ] {
+            let e = check(&state(&spec(Some(&fixed)))).err().unwrap();
+            assert!(e.to_string().contains("writable ranges"), "{e}");
+        }
+        // The rebuild the fuzz target runs (its own check included).
+        crate::fuzzing::snapshot::restore(&spec(None).sections().encode());
     }
 }

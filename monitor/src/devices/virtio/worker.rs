@@ -96,7 +96,7 @@ pub fn run<E: Engine>(sh: Arc<Shared<E>>, mem: IoMem, spin: Duration) {
 /// served. The I/O thread's step, also taken by the vCPU thread at a
 /// doorbell exit and in the poll hypercall (the guest waits anyway: one
 /// thread hop less), then without waiting for the lock.
-pub(super) fn serve<E: Engine>(sh: &Shared<E>, mut c: MutexGuard<'_, Core<E>>) -> bool {
+pub(crate) fn serve<E: Engine>(sh: &Shared<E>, mut c: MutexGuard<'_, Core<E>>) -> bool {
     if !c.active() {
         return false;
     }

@@ -1,0 +1,434 @@
+//! The snapshot state file, from bytes to a guest's rebuilt structures:
+//! what `Snapshot::open` and `Vmm::assemble` do with a `state` file
+//! (and a migration destination with the state blob) up to the point where
+//! KVM is needed. The checks are the monitor's own ([`crate::vmm::state::check`]);
+//! the harness then builds what assemble builds from a state that passed
+//! (guest memory, page tables, the clock, the identity, virtio queues).
+//!
+//! Checked besides "no panic": a state that passes leaves the guest no
+//! write access, through the monitor, to the monitor's pages or the
+//! image's text.
+
+use super::elf::ElfSpec;
+use super::gen::Len;
+use crate::clock::{ClockArgs, ClockState, GuestClock};
+use crate::cpu::vcpu::{VcpuState, MSR_IA32_TSC};
+use crate::devices::block::{BlockState, DiskSpec};
+use crate::devices::net::NetConfig;
+use crate::devices::virtio::{transport, QueueRecord, VirtioState};
+use crate::devices::{relocate, DeviceState, Transport};
+use crate::heap::Prot;
+use crate::identity::{Identity, IdentityArgs};
+use crate::layout;
+use crate::memory::{Backing, GuestMem, MemState};
+use crate::persist::Persist;
+use crate::snapshot::memfile::{self, MemIndex, MemRange};
+use crate::statefile::{Header, StateFile, Tag, FORMAT_VERSION};
+use crate::vmm::{guest, state, VmmState};
+use arbitrary::Arbitrary;
+use duet_abi::PAGE_SIZE;
+use kvm_bindings::{kvm_cpuid_entry2, kvm_msr_entry};
+use serde::Serialize;
+use std::time::Instant;
+
+/// Largest guest the harness maps (bigger sizes take the same paths).
+const MAX_MAPPED: u64 = 64 << 20;
+
+/// A fuzz input.
+#[derive(Arbitrary, Clone, Debug)]
+pub enum Input {
+    /// A state file as bytes.
+    Raw(Vec<u8>),
+    /// Sections of any tag and payload, with good checksums.
+    Sections(Vec<(u8, Vec<u8>)>),
+    /// A state built from a description, sections then patched (with
+    /// good checksums again).
+    State(Box<Spec>, Vec<(u8, u16, u8)>),
+}
+
+/// The heap as its state holds it (the field order of `heap::Heap`).
+#[derive(Arbitrary, Clone, Debug)]
+pub struct HeapRecord {
+    /// First heap byte.
+    pub start: Len,
+    /// End of the mapped heap.
+    pub end: Len,
+    /// Largest end.
+    pub limit: Len,
+    /// Protected ranges (read-only when true).
+    pub no_write: Vec<(Len, Len, bool)>,
+    /// The other writable ranges (unless `Spec::fixed_as_booted`).
+    pub fixed_writable: Vec<(Len, Len)>,
+}
+
+#[derive(Serialize)]
+struct HeapOut {
+    start: u64,
+    end: u64,
+    limit: u64,
+    no_write: Vec<(u64, u64, Prot)>,
+    fixed_writable: Vec<(u64, u64)>,
+}
+
+#[derive(Serialize)]
+struct MonitorOut {
+    exits: u64,
+    heap: HeapOut,
+    identity: Identity,
+}
+
+/// A virtio queue's record: size, rings, next entries.
+pub type Queue = (u16, Len, Len, Len, u16, u16);
+
+/// A device record.
+#[derive(Arbitrary, Clone, Debug)]
+pub enum Device {
+    /// A disk (virtio when features, status and queues are given).
+    Disk(u64, Option<(u64, u32, Vec<Queue>)>),
+    /// A NIC.
+    Nic(String, Option<[u8; 6]>),
+}
+
+/// A guest's state, fuzzer-described.
+#[derive(Arbitrary, Clone, Debug)]
+pub struct Spec {
+    /// Memory size: MiB, or any number of bytes.
+    pub mem: Result<u8, u64>,
+    /// The memory state's writable ranges.
+    pub writable: Vec<(Len, Len)>,
+    /// The heap.
+    pub heap: HeapRecord,
+    /// `Ok`: the stack and the image's data, as a monitor saves them.
+    pub fixed_as_booted: bool,
+    /// The image.
+    pub image: ElfSpec,
+    /// vCPUs, each maybe with a TSC.
+    pub vcpus: Vec<Option<u64>>,
+    /// The header's CPU agrees with the vCPUs'.
+    pub same_cpu: bool,
+    /// TSC kHz.
+    pub tsc_khz: u64,
+    /// The clock page's fields (the scale right when `None`).
+    pub clock: (u32, Option<u64>, u64, u64),
+    /// Identity.
+    pub identity: (u64, u32),
+    /// Devices.
+    pub devices: Vec<Device>,
+    /// Memory index runs: (page, pages, file page).
+    pub index: Vec<(u32, Len, u64)>,
+}
+
+fn vcpu(tsc: Option<u64>) -> VcpuState {
+    let leaf = |function, ebx, ecx, edx| kvm_cpuid_entry2 {
+        function,
+        ebx,
+        ecx,
+        edx,
+        ..Default::default()
+    };
+    VcpuState {
+        cpuid: vec![
+            leaf(0, 0x6874_7541, 0x444d_4163, 0x6974_6e65),
+            leaf(1, 0, 1, 2),
+        ],
+        regs: Default::default(),
+        sregs: Default::default(),
+        xsave: Default::default(),
+        xcrs: Default::default(),
+        msrs: tsc
+            .map(|data| kvm_msr_entry {
+                index: MSR_IA32_TSC,
+                data,
+                ..Default::default()
+            })
+            .into_iter()
+            .collect(),
+        events: Default::default(),
+        mp_state: Default::default(),
+    }
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_stdvec(v).unwrap_or_default()
+}
+
+impl Spec {
+    /// The state file's sections.
+    pub fn sections(&self) -> StateFile {
+        let size = match self.mem {
+            Ok(mib) => u64::from(mib.max(4)) << 20,
+            Err(n) => n,
+        };
+        let image = self.image.build();
+        let fixed = if self.fixed_as_booted {
+            // What the boot path saves, if the image parses.
+            match crate::loader::Image::parse(image.clone(), size) {
+                Ok(i) => guest::fixed_writable(&i),
+                Err(_) => Vec::new(),
+            }
+        } else {
+            self.heap
+                .fixed_writable
+                .iter()
+                .map(|(s, e)| (s.get(), e.get()))
+                .collect()
+        };
+        let h = &self.heap;
+        let heap = HeapOut {
+            start: h.start.get(),
+            end: h.end.get(),
+            limit: h.limit.get(),
+            no_write: h
+                .no_write
+                .iter()
+                .map(|(s, e, r)| (s.get(), e.get(), if *r { Prot::Read } else { Prot::None }))
+                .collect(),
+            fixed_writable: fixed,
+        };
+        let vcpus: Vec<VcpuState> = self.vcpus.iter().take(3).map(|t| vcpu(*t)).collect();
+        let (vendor, features) = match (self.same_cpu, vcpus.first()) {
+            (true, Some(v)) => crate::compat::signature(&v.cpuid),
+            _ => (*b"GenuineIntel", [1; 6]),
+        };
+        let (generation, mult, base_tsc, base_mono_ns) = self.clock;
+        let clock = ClockState {
+            generation,
+            tsc_khz: self.tsc_khz,
+            mult: mult.unwrap_or(duet_abi::clock::ClockPage::mult_for(self.tsc_khz)),
+            base_tsc,
+            base_mono_ns,
+            base_wall_ns: 0,
+        };
+        let devices: Vec<DeviceState> = self.devices.iter().take(20).map(device).collect();
+        let memory = MemState {
+            size,
+            writable: self
+                .writable
+                .iter()
+                .map(|(s, e)| (s.get(), e.get()))
+                .collect(),
+        };
+        let index = MemIndex {
+            size,
+            ranges: self
+                .index
+                .iter()
+                .map(|(p, n, f)| MemRange {
+                    gpa: u64::from(*p) * PAGE_SIZE,
+                    pages: n.get(),
+                    file_page: *f,
+                    crc: 0,
+                })
+                .collect(),
+        };
+        let mut sections: Vec<(u32, Vec<u8>)> =
+            vcpus.iter().map(|v| (Tag::Vcpu as u32, enc(v))).collect();
+        let monitor = MonitorOut {
+            exits: 0,
+            heap,
+            identity: Identity {
+                generation: self.identity.0,
+                clone_index: self.identity.1,
+            },
+        };
+        sections.extend([
+            (
+                Tag::KvmClock as u32,
+                enc(&kvm_bindings::kvm_clock_data::default()),
+            ),
+            (Tag::Clock as u32, enc(&clock)),
+            (Tag::Monitor as u32, enc(&monitor)),
+            (Tag::Image as u32, image),
+            (Tag::Devices as u32, enc(&devices)),
+            (Tag::Memory as u32, enc(&memory)),
+            (Tag::MemoryIndex as u32, enc(&index)),
+        ]);
+        StateFile {
+            header: Header {
+                format_version: FORMAT_VERSION,
+                abi_version: duet_abi::ABI_VERSION,
+                vendor,
+                features,
+                tsc_khz: self.tsc_khz,
+                snapshot_id: 7,
+            },
+            sections,
+        }
+    }
+}
+
+fn device(d: &Device) -> DeviceState {
+    match d {
+        Device::Disk(capacity, q) => {
+            let b = BlockState {
+                spec: DiskSpec {
+                    path: "/nonexistent/fuzz.img".into(),
+                    readonly: false,
+                    name: None,
+                    sector_size: 512,
+                    transport: Transport::Virtio,
+                },
+                capacity: *capacity,
+            };
+            match q {
+                None => DeviceState::Block(b),
+                Some((features, status, queues)) => {
+                    DeviceState::VirtioBlock(b, virtio(*features, *status, queues))
+                }
+            }
+        }
+        Device::Nic(tap, mac) => DeviceState::Net(NetConfig {
+            tap: tap.clone(),
+            mac: *mac,
+            transport: Transport::Hypercall,
+        }),
+    }
+}
+
+fn virtio(features: u64, status: u32, q: &[Queue]) -> VirtioState {
+    VirtioState {
+        features,
+        status,
+        queues: q
+            .iter()
+            .take(3)
+            .map(
+                |&(size, desc, avail, used, next_avail, next_used)| QueueRecord {
+                    size,
+                    desc: desc.get(),
+                    avail: avail.get(),
+                    used: used.get(),
+                    next_avail,
+                    next_used,
+                },
+            )
+            .collect(),
+    }
+}
+
+/// The state file's bytes for `input`.
+pub fn bytes(input: &Input) -> Vec<u8> {
+    let header = Header {
+        format_version: FORMAT_VERSION,
+        abi_version: duet_abi::ABI_VERSION,
+        vendor: *b"AuthenticAMD",
+        features: [0; 6],
+        tsc_khz: 2_000_000,
+        snapshot_id: 1,
+    };
+    match input {
+        Input::Raw(b) => b.clone(),
+        Input::Sections(s) => StateFile {
+            header,
+            sections: s
+                .iter()
+                .take(70)
+                .map(|(t, p)| (u32::from(*t), p.clone()))
+                .collect(),
+        }
+        .encode(),
+        Input::State(spec, patches) => {
+            let mut f = spec.sections();
+            for &(sec, at, v) in patches {
+                let n = f.sections.len();
+                let payload = &mut f.sections[usize::from(sec) % n].1;
+                if !payload.is_empty() {
+                    let len = payload.len();
+                    payload[usize::from(at) % len] = v;
+                }
+            }
+            f.encode()
+        }
+    }
+}
+
+/// Decodes and checks a state file, and rebuilds from it what
+/// `Vmm::assemble` does before KVM.
+pub fn run(input: &Input) {
+    restore(&bytes(input));
+}
+
+/// [`run`] on bytes.
+pub fn restore(bytes: &[u8]) {
+    // `Snapshot::open`.
+    let Ok(file) = StateFile::decode(bytes, "fuzz") else {
+        return;
+    };
+    let Ok(index) = file.get::<MemIndex>(Tag::MemoryIndex) else {
+        return;
+    };
+    let Ok(mut st) = file.to_state() else {
+        return;
+    };
+    if index.size != st.memory.size {
+        return;
+    }
+    // `memfile::map`, for a memory file holding what the index says.
+    let pages = index
+        .ranges
+        .iter()
+        .fold(0u64, |n, r| n.wrapping_add(r.pages));
+    let _ = memfile::validate_index(&index, st.memory.size, pages);
+    // Devices come back as `relocate` leaves them.
+    let Ok(devices) = relocate(std::mem::take(&mut st.devices), &[], &[]) else {
+        return;
+    };
+    st.devices = devices;
+    rebuild(&st);
+}
+
+/// `Vmm::assemble` up to KVM, on a state that passed `Snapshot::open`.
+pub(super) fn rebuild(st: &VmmState) {
+    let Ok(c) = state::check(st) else {
+        return;
+    };
+    if st.memory.size > MAX_MAPPED {
+        return;
+    }
+    let Ok(mut mem) = GuestMem::restore(Backing::Fresh, &st.memory) else {
+        return;
+    };
+    mem.set_writable(c.heap.writable_ranges());
+    let Ok(_pt) = guest::map(&mem, &c.image, &c.heap) else {
+        return;
+    };
+    guest::write_privileged(&mem).expect("the monitor's own pages are in guest memory");
+    let _ = GuestClock::restore(
+        ClockArgs::now(&mem, c.tsc_at_save, 0, Instant::now()),
+        &st.clock,
+    );
+    let _ = Identity::restore(
+        IdentityArgs {
+            mem: &mem,
+            clone_index: Some(1),
+        },
+        &st.monitor.identity,
+    );
+    let io = mem.io_mem();
+    for d in &st.devices {
+        match d {
+            DeviceState::VirtioBlock(_, t) => {
+                let _ = transport::restore_queues(t, 1, &io);
+            }
+            DeviceState::VirtioNet(_, t) => {
+                let _ = transport::restore_queues(t, 2, &io);
+            }
+            _ => {}
+        }
+    }
+    // No write access for the guest to the monitor's pages or the text.
+    for &(s, e) in mem.writable() {
+        assert!(
+            s >= layout::STACK_BOTTOM,
+            "a restored guest may have the monitor write {s:#x}..{e:#x}, in the monitor's pages"
+        );
+        for seg in c.image.segments.iter().filter(|seg| !seg.perms.write) {
+            assert!(
+                e <= seg.start || s >= seg.end,
+                "a restored guest may have the monitor write {s:#x}..{e:#x}, over the image's read-only {:#x}..{:#x}",
+                seg.start,
+                seg.end
+            );
+        }
+    }
+}
