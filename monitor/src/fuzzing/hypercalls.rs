@@ -112,22 +112,23 @@ pub struct Input {
     pub steps: Vec<Step>,
 }
 
-/// The two disks' files, opened once per process and unlinked already;
-/// devices reopen them by their `/proc/self/fd` path on every run.
-fn disk_files() -> &'static [std::fs::File; 2] {
-    static FILES: OnceLock<[std::fs::File; 2]> = OnceLock::new();
-    FILES.get_or_init(|| {
-        [0, 1].map(|_| {
+/// Runs `f` on disk `i`'s file: opened once per thread (each thread has
+/// its own guest), unlinked already; devices reopen it by its
+/// `/proc/self/fd` path on every run.
+fn with_disk<R>(i: usize, f: impl FnOnce(&std::fs::File) -> R) -> R {
+    thread_local! {
+        static FILES: [std::fs::File; 2] = [0, 1].map(|_| {
             let f = tempfile::tempfile().expect("a temporary file for the fuzzed disks");
             f.set_len(DISK_BYTES).expect("sizing a fuzzed disk");
             f
-        })
-    })
+        });
+    }
+    FILES.with(|files| f(&files[i]))
 }
 
 fn disk(i: usize) -> DiskSpec {
     DiskSpec {
-        path: format!("/proc/self/fd/{}", disk_files()[i].as_raw_fd()).into(),
+        path: format!("/proc/self/fd/{}", with_disk(i, |f| f.as_raw_fd())).into(),
         readonly: false,
         name: None,
         sector_size: 512,
@@ -139,9 +140,9 @@ fn disk(i: usize) -> DiskSpec {
 /// (attached to `mem` as its start would, without its thread).
 fn devices(mem: &GuestMem) -> (Devices, VirtioDevice<BlkEngine>) {
     // Zeroed again: what one run wrote must not reach the next.
-    for f in disk_files() {
-        f.set_len(0).expect("emptying a fuzzed disk");
-        f.set_len(DISK_BYTES).expect("sizing a fuzzed disk");
+    for i in 0..2 {
+        with_disk(i, |f| f.set_len(0).and_then(|()| f.set_len(DISK_BYTES)))
+            .expect("emptying a fuzzed disk");
     }
     let devices = Devices::open(&[disk(0)], &[]).expect("opening the hypercall disk");
     let dev: BlockDevice = block::open_all(&[disk(1)], VIRTIO_DEV as usize)
