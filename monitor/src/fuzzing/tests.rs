@@ -94,3 +94,67 @@ fn an_entry_point_past_the_text_is_refused() {
     let i = Image::parse(last, 64 << 20).unwrap();
     assert_eq!(i.entry, 0x27_9079 + 52736 - 1);
 }
+
+/// The virtio driver steps bring the disk's queue up and a read request
+/// through the descriptor checks to the disk (its status byte says OK).
+#[test]
+fn the_virtio_steps_reach_the_disk() {
+    use super::driver::{Desc, Kick, Setup};
+    use super::gen::{Addr, Word};
+    use super::hypercalls::{run_then, GuestWrite, Input, Nr, Step, Value, LAYOUT};
+    let status = Addr::Heap(0x12000);
+    let input = Input {
+        template: false,
+        steps: vec![
+            Step::Call {
+                writes: vec![GuestWrite {
+                    at: status,
+                    words: vec![Word::Raw(0xff)],
+                }],
+                nr: Nr::Call(3),
+                value: Value::Raw(0),
+            },
+            Step::Setup(Setup {
+                features: None,
+                size: Ok(4),
+                rings: (Addr::Heap(0x1000), Addr::Heap(0x2000), Addr::Heap(0x3000)),
+                raw: false,
+                ready: None,
+            }),
+            Step::Kick(Kick {
+                descs: vec![
+                    Desc {
+                        addr: Addr::Heap(0x10000),
+                        len: Len::Small(16),
+                        flags: 1,
+                        next: 1,
+                    },
+                    Desc {
+                        addr: Addr::Heap(0x11000),
+                        len: Len::Sectors(1),
+                        flags: 3,
+                        next: 2,
+                    },
+                    Desc {
+                        addr: status,
+                        len: Len::Small(1),
+                        flags: 2,
+                        next: 0,
+                    },
+                ],
+                first: 0,
+                headers: vec![(Addr::Heap(0x10000), 0, 3)],
+                heads: vec![0],
+                skew: 0,
+            }),
+        ],
+    };
+    let byte = run_then(&input, |g| {
+        let mut b = [0u8];
+        g.mem()
+            .read_bytes(duet_abi::Gpa(status.at(&LAYOUT)), &mut b)
+            .unwrap();
+        b[0]
+    });
+    assert_eq!(byte, 0, "the request was not served (status {byte:#x})");
+}
