@@ -199,8 +199,13 @@ pub fn run(input: &Input) {
             };
             receive(&mut w, None)
         }
-        Input::Session(d) => receive(&mut Wire::default(), Some(d)),
+        Input::Session(d) => session(d),
     };
+}
+
+/// Plays session `d` through the destination; its end.
+pub fn session(d: &Described) -> Result<(), MigrateError> {
+    receive(&mut Wire::default(), Some(d))
 }
 
 /// `destination::receive` up to KVM; with `src`, the harness appends the
@@ -348,7 +353,9 @@ fn receive(w: &mut Wire, src: Option<&Described>) -> Result<(), MigrateError> {
         .map_err(|e| MigrateError::State(e.to_string()))?;
     state.devices =
         relocate(std::mem::take(&mut state.devices), &[], &[]).map_err(MigrateError::State)?;
-    snapshot::rebuild(&state);
+    if !snapshot::rebuild(&state) {
+        return Err(MigrateError::State("the state does not rebuild".into()));
+    }
     Ok(())
 }
 

@@ -9,7 +9,7 @@
 //! write access, through the monitor, to the monitor's pages or the
 //! image's text.
 
-use super::elf::ElfSpec;
+use super::elf::{Body, ElfSpec, ElfType, Header as ImageHeader, Seg, Vaddr};
 use super::gen::Len;
 use crate::clock::{ClockArgs, ClockState, GuestClock};
 use crate::cpu::vcpu::{VcpuState, MSR_IA32_TSC};
@@ -116,6 +116,63 @@ pub struct Spec {
     pub devices: Vec<Device>,
     /// Memory index runs: (page, pages, file page).
     pub index: Vec<(u32, Len, u64)>,
+}
+
+/// A good image: text at the image base, data on the next page.
+pub fn sample_image() -> ElfSpec {
+    let seg = |flags, page| Seg {
+        load: true,
+        ptype: 0,
+        flags,
+        vaddr: Vaddr::Page(page, 0),
+        extra: None,
+        body: Body::Bytes(64),
+    };
+    ElfSpec {
+        etype: ElfType::Exec,
+        machine: None,
+        entry: Ok((0, 0)),
+        segs: vec![seg(5, 0), seg(6, 1)],
+        header: ImageHeader {
+            present: true,
+            magic: true,
+            version: None,
+            size: None,
+            offset: None,
+        },
+        syms: vec![],
+        patches: vec![],
+    }
+}
+
+/// A good 8 MiB guest's state (for tests and seeds); the heap's other writable ranges are
+/// `fixed`, or the stack and the data segment as a boot makes them.
+pub fn sample(fixed: Option<&[(u64, u64)]>) -> Spec {
+    let start = duet_abi::boot::IMAGE_BASE + 0x2000;
+    Spec {
+        mem: Ok(8),
+        writable: vec![],
+        heap: HeapRecord {
+            start: Len::Raw(start),
+            end: Len::Raw(start + 0x10000),
+            limit: Len::Raw(8 << 20),
+            no_write: vec![],
+            fixed_writable: fixed
+                .unwrap_or_default()
+                .iter()
+                .map(|&(s, e)| (Len::Raw(s), Len::Raw(e)))
+                .collect(),
+        },
+        fixed_as_booted: fixed.is_none(),
+        image: sample_image(),
+        vcpus: vec![Some(1000)],
+        same_cpu: true,
+        tsc_khz: 2_000_000,
+        clock: (0, None, 0, 0),
+        identity: (0, 0),
+        devices: vec![],
+        index: vec![],
+    }
 }
 
 fn vcpu(tsc: Option<u64>) -> VcpuState {
@@ -377,20 +434,21 @@ pub fn restore(bytes: &[u8]) {
     rebuild(&st);
 }
 
-/// `Vmm::assemble` up to KVM, on a state that passed `Snapshot::open`.
-pub(super) fn rebuild(st: &VmmState) {
+/// `Vmm::assemble` up to KVM, on a state that passed `Snapshot::open`;
+/// whether the state passed every check.
+pub(super) fn rebuild(st: &VmmState) -> bool {
     let Ok(c) = state::check(st) else {
-        return;
+        return false;
     };
     if st.memory.size > MAX_MAPPED {
-        return;
+        return false;
     }
     let Ok(mut mem) = GuestMem::restore(Backing::Fresh, &st.memory) else {
-        return;
+        return false;
     };
     mem.set_writable(c.heap.writable_ranges());
     let Ok(_pt) = guest::map(&mem, &c.image, &c.heap) else {
-        return;
+        return false;
     };
     guest::write_privileged(&mem).expect("the monitor's own pages are in guest memory");
     let _ = GuestClock::restore(
@@ -431,4 +489,5 @@ pub(super) fn rebuild(st: &VmmState) {
             );
         }
     }
+    true
 }

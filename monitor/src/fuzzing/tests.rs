@@ -158,3 +158,43 @@ fn the_virtio_steps_reach_the_disk() {
     });
     assert_eq!(byte, 0, "the request was not served (status {byte:#x})");
 }
+
+/// A described session reaches the end of the destination's path (state
+/// decoded, checked and rebuilt); a byte changed on the way, or a source
+/// without the key, is refused.
+#[test]
+fn a_sealed_session_reaches_the_rebuild_and_tampering_is_refused() {
+    use super::migration::{session, Described, FrameSpec, HelloSpec, Payload, Tamper};
+    use crate::migration::MigrateError;
+    let d = |t, auth| Described {
+        hello: HelloSpec {
+            current: true,
+            mem: Ok(8),
+            devices: vec![],
+            copy_disks: false,
+        },
+        auth,
+        frames: vec![
+            FrameSpec {
+                kind: None,
+                payload: Payload::Pages(0, Len::Small(1), 1),
+                tamper: Tamper::None,
+            },
+            FrameSpec {
+                kind: None,
+                payload: Payload::State(Box::new(super::snapshot::sample(None))),
+                tamper: t,
+            },
+            FrameSpec {
+                kind: None,
+                payload: Payload::End(true, 0, 0),
+                tamper: Tamper::None,
+            },
+        ],
+    };
+    session(&d(Tamper::None, true)).unwrap();
+    let e = session(&d(Tamper::Byte(40, 1), true)).unwrap_err();
+    assert!(matches!(e, MigrateError::Integrity(_)), "{e}");
+    let e = session(&d(Tamper::None, false)).unwrap_err();
+    assert!(matches!(e, MigrateError::Rejected(_)), "{e}");
+}
