@@ -82,7 +82,8 @@ enum Cmd {
     /// (cargo-fuzz on nightly, both installed if missing), every target in
     /// turn unless one is named: `cargo xtask fuzz [TARGET] [--time S] [--runs N]`.
     Fuzz(fuzz::FuzzArgs),
-    /// Build every image, then run every test (unit and end-to-end).
+    /// Build every image, then run every test (unit and end-to-end), then
+    /// the benchmark and fuzz smoke passes.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(allow_hyphen_values = true, trailing_var_arg = true)]

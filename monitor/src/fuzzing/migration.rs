@@ -89,8 +89,8 @@ pub enum Tamper {
 /// One frame of the source's.
 #[derive(Arbitrary, Clone, Debug)]
 pub struct FrameSpec {
-    /// Kind (any byte; the sealed header carries it).
-    pub kind: u8,
+    /// Kind (any byte; the sealed header carries it), or the payload's own.
+    pub kind: Option<u8>,
     /// Payload.
     pub payload: Payload,
     /// Tampering.
@@ -199,8 +199,13 @@ pub fn run(input: &Input) {
             };
             receive(&mut w, None)
         }
-        Input::Session(d) => receive(&mut Wire::default(), Some(d)),
+        Input::Session(d) => session(d),
     };
+}
+
+/// Plays session `d` through the destination; its end.
+pub fn session(d: &Described) -> Result<(), MigrateError> {
+    receive(&mut Wire::default(), Some(d))
 }
 
 /// `destination::receive` up to KVM; with `src`, the harness appends the
@@ -348,7 +353,9 @@ fn receive(w: &mut Wire, src: Option<&Described>) -> Result<(), MigrateError> {
         .map_err(|e| MigrateError::State(e.to_string()))?;
     state.devices =
         relocate(std::mem::take(&mut state.devices), &[], &[]).map_err(MigrateError::State)?;
-    snapshot::rebuild(&state);
+    if !snapshot::rebuild(&state) {
+        return Err(MigrateError::State("the state does not rebuild".into()));
+    }
     Ok(())
 }
 
@@ -360,12 +367,21 @@ fn send(
     f: &FrameSpec,
     blob: &[u8],
 ) -> Result<(), MigrateError> {
-    let Some(k) = kind(f.kind) else {
+    let own = match f.payload {
+        Payload::Raw(_) => Kind::Sync,
+        Payload::Pages(..) => Kind::Pages,
+        Payload::Run(..) => Kind::ZeroPages,
+        Payload::Disk(_, _, _, 0) => Kind::DiskZero,
+        Payload::Disk(..) => Kind::Disk,
+        Payload::State(_) => Kind::State,
+        Payload::End(..) => Kind::StateEnd,
+    };
+    let Some(k) = f.kind.map_or(Some(own), kind) else {
         // An unknown kind: a frame header nobody could seal.
         w.buf
             .extend_from_slice(&protocol::sealed_header(Kind::Sync, 0, 0));
         let at = w.buf.len() - protocol::FRAME_HEADER;
-        w.buf[at] = f.kind;
+        w.buf[at] = f.kind.unwrap_or_default();
         return Ok(());
     };
     let p = payload(&f.payload, blob);

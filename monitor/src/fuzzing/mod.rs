@@ -19,6 +19,7 @@
 
 pub mod cli;
 pub mod control;
+pub mod driver;
 pub mod elf;
 pub mod gen;
 pub mod hypercalls;

@@ -94,3 +94,107 @@ fn an_entry_point_past_the_text_is_refused() {
     let i = Image::parse(last, 64 << 20).unwrap();
     assert_eq!(i.entry, 0x27_9079 + 52736 - 1);
 }
+
+/// The virtio driver steps bring the disk's queue up and a read request
+/// through the descriptor checks to the disk (its status byte says OK).
+#[test]
+fn the_virtio_steps_reach_the_disk() {
+    use super::driver::{Desc, Kick, Setup};
+    use super::gen::{Addr, Word};
+    use super::hypercalls::{run_then, GuestWrite, Input, Nr, Step, Value, LAYOUT};
+    let status = Addr::Heap(0x12000);
+    let input = Input {
+        template: false,
+        steps: vec![
+            Step::Call {
+                writes: vec![GuestWrite {
+                    at: status,
+                    words: vec![Word::Raw(0xff)],
+                }],
+                nr: Nr::Call(3),
+                value: Value::Raw(0),
+            },
+            Step::Setup(Setup {
+                features: None,
+                size: Ok(4),
+                rings: (Addr::Heap(0x1000), Addr::Heap(0x2000), Addr::Heap(0x3000)),
+                raw: false,
+                ready: None,
+            }),
+            Step::Kick(Kick {
+                descs: vec![
+                    Desc {
+                        addr: Addr::Heap(0x10000),
+                        len: Len::Small(16),
+                        flags: 1,
+                        next: 1,
+                    },
+                    Desc {
+                        addr: Addr::Heap(0x11000),
+                        len: Len::Sectors(1),
+                        flags: 3,
+                        next: 2,
+                    },
+                    Desc {
+                        addr: status,
+                        len: Len::Small(1),
+                        flags: 2,
+                        next: 0,
+                    },
+                ],
+                first: 0,
+                headers: vec![(Addr::Heap(0x10000), 0, 3)],
+                heads: vec![0],
+                skew: 0,
+            }),
+        ],
+    };
+    let byte = run_then(&input, |g| {
+        let mut b = [0u8];
+        g.mem()
+            .read_bytes(duet_abi::Gpa(status.at(&LAYOUT)), &mut b)
+            .unwrap();
+        b[0]
+    });
+    assert_eq!(byte, 0, "the request was not served (status {byte:#x})");
+}
+
+/// A described session reaches the end of the destination's path (state
+/// decoded, checked and rebuilt); a byte changed on the way, or a source
+/// without the key, is refused.
+#[test]
+fn a_sealed_session_reaches_the_rebuild_and_tampering_is_refused() {
+    use super::migration::{session, Described, FrameSpec, HelloSpec, Payload, Tamper};
+    use crate::migration::MigrateError;
+    let d = |t, auth| Described {
+        hello: HelloSpec {
+            current: true,
+            mem: Ok(8),
+            devices: vec![],
+            copy_disks: false,
+        },
+        auth,
+        frames: vec![
+            FrameSpec {
+                kind: None,
+                payload: Payload::Pages(0, Len::Small(1), 1),
+                tamper: Tamper::None,
+            },
+            FrameSpec {
+                kind: None,
+                payload: Payload::State(Box::new(super::snapshot::sample(None))),
+                tamper: t,
+            },
+            FrameSpec {
+                kind: None,
+                payload: Payload::End(true, 0, 0),
+                tamper: Tamper::None,
+            },
+        ],
+    };
+    session(&d(Tamper::None, true)).unwrap();
+    let e = session(&d(Tamper::Byte(40, 1), true)).unwrap_err();
+    assert!(matches!(e, MigrateError::Integrity(_)), "{e}");
+    let e = session(&d(Tamper::None, false)).unwrap_err();
+    assert!(matches!(e, MigrateError::Rejected(_)), "{e}");
+}

@@ -261,69 +261,10 @@ impl Vmm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fuzzing::elf::{Body, ElfSpec, ElfType, Header, Seg, Vaddr};
-    use crate::fuzzing::gen::Len;
-    use crate::fuzzing::snapshot::{HeapRecord, Spec};
+    use crate::fuzzing::snapshot::{sample as spec, Spec};
     use crate::layout;
     use crate::statefile::StateFile;
     use duet_abi::boot::IMAGE_BASE;
-
-    /// Text at the image base, data on the next page.
-    fn image() -> ElfSpec {
-        let seg = |flags, page| Seg {
-            load: true,
-            ptype: 0,
-            flags,
-            vaddr: Vaddr::Page(page, 0),
-            extra: None,
-            body: Body::Bytes(64),
-        };
-        ElfSpec {
-            etype: ElfType::Exec,
-            machine: None,
-            entry: Ok((0, 0)),
-            segs: vec![seg(5, 0), seg(6, 1)],
-            header: Header {
-                present: true,
-                magic: true,
-                version: None,
-                size: None,
-                offset: None,
-            },
-            syms: vec![],
-            patches: vec![],
-        }
-    }
-
-    /// An 8 MiB guest's state; the heap's other writable ranges are
-    /// `fixed`, or the stack and the data segment as a boot makes them.
-    fn spec(fixed: Option<&[(u64, u64)]>) -> Spec {
-        let start = IMAGE_BASE + 0x2000;
-        Spec {
-            mem: Ok(8),
-            writable: vec![],
-            heap: HeapRecord {
-                start: Len::Raw(start),
-                end: Len::Raw(start + 0x10000),
-                limit: Len::Raw(8 << 20),
-                no_write: vec![],
-                fixed_writable: fixed
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|&(s, e)| (Len::Raw(s), Len::Raw(e)))
-                    .collect(),
-            },
-            fixed_as_booted: fixed.is_none(),
-            image: image(),
-            vcpus: vec![Some(1000)],
-            same_cpu: true,
-            tsc_khz: 2_000_000,
-            clock: (0, None, 0, 0),
-            identity: (0, 0),
-            devices: vec![],
-            index: vec![],
-        }
-    }
 
     fn state(s: &Spec) -> VmmState {
         let bytes = s.sections().encode();

@@ -17,14 +17,13 @@
 //! Checked besides "no panic": the monitor's pages and the image's text
 //! hold what they held (a hypercall never writes where the guest may not).
 
-mod disks;
-
+use super::driver;
 use super::gen::{self, Addr, Layout, Word};
 use crate::clock::GuestClock;
-use crate::devices::block;
+use crate::devices::block::{self, BlockDevice, DiskSpec};
 use crate::devices::virtio::blk::BlkEngine;
-use crate::devices::virtio::{worker, VirtioDevice};
-use crate::devices::Devices;
+use crate::devices::virtio::{slot_of, transport, worker, VirtioDevice};
+use crate::devices::{Devices, Transport};
 use crate::heap::{Heap, INITIAL_HEAP};
 use crate::hypercall::poll::Waker;
 use crate::hypercall::{console, lifecycle, mem as memcalls, poll, snapshot};
@@ -33,13 +32,12 @@ use crate::memory::GuestMem;
 use crate::outcome::{Flow, Outcome};
 use crate::paging::{Access, PageTables};
 use arbitrary::Arbitrary;
-use disks::devices;
 use duet_abi::boot::IMAGE_BASE;
 use duet_abi::hypercall::Hypercall;
 use duet_abi::virtio::DOORBELL_BASE;
 use duet_abi::{Gpa, PAGE_SIZE};
 use std::os::fd::AsRawFd;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -49,7 +47,7 @@ const MEM: u64 = layout::MIN_MEM;
 const TEXT: (u64, u64) = (IMAGE_BASE, IMAGE_BASE + 0x8000);
 const DATA: (u64, u64) = (TEXT.1, TEXT.1 + 0x8000);
 /// The virtio disk's device number.
-const VIRTIO_DEV: u32 = 1;
+pub const VIRTIO_DEV: u32 = 1;
 /// Bytes per disk.
 const DISK_BYTES: u64 = 64 << 10;
 /// What the harness fills read-only memory with, to see it stays so.
@@ -97,13 +95,20 @@ pub struct GuestWrite {
 
 /// One guest step.
 #[derive(Arbitrary, Clone, Debug)]
-pub struct Step {
-    /// Memory the guest writes first.
-    pub writes: Vec<GuestWrite>,
-    /// The call.
-    pub nr: Nr,
-    /// Its argument.
-    pub value: Value,
+pub enum Step {
+    /// Words written, then a call.
+    Call {
+        /// Memory the guest writes first.
+        writes: Vec<GuestWrite>,
+        /// The call.
+        nr: Nr,
+        /// Its argument.
+        value: Value,
+    },
+    /// The virtio disk's queue set up as a driver would.
+    Setup(driver::Setup),
+    /// Requests on the virtio disk's queue, and the doorbell.
+    Kick(driver::Kick),
 }
 
 /// A fuzz input: a template run or not, then the guest's steps.
@@ -113,6 +118,54 @@ pub struct Input {
     pub template: bool,
     /// The steps.
     pub steps: Vec<Step>,
+}
+
+/// Runs `f` on disk `i`'s file: opened once per thread (each thread has
+/// its own guest), unlinked already; devices reopen it by its
+/// `/proc/self/fd` path on every run.
+fn with_disk<R>(i: usize, f: impl FnOnce(&std::fs::File) -> R) -> R {
+    thread_local! {
+        static FILES: [std::fs::File; 2] = [0, 1].map(|_| {
+            let f = tempfile::tempfile().expect("a temporary file for the fuzzed disks");
+            f.set_len(DISK_BYTES).expect("sizing a fuzzed disk");
+            f
+        });
+    }
+    FILES.with(|files| f(&files[i]))
+}
+
+fn disk(i: usize) -> DiskSpec {
+    DiskSpec {
+        path: format!("/proc/self/fd/{}", with_disk(i, |f| f.as_raw_fd())).into(),
+        readonly: false,
+        name: None,
+        sector_size: 512,
+        transport: Transport::Hypercall,
+    }
+}
+
+/// The two disks: device 0 on the hypercall transport, device 1 virtio
+/// (attached to `mem` as its start would, without its thread).
+fn devices(mem: &GuestMem) -> (Devices, VirtioDevice<BlkEngine>) {
+    // Zeroed again: what one run wrote must not reach the next.
+    for i in 0..2 {
+        with_disk(i, |f| f.set_len(0).and_then(|()| f.set_len(DISK_BYTES)))
+            .expect("emptying a fuzzed disk");
+    }
+    let devices = Devices::open(&[disk(0)], &[]).expect("opening the hypercall disk");
+    let dev: BlockDevice = block::open_all(&[disk(1)], VIRTIO_DEV as usize)
+        .expect("opening the virtio disk")
+        .remove(0);
+    let virtio = VirtioDevice::new(VIRTIO_DEV as usize, BlkEngine::new(Arc::new(dev)), None)
+        .expect("a virtio disk");
+    {
+        let mut c = virtio.shared().lock();
+        c.mem = Some(mem.io_mem());
+        transport::publish(mem, slot_of(VIRTIO_DEV as usize), &c.engine)
+            .expect("publishing the virtio slot");
+        virtio.shared().publish(&c);
+    }
+    (devices, virtio)
 }
 
 /// One guest, as the harness built it.
@@ -231,9 +284,14 @@ impl Guest {
         self.template = template;
     }
 
+    /// Guest memory.
+    pub fn mem(&self) -> &GuestMem {
+        &self.mem
+    }
+
     /// Writes `bytes` at `at` if the guest could: in its writable memory or
     /// its virtio slot page (otherwise it would fault, not call).
-    fn guest_write(&self, at: u64, bytes: &[u8]) {
+    pub fn guest_write(&self, at: u64, bytes: &[u8]) {
         let len = bytes.len() as u64;
         let virtio = (layout::VIRTIO_PAGE, layout::VIRTIO_PAGE + PAGE_SIZE);
         let in_virtio = at >= virtio.0 && at.checked_add(len).is_some_and(|e| e <= virtio.1);
@@ -345,37 +403,52 @@ thread_local! {
 
 /// Plays `input` on a fresh guest.
 pub fn run(input: &Input) {
+    run_then(input, |_| ())
+}
+
+/// Plays `input` on a fresh guest, then hands the guest to `f`.
+pub fn run_then<R>(input: &Input, f: impl FnOnce(&Guest) -> R) -> R {
     GUEST.with(|g| {
         let mut g = g.borrow_mut();
         let g = g.get_or_insert_with(Guest::build);
         g.reset(input.template);
         play(g, input);
+        f(g)
     })
 }
 
 fn play(g: &mut Guest, input: &Input) {
     for step in &input.steps {
-        let mut at = Vec::with_capacity(step.writes.len());
-        for w in &step.writes {
-            let a = w.at.at(&LAYOUT);
-            g.guest_write(a, &gen::bytes(&w.words, &LAYOUT));
-            at.push(a);
-        }
-        let value = match step.value {
-            Value::Write(i) if !at.is_empty() => at[usize::from(i) % at.len()] as u32,
-            Value::Write(i) => u32::from(i),
-            Value::At(a) => a.at(&LAYOUT) as u32,
-            Value::Raw(v) => v,
+        let flow = match step {
+            Step::Call { writes, nr, value } => call(g, writes, *nr, *value),
+            Step::Setup(v) => driver::setup(g, v),
+            Step::Kick(k) => driver::kick(g, k),
         };
-        let nr = match step.nr {
-            Nr::Call(i) => Hypercall::ALL[usize::from(i) % Hypercall::ALL.len()] as u16,
-            Nr::Doorbell(d) => DOORBELL_BASE + u16::from(d % 16),
-            Nr::Raw(n) => n % duet_abi::hypercall::PORT_COUNT,
-        };
-        let flow = g.hypercall(nr, value);
         if matches!(flow, Flow::Stop(_)) {
             break;
         }
     }
     g.check_untouched();
+}
+
+/// Writes, then hypercall `nr` with its pointer.
+fn call(g: &mut Guest, writes: &[GuestWrite], nr: Nr, value: Value) -> Flow {
+    let mut at = Vec::with_capacity(writes.len());
+    for w in writes {
+        let a = w.at.at(&LAYOUT);
+        g.guest_write(a, &gen::bytes(&w.words, &LAYOUT));
+        at.push(a);
+    }
+    let value = match value {
+        Value::Write(i) if !at.is_empty() => at[usize::from(i) % at.len()] as u32,
+        Value::Write(i) => u32::from(i),
+        Value::At(a) => a.at(&LAYOUT) as u32,
+        Value::Raw(v) => v,
+    };
+    let nr = match nr {
+        Nr::Call(i) => Hypercall::ALL[usize::from(i) % Hypercall::ALL.len()] as u16,
+        Nr::Doorbell(d) => DOORBELL_BASE + u16::from(d % 16),
+        Nr::Raw(n) => n % duet_abi::hypercall::PORT_COUNT,
+    };
+    g.hypercall(nr, value)
 }
