@@ -18,12 +18,16 @@
 //! hold what they held (a hypercall never writes where the guest may not).
 
 use super::driver;
-use super::gen::{self, Addr, Layout, Word};
+
+mod disks;
+mod input;
+
+use super::gen::{self, Layout};
 use crate::clock::GuestClock;
-use crate::devices::block::{self, BlockDevice, DiskSpec};
+use crate::devices::block::{self};
 use crate::devices::virtio::blk::BlkEngine;
-use crate::devices::virtio::{slot_of, transport, worker, VirtioDevice};
-use crate::devices::{Devices, Transport};
+use crate::devices::virtio::{worker, VirtioDevice};
+use crate::devices::Devices;
 use crate::heap::{Heap, INITIAL_HEAP};
 use crate::hypercall::poll::Waker;
 use crate::hypercall::{console, lifecycle, mem as memcalls, poll, snapshot};
@@ -31,13 +35,14 @@ use crate::layout;
 use crate::memory::GuestMem;
 use crate::outcome::{Flow, Outcome};
 use crate::paging::{Access, PageTables};
-use arbitrary::Arbitrary;
+use disks::devices;
 use duet_abi::boot::IMAGE_BASE;
 use duet_abi::hypercall::Hypercall;
 use duet_abi::virtio::DOORBELL_BASE;
 use duet_abi::{Gpa, PAGE_SIZE};
+pub use input::{GuestWrite, Input, Nr, Step, Value};
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Instant;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -61,112 +66,6 @@ pub const LAYOUT: Layout = Layout {
     text: TEXT,
     data: DATA,
 };
-
-/// A hypercall number.
-#[derive(Arbitrary, Clone, Copy, Debug)]
-pub enum Nr {
-    /// One of the ABI's calls (index into [`Hypercall::ALL`]).
-    Call(u8),
-    /// A virtio doorbell (device number).
-    Doorbell(u8),
-    /// Any port offset.
-    Raw(u16),
-}
-
-/// The argument pointer in `eax`.
-#[derive(Arbitrary, Clone, Copy, Debug)]
-pub enum Value {
-    /// Where one of this step's writes went (index, modulo their count).
-    Write(u8),
-    /// Anywhere.
-    At(Addr),
-    /// A raw 32-bit value (a device number for `VirtioStatus`).
-    Raw(u32),
-}
-
-/// Words the guest writes at an address before its call.
-#[derive(Arbitrary, Clone, Debug)]
-pub struct GuestWrite {
-    /// Where.
-    pub at: Addr,
-    /// What.
-    pub words: Vec<Word>,
-}
-
-/// One guest step.
-#[derive(Arbitrary, Clone, Debug)]
-pub enum Step {
-    /// Words written, then a call.
-    Call {
-        /// Memory the guest writes first.
-        writes: Vec<GuestWrite>,
-        /// The call.
-        nr: Nr,
-        /// Its argument.
-        value: Value,
-    },
-    /// The virtio disk's queue set up as a driver would.
-    Setup(driver::Setup),
-    /// Requests on the virtio disk's queue, and the doorbell.
-    Kick(driver::Kick),
-}
-
-/// A fuzz input: a template run or not, then the guest's steps.
-#[derive(Arbitrary, Clone, Debug)]
-pub struct Input {
-    /// Making a template (the snapshot point stops the guest).
-    pub template: bool,
-    /// The steps.
-    pub steps: Vec<Step>,
-}
-
-/// Runs `f` on disk `i`'s file: opened once per thread (each thread has
-/// its own guest), unlinked already; devices reopen it by its
-/// `/proc/self/fd` path on every run.
-fn with_disk<R>(i: usize, f: impl FnOnce(&std::fs::File) -> R) -> R {
-    thread_local! {
-        static FILES: [std::fs::File; 2] = [0, 1].map(|_| {
-            let f = tempfile::tempfile().expect("a temporary file for the fuzzed disks");
-            f.set_len(DISK_BYTES).expect("sizing a fuzzed disk");
-            f
-        });
-    }
-    FILES.with(|files| f(&files[i]))
-}
-
-fn disk(i: usize) -> DiskSpec {
-    DiskSpec {
-        path: format!("/proc/self/fd/{}", with_disk(i, |f| f.as_raw_fd())).into(),
-        readonly: false,
-        name: None,
-        sector_size: 512,
-        transport: Transport::Hypercall,
-    }
-}
-
-/// The two disks: device 0 on the hypercall transport, device 1 virtio
-/// (attached to `mem` as its start would, without its thread).
-fn devices(mem: &GuestMem) -> (Devices, VirtioDevice<BlkEngine>) {
-    // Zeroed again: what one run wrote must not reach the next.
-    for i in 0..2 {
-        with_disk(i, |f| f.set_len(0).and_then(|()| f.set_len(DISK_BYTES)))
-            .expect("emptying a fuzzed disk");
-    }
-    let devices = Devices::open(&[disk(0)], &[]).expect("opening the hypercall disk");
-    let dev: BlockDevice = block::open_all(&[disk(1)], VIRTIO_DEV as usize)
-        .expect("opening the virtio disk")
-        .remove(0);
-    let virtio = VirtioDevice::new(VIRTIO_DEV as usize, BlkEngine::new(Arc::new(dev)), None)
-        .expect("a virtio disk");
-    {
-        let mut c = virtio.shared().lock();
-        c.mem = Some(mem.io_mem());
-        transport::publish(mem, slot_of(VIRTIO_DEV as usize), &c.engine)
-            .expect("publishing the virtio slot");
-        virtio.shared().publish(&c);
-    }
-    (devices, virtio)
-}
 
 /// One guest, as the harness built it.
 pub struct Guest {
