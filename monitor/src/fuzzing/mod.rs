@@ -19,7 +19,6 @@
 
 pub mod cli;
 pub mod control;
-pub mod driver;
 pub mod elf;
 pub mod gen;
 pub mod hypercalls;

@@ -99,8 +99,8 @@ fn an_entry_point_past_the_text_is_refused() {
 /// through the descriptor checks to the disk (its status byte says OK).
 #[test]
 fn the_virtio_steps_reach_the_disk() {
-    use super::driver::{Desc, Kick, Setup};
     use super::gen::{Addr, Word};
+    use super::hypercalls::driver::{Desc, Kick, Setup};
     use super::hypercalls::{run_then, GuestWrite, Input, Nr, Step, Value, LAYOUT};
     let status = Addr::Heap(0x12000);
     let input = Input {

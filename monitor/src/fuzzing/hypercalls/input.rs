@@ -1,6 +1,6 @@
 //! The hypercall target's input: guest steps the fuzzer describes.
 
-use crate::fuzzing::driver;
+use super::driver;
 use crate::fuzzing::gen::{Addr, Word};
 use arbitrary::Arbitrary;
 

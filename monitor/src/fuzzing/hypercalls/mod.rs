@@ -17,14 +17,13 @@
 //! Checked besides "no panic": the monitor's pages and the image's text
 //! hold what they held (a hypercall never writes where the guest may not).
 
-use super::driver;
-
 mod disks;
+pub mod driver;
 mod input;
 
 use super::gen::{self, Layout};
 use crate::clock::GuestClock;
-use crate::devices::block::{self};
+use crate::devices::block;
 use crate::devices::virtio::blk::BlkEngine;
 use crate::devices::virtio::{worker, VirtioDevice};
 use crate::devices::Devices;

@@ -5,7 +5,7 @@
 //! descriptor checks behind it would go untested.
 
 use super::gen::{Addr, Len};
-use super::hypercalls::{Guest, LAYOUT, VIRTIO_DEV};
+use super::{Guest, LAYOUT, VIRTIO_DEV};
 use crate::devices::virtio::slot_of;
 use crate::outcome::Flow;
 use arbitrary::Arbitrary;
