@@ -89,14 +89,27 @@ pub fn incoming(
     }
 }
 
-/// Accepts one source. A `SIGTERM` or `SIGINT` ends the wait (std's
-/// `accept` retries after `EINTR`, so it polls: the signal interrupts that).
+/// How often a destination waiting for a source looks for a signal.
+const SIGNAL_CHECK: i32 = 100;
+
+/// Accepts one source. A `SIGTERM` or `SIGINT` ends the wait: std's
+/// `accept` retries after `EINTR`, so it polls, and looks at the pending
+/// signal before every wait and at least every [`SIGNAL_CHECK`] ms (a
+/// signal handled just before `poll` starts would not interrupt it).
 fn accept(listener: &TcpListener) -> Result<(TcpStream, std::net::SocketAddr), MigrateError> {
     use std::os::fd::AsRawFd;
     listener
         .set_nonblocking(true)
         .map_err(MigrateError::Connection)?;
     loop {
+        if let Some(sig) = crate::signals::take() {
+            let name = if sig.number() == libc::SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            };
+            return Err(MigrateError::Stopped(name));
+        }
         match listener.accept() {
             Ok((s, peer)) => {
                 s.set_nonblocking(false).map_err(MigrateError::Connection)?;
@@ -111,18 +124,10 @@ fn accept(listener: &TcpListener) -> Result<(TcpStream, std::net::SocketAddr), M
             revents: 0,
         };
         // SAFETY: one valid pollfd on a descriptor we own, for one call.
-        if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
+        if unsafe { libc::poll(&mut pfd, 1, SIGNAL_CHECK) } < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {
                 return Err(MigrateError::Connection(e));
-            }
-            if let Some(sig) = crate::signals::take() {
-                let name = if sig.number() == libc::SIGINT {
-                    "SIGINT"
-                } else {
-                    "SIGTERM"
-                };
-                return Err(MigrateError::Stopped(name));
             }
         }
     }
