@@ -102,27 +102,34 @@ struct Busy {
 }
 
 impl Busy {
-    /// Runs `f` counted as one request in progress.
+    /// Runs `f` counted as one request in progress (uncounted again even
+    /// if it panics).
     fn serving<T>(&self, f: impl FnOnce() -> T) -> T {
-        *self.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        let r = f();
-        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
-        *n -= 1;
-        if *n == 0 {
-            self.idle.notify_all();
+        struct Done<'a>(&'a Busy);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                let mut n = self.0.count.lock().unwrap_or_else(|p| p.into_inner());
+                *n -= 1;
+                if *n == 0 {
+                    self.0.idle.notify_all();
+                }
+            }
         }
-        r
+        *self.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        let _done = Done(self);
+        f()
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // The socket first: nobody new connects while the last answers go.
+        let _ = std::fs::remove_file(&self.path);
         let n = self.busy.count.lock().unwrap_or_else(|p| p.into_inner());
         let _ = self
             .busy
             .idle
             .wait_timeout_while(n, ANSWER_GRACE, |n| *n > 0);
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
