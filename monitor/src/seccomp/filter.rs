@@ -54,6 +54,11 @@ pub fn verdicts(list: &[Allowed]) -> Result<BTreeMap<u32, Verdict>, SeccompError
     let mut map: BTreeMap<u32, Verdict> = BTreeMap::new();
     for a in list {
         let nr = u32::try_from(a.sys.nr).map_err(|_| compile_err("a negative call number"))?;
+        if let Args::Only { arg, .. } = &a.args {
+            if *arg >= 6 {
+                return Err(compile_err("a call filtered on an argument past the sixth"));
+            }
+        }
         let v = match &a.args {
             Args::Any => Verdict::Any,
             Args::Ioctl(list) => Verdict::Only {
@@ -204,7 +209,13 @@ fn layout(ops: Vec<Op>, map: &BTreeMap<u32, Verdict>) -> Result<BpfProgram, Secc
         pc += size(op);
     }
     let target = |l: Label| -> Result<usize, SeccompError> {
-        let k = key(l).unwrap_or((0, 0)); // a call allowed outright
+        let k = match (key(l), l) {
+            (Some(k), _) => k,
+            // A call allowed with any arguments goes to the shared ALLOW;
+            // anything else unresolved is a compiler bug: fail closed.
+            (None, Label::Leaf(nr)) if map.get(&nr) == Some(&Verdict::Any) => (0, 0),
+            (None, _) => return Err(compile_err("a jump to a call not on the list")),
+        };
         at.get(&k)
             .copied()
             .ok_or_else(|| compile_err("a jump to nowhere"))
@@ -242,7 +253,8 @@ fn layout(ops: Vec<Op>, map: &BTreeMap<u32, Verdict>) -> Result<BpfProgram, Secc
             Op::JeqAllowLocal(k, skip) => prog.push(ins(JEQ, skip, 0, k)),
         }
     }
-    if prog.len() > usize::from(u16::MAX) {
+    // The kernel's limit (BPF_MAXINSNS).
+    if prog.len() > 4096 {
         return Err(compile_err("the program is too long"));
     }
     Ok(prog)
