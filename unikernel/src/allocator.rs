@@ -34,32 +34,33 @@ static HEAP: GrowingHeap = GrowingHeap {
 static HEAP_END: AtomicU64 = AtomicU64::new(0);
 
 /// The part of the boot-time heap not yet handed to the allocator:
-/// `[BOOT_NEXT, BOOT_END)`, and where it started (only touched under the
-/// heap lock).
-static BOOT_START: AtomicU64 = AtomicU64::new(0);
+/// `[BOOT_NEXT, BOOT_END)` (only touched under the heap lock).
 static BOOT_NEXT: AtomicU64 = AtomicU64::new(0);
 static BOOT_END: AtomicU64 = AtomicU64::new(0);
 
-/// The first piece of the boot-time heap handed over; later pieces double.
-const FIRST_PIECE: u64 = 64 << 10;
-
-/// Hands the allocator the next piece of the boot-time heap, big enough to
-/// hold a `block`-aligned block of `block` bytes if that much is left;
-/// `false` when nothing is left.
+/// Hands the allocator the next blocks of the boot-time heap, the ones it
+/// would have cut the whole range into (the largest power of two aligned
+/// at the cursor that fits), until one of at least `block` bytes is in or
+/// nothing is left; `false` when nothing was left. Each block costs the
+/// allocator one free-list node: one page touched.
 fn take_boot(h: &mut Heap<33>, block: u64) -> bool {
-    let (next, end) = (BOOT_NEXT.load(Relaxed), BOOT_END.load(Relaxed));
+    let (mut next, end) = (BOOT_NEXT.load(Relaxed), BOOT_END.load(Relaxed));
     if next >= end {
         return false;
     }
-    let handed = next - BOOT_START.load(Relaxed);
-    let piece = FIRST_PIECE
-        .max(block.saturating_mul(2))
-        .max(handed)
-        .min(end - next);
-    BOOT_NEXT.store(next + piece, Relaxed);
-    // SAFETY: the monitor mapped the boot-time heap read/write for the
-    // guest, and each piece is handed over once.
-    unsafe { h.add_to_heap(next as usize, (next + piece) as usize) };
+    while next < end {
+        let aligned = 1u64 << next.trailing_zeros().min(63);
+        let fits = 1u64 << (63 - (end - next).leading_zeros());
+        let size = aligned.min(fits);
+        // SAFETY: the monitor mapped the boot-time heap read/write for the
+        // guest, and each block is handed over once.
+        unsafe { h.add_to_heap(next as usize, (next + size) as usize) };
+        next += size;
+        if size >= block {
+            break;
+        }
+    }
+    BOOT_NEXT.store(next, Relaxed);
     true
 }
 
@@ -78,7 +79,6 @@ fn grow_aligned(size: u64) -> Result<(u64, u64), duet_abi::hypercall::Error> {
 pub(crate) fn init(bi: &BootInfo) {
     let _h = HEAP.heap.lock();
     let (start, end) = (bi.heap_start.0, bi.heap_start.0 + bi.heap_size);
-    BOOT_START.store(start, Relaxed);
     BOOT_NEXT.store(start, Relaxed);
     BOOT_END.store(end, Relaxed);
     HEAP_END.store(end, Relaxed);
