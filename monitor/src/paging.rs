@@ -20,7 +20,9 @@ const PS: u64 = 1 << 7;
 /// write them back, a first read of a writable page can map it writable at
 /// once instead of faulting again on the first write, and KVM prefetches
 /// neighbouring entries only when their accessed bit is set. Nothing in the
-/// monitor reads them (dirty tracking is KVM's dirty log).
+/// monitor reads them (dirty tracking is KVM's dirty log). The price: while
+/// a migration logs dirty pages, a writable page the guest first only reads
+/// is mapped writable and so counted dirty, and sent once more.
 const A: u64 = 1 << 5;
 const D: u64 = 1 << 6;
 const NX: u64 = 1 << 63;
