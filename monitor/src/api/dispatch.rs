@@ -43,6 +43,9 @@ pub fn serve(ctl: &Arc<Control>, req: Request, out: &mut (impl std::io::Write + 
 /// connection's thread (the vCPU thread's list has no sockets to listen on
 /// nor threads to start); the vCPU thread only takes the link.
 fn gdb(ctl: &Arc<Control>, addr: &str) -> Result<Response, Exited> {
+    if let Err(e) = numeric(addr) {
+        return Ok(e);
+    }
     if let Some(at) = ctl.on_vcpu(debug::served)? {
         return Ok(Response::err(debug::DebugError::Served(at).to_string()));
     }
@@ -87,12 +90,26 @@ fn snapshot(vmm: &mut Vmm, dir: PathBuf) -> Response {
     }
 }
 
+/// Refuses an address that is not numeric: this thread's seccomp list has
+/// no name lookups (`duet ctl` resolves names before it asks).
+fn numeric(addr: &str) -> Result<(), Response> {
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(_) => Ok(()),
+        Err(_) => Err(Response::err(format!(
+            "`{addr}` is not a numeric ADDR:PORT; give one such as 10.0.0.2:4444 (duet ctl resolves host names itself)"
+        ))),
+    }
+}
+
 /// Runs a migration, writing one `{"progress":{...}}` line per round.
 fn migrate(
     ctl: &Control,
     req: &MigrateRequest,
     out: &mut (impl std::io::Write + Send),
 ) -> Response {
+    if let Err(e) = numeric(&req.addr) {
+        return e;
+    }
     // GDB's breakpoints live in the guest's text, which is about to be
     // copied page by page while the guest runs: not under a debugger.
     if ctl.on_vcpu(debug::attached) == Ok(true) {
