@@ -43,7 +43,7 @@ pub fn serve(ctl: &Arc<Control>, req: Request, out: &mut (impl std::io::Write + 
 /// connection's thread (the vCPU thread's list has no sockets to listen on
 /// nor threads to start); the vCPU thread only takes the link.
 fn gdb(ctl: &Arc<Control>, addr: &str) -> Result<Response, Exited> {
-    if let Err(e) = numeric(addr) {
+    if let Some(e) = not_numeric(addr) {
         return Ok(e);
     }
     if let Some(at) = ctl.on_vcpu(debug::served)? {
@@ -92,13 +92,12 @@ fn snapshot(vmm: &mut Vmm, dir: PathBuf) -> Response {
 
 /// Refuses an address that is not numeric: this thread's seccomp list has
 /// no name lookups (`duet ctl` resolves names before it asks).
-fn numeric(addr: &str) -> Result<(), Response> {
-    match addr.parse::<std::net::SocketAddr>() {
-        Ok(_) => Ok(()),
-        Err(_) => Err(Response::err(format!(
+fn not_numeric(addr: &str) -> Option<Response> {
+    addr.parse::<std::net::SocketAddr>().is_err().then(|| {
+        Response::err(format!(
             "`{addr}` is not a numeric ADDR:PORT; give one such as 10.0.0.2:4444 (duet ctl resolves host names itself)"
-        ))),
-    }
+        ))
+    })
 }
 
 /// Runs a migration, writing one `{"progress":{...}}` line per round.
@@ -107,7 +106,7 @@ fn migrate(
     req: &MigrateRequest,
     out: &mut (impl std::io::Write + Send),
 ) -> Response {
-    if let Err(e) = numeric(&req.addr) {
+    if let Some(e) = not_numeric(&req.addr) {
         return e;
     }
     // GDB's breakpoints live in the guest's text, which is about to be
