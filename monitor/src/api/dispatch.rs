@@ -43,9 +43,6 @@ pub fn serve(ctl: &Arc<Control>, req: Request, out: &mut (impl std::io::Write + 
 /// connection's thread (the vCPU thread's list has no sockets to listen on
 /// nor threads to start); the vCPU thread only takes the link.
 fn gdb(ctl: &Arc<Control>, addr: &str) -> Result<Response, Exited> {
-    if let Some(e) = not_numeric(addr) {
-        return Ok(e);
-    }
     if let Some(at) = ctl.on_vcpu(debug::served)? {
         return Ok(Response::err(debug::DebugError::Served(at).to_string()));
     }
@@ -90,8 +87,9 @@ fn snapshot(vmm: &mut Vmm, dir: PathBuf) -> Response {
     }
 }
 
-/// Refuses an address that is not numeric: this thread's seccomp list has
-/// no name lookups (`duet ctl` resolves names before it asks).
+/// Refuses a migration destination that is not numeric: the migration
+/// thread's seccomp list has no name lookups (`duet ctl` resolves names
+/// before it asks).
 fn not_numeric(addr: &str) -> Option<Response> {
     addr.parse::<std::net::SocketAddr>().is_err().then(|| {
         Response::err(format!(

@@ -129,24 +129,30 @@ pub fn parse_clones(s: &str) -> Result<u32, String> {
     }
 }
 
-/// `ADDR:PORT` (`--incoming`, `ctl ... migrate`, `ctl ... gdb`): a host
-/// name is resolved here, in the command-line process, so the monitor's
-/// threads (whose seccomp lists have no name lookups) only see numbers.
+/// `ADDR:PORT` to listen on (`--gdb`, `ctl ... gdb`): checked for shape
+/// here; the listener takes numeric addresses only (that address only).
 pub fn parse_addr(s: &str) -> Result<String, String> {
-    use std::net::ToSocketAddrs;
     let port = s.rsplit_once(':').map(|(host, port)| (host.trim(), port));
     match port {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-            match s.to_socket_addrs().map(|mut a| a.next()) {
-                Ok(Some(a)) => Ok(a.to_string()),
-                Ok(None) => Err(format!("`{host}` has no address; give a numeric one")),
-                Err(e) => Err(format!(
-                    "cannot resolve `{host}`: {e}; give a numeric address"
-                )),
-            }
-        }
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.to_string()),
         _ => Err(format!(
             "`{s}` is not ADDR:PORT (e.g. 10.0.0.2:4444, [::1]:4444 or 0.0.0.0:4444)"
+        )),
+    }
+}
+
+/// `ADDR:PORT` to connect to (`ctl ... migrate`): a host name is resolved
+/// here, in the command-line process, so the monitor's threads (whose
+/// seccomp lists have no name lookups) only see numbers.
+pub fn parse_dest(s: &str) -> Result<String, String> {
+    use std::net::ToSocketAddrs;
+    let shaped = parse_addr(s)?;
+    let host = shaped.rsplit_once(':').map_or("", |(h, _)| h.trim());
+    match shaped.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(a)) => Ok(a.to_string()),
+        Ok(None) => Err(format!("`{host}` has no address; give a numeric one")),
+        Err(e) => Err(format!(
+            "cannot resolve `{host}`: {e}; give a numeric address"
         )),
     }
 }
@@ -164,7 +170,7 @@ mod tests {
         assert!(parse_clones("0").is_err());
         assert!(parse_clones("-2").is_err());
         assert!(parse_addr("10.0.0.2:4444").is_ok());
-        let named = parse_addr("localhost:4444").unwrap();
+        let named = parse_dest("localhost:4444").unwrap();
         assert!(named.parse::<std::net::SocketAddr>().is_ok(), "{named}");
         assert!(parse_addr("[::1]:4444").is_ok());
         assert!(parse_addr("10.0.0.2").is_err());

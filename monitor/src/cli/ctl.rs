@@ -1,7 +1,7 @@
 //! `duet ctl SOCKET ...`: one request to a running monitor's control
 //! socket (docs/api.md), printed as the monitor answered it.
 
-use super::args::parse_addr;
+use super::args::{parse_addr, parse_dest};
 use anyhow::bail;
 use duet_monitor::api::{self, Request, Response};
 use duet_monitor::migration::{MigrateRequest, Progress, Summary};
@@ -24,8 +24,8 @@ pub enum CtlCmd {
     },
     /// Live-migrate the guest to `duet run --incoming ADDR:PORT`; exits 0 once it runs there.
     Migrate {
-        /// The destination.
-        #[arg(value_name = "ADDR:PORT", value_parser = parse_addr)]
+        /// The destination (a host name is resolved here).
+        #[arg(value_name = "ADDR:PORT", value_parser = parse_dest)]
         addr: String,
         /// The key shared with the destination.
         #[arg(long, value_name = "KEY")]
