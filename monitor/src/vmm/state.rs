@@ -291,6 +291,8 @@ mod tests {
             assert!(e.to_string().contains("writable ranges"), "{e}");
         }
         // The rebuild the fuzz target runs (its own check included).
-        crate::fuzzing::snapshot::restore(&spec(None).sections().encode());
+        assert!(crate::fuzzing::snapshot::restore(
+            &spec(None).sections().encode()
+        ));
     }
 }

@@ -23,8 +23,10 @@ use arbitrary::Arbitrary;
 use std::time::Instant;
 
 mod spec;
+mod tweaks;
 
-pub use spec::{sample, sample_image, Device, HeapRecord, Queue, Spec};
+pub use spec::{sample, sample_cpu, sample_image, Device, HeapRecord, Queue, Spec};
+pub use tweaks::{PageQueue, Tweaks};
 
 /// Largest guest the harness maps (bigger sizes take the same paths).
 const MAX_MAPPED: u64 = 64 << 20;
@@ -39,6 +41,8 @@ pub enum Input {
     /// A state built from a description, sections then patched (with
     /// good checksums again).
     State(Box<Spec>, Vec<(u8, u16, u8)>),
+    /// The good [`sample`] state with changes, then patched likewise.
+    Sample(Box<Tweaks>, Vec<(u8, u16, u8)>),
 }
 
 /// The state file's bytes for `input`.
@@ -62,19 +66,23 @@ pub fn bytes(input: &Input) -> Vec<u8> {
                 .collect(),
         }
         .encode(),
-        Input::State(spec, patches) => {
-            let mut f = spec.sections();
-            for &(sec, at, v) in patches {
-                let n = f.sections.len();
-                let payload = &mut f.sections[usize::from(sec) % n].1;
-                if !payload.is_empty() {
-                    let len = payload.len();
-                    payload[usize::from(at) % len] = v;
-                }
-            }
-            f.encode()
+        Input::State(spec, patches) => patched(spec, patches),
+        Input::Sample(t, patches) => patched(&t.spec(), patches),
+    }
+}
+
+/// `spec`'s state file with its sections patched (checksums made good).
+fn patched(spec: &Spec, patches: &[(u8, u16, u8)]) -> Vec<u8> {
+    let mut f = spec.sections();
+    for &(sec, at, v) in patches {
+        let n = f.sections.len();
+        let payload = &mut f.sections[usize::from(sec) % n].1;
+        if !payload.is_empty() {
+            let len = payload.len();
+            payload[usize::from(at) % len] = v;
         }
     }
+    f.encode()
 }
 
 /// Decodes and checks a state file, and rebuilds from it what
@@ -83,20 +91,20 @@ pub fn run(input: &Input) {
     restore(&bytes(input));
 }
 
-/// [`run`] on bytes.
-pub fn restore(bytes: &[u8]) {
+/// [`run`] on bytes; whether the state passed every check and rebuilt.
+pub fn restore(bytes: &[u8]) -> bool {
     // `Snapshot::open`.
     let Ok(file) = StateFile::decode(bytes, "fuzz") else {
-        return;
+        return false;
     };
     let Ok(index) = file.get::<MemIndex>(Tag::MemoryIndex) else {
-        return;
+        return false;
     };
     let Ok(mut st) = file.to_state() else {
-        return;
+        return false;
     };
     if index.size != st.memory.size {
-        return;
+        return false;
     }
     // `memfile::map`, for a memory file holding what the index says.
     let pages = index
@@ -106,10 +114,10 @@ pub fn restore(bytes: &[u8]) {
     let _ = memfile::validate_index(&index, st.memory.size, pages);
     // Devices come back as `relocate` leaves them.
     let Ok(devices) = relocate(std::mem::take(&mut st.devices), &[], &[]) else {
-        return;
+        return false;
     };
     st.devices = devices;
-    rebuild(&st);
+    rebuild(&st)
 }
 
 /// `Vmm::assemble` up to KVM, on a state that passed `Snapshot::open`;

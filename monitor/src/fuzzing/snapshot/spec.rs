@@ -149,6 +149,12 @@ pub fn sample(fixed: Option<&[(u64, u64)]>) -> Spec {
     }
 }
 
+/// The CPU a described vCPU reports (vendor, features), as a source's
+/// Hello names it.
+pub fn sample_cpu() -> ([u8; 12], [u32; 6]) {
+    crate::compat::signature(&vcpu(None).cpuid)
+}
+
 fn vcpu(tsc: Option<u64>) -> VcpuState {
     let leaf = |function, ebx, ecx, edx| kvm_cpuid_entry2 {
         function,
