@@ -198,3 +198,22 @@ fn a_sealed_session_reaches_the_rebuild_and_tampering_is_refused() {
     let e = session(&d(Tamper::None, false)).unwrap_err();
     assert!(matches!(e, MigrateError::Rejected(_)), "{e}");
 }
+
+/// The Sample input starts from a good state: with a virtio disk whose
+/// rings sit on heap pages it passes the checks and reaches the rebuild;
+/// a heap ending past its limit does not.
+#[test]
+fn the_sample_input_reaches_the_rebuild() {
+    use super::snapshot::{bytes, restore, Input, Tweaks};
+    let t = |heap| Tweaks {
+        heap,
+        protect: vec![(1, 2, true)],
+        clock: None,
+        tsc: None,
+        virtio: vec![(15, vec![(8, 4, 5, 6, 0, 0)])],
+        devices: vec![],
+    };
+    let sample = |h| bytes(&Input::Sample(Box::new(t(h)), vec![]));
+    assert!(restore(&sample(None)));
+    assert!(!restore(&sample(Some((32, 16)))));
+}

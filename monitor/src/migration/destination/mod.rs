@@ -4,17 +4,15 @@
 //! that drops everything: nothing was run.
 
 use super::protocol::{self, Kind};
-use super::session::{Role, Session, Transcript};
+use super::session::Session;
 use super::{wall_ns, MigrateError};
 use crate::devices::block::DiskSpec;
 use crate::devices::net::NetConfig;
 use crate::devices::{relocate, Devices, Reattach};
 use crate::memory::GuestMem;
 use crate::persist::Persist;
-use crate::statefile::StateFile;
 use crate::vm::Vm;
 use crate::vmm::{Control, Parts, Vmm};
-use duet_abi::{Gpa, PAGE_SIZE};
 use kvm_ioctls::Kvm;
 use std::io::BufReader;
 use std::net::{TcpListener, TcpStream};
@@ -23,9 +21,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod handshake;
 mod hello;
+mod precopy;
 
+pub(crate) use handshake::handshake;
 use hello::{compatible, open_copies};
+pub(crate) use precopy::{precopy, state_of, Landing};
 
 /// Socket timeout while receiving (the source may pause between rounds).
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -150,37 +152,8 @@ fn receive(
     #[cfg(not(feature = "test-hooks"))]
     let hook: Option<String> = None;
     // Handshake: prove we hold the key, make the source prove it, then check.
-    let mut t = Transcript::default();
-    let hello: protocol::Hello = t.recv(s)?.expect(Kind::Hello)?.decode()?;
-    if hello.magic != protocol::MAGIC || hello.protocol != protocol::PROTOCOL_VERSION {
-        return Err(refuse(format!(
-            "migration protocol version {} is not this duet's {}",
-            hello.protocol,
-            protocol::PROTOCOL_VERSION
-        )));
-    }
-    let nonce = protocol::nonce();
-    let ch = protocol::Challenge {
-        nonce,
-        mac: protocol::mac(key, b"dst", &t.hash(), &nonce),
-    };
-    t.send(s, Kind::Challenge, &ch)?;
-    let after_challenge = t.hash();
-    let auth: protocol::Auth = t.recv(s)?.expect(Kind::Auth)?.decode()?;
-    // The proof covers the Hello: nothing in it is acted on before this.
-    if !protocol::verify(key, b"src", &after_challenge, &[], &auth.mac) {
-        return Err(refuse(
-            "the source does not hold the migration key (check --migration-key-file on both sides), or the handshake was altered on the way"
-                .into(),
-        ));
-    }
-    let sess = session.insert(Session::new(
-        key,
-        Role::Destination,
-        &hello.nonce,
-        &nonce,
-        &t.hash(),
-    ));
+    let (hello, sess) = handshake(s, key, protocol::nonce())?;
+    let sess = session.insert(sess);
     if let Err(why) = compatible(&kvm, &hello, disks, nets) {
         return Err(refuse(format!("incompatible: {why}")));
     }
@@ -198,79 +171,30 @@ fn receive(
 
     // Pre-copy and stop: pages until the state arrives.
     let mem = GuestMem::new(hello.mem_size).map_err(state_err)?;
-    let pages = hello.mem_size / PAGE_SIZE;
-    let mut blob = Vec::new();
     let mut r = BufReader::with_capacity(1 << 20, s.try_clone().map_err(MigrateError::Connection)?);
-    let mut spare = Vec::new();
-    let zero_page = [0u8; PAGE_SIZE as usize];
-    let end: protocol::StateEnd = loop {
-        let f = sess.read_into(&mut r, std::mem::take(&mut spare))?;
-        match f.kind {
-            Kind::Pages | Kind::ZeroPages => {
-                let zero = f.kind == Kind::ZeroPages;
-                let (first, count, data) = protocol::decode_pages(&f.payload, pages, zero)?;
-                if zero {
-                    for p in first..first + count {
-                        mem.write_bytes(Gpa(p * PAGE_SIZE), &zero_page)
-                            .map_err(state_err)?;
-                    }
-                } else {
-                    mem.write_bytes(Gpa(first * PAGE_SIZE), data)
-                        .map_err(state_err)?;
-                }
-                spare = f.payload;
-            }
-            Kind::Disk | Kind::DiskZero => {
-                let zero = f.kind == Kind::DiskZero;
-                let (i, offset, len, data) = protocol::decode_disk(&f.payload, &capacities, zero)?;
-                let file = &copies[i].0;
-                let w = if zero {
-                    let z = vec![0u8; len as usize];
-                    file.write_all_at(&z, offset)
-                } else {
-                    file.write_all_at(data, offset)
-                };
-                w.map_err(|e| MigrateError::State(format!("writing disk copy {i}: {e}")))?;
-                spare = f.payload;
-            }
-            Kind::State => {
-                if blob.len() as u64 + f.payload.len() as u64 > protocol::MAX_STATE {
-                    return Err(MigrateError::Protocol("guest state too large".into()));
-                }
-                blob.extend_from_slice(&f.payload);
-            }
-            Kind::StateEnd => break f.decode()?,
-            Kind::Sync => {
-                if hook.as_deref() == Some("crash") {
-                    log::error!("DUET_MIGRATE_DEST_FAIL=crash: aborting (test hook)");
-                    std::process::abort();
-                }
-                sess.write(s, Kind::SyncAck, &[])?
-            }
-            _ => {
-                f.expect(Kind::StateEnd)?;
-            }
+    let mut disk = |i: usize, offset: u64, data: Option<&[u8]>, len: u64| {
+        let file: &std::fs::File = &copies[i].0;
+        let w = match data {
+            Some(d) => file.write_all_at(d, offset),
+            None => file.write_all_at(&vec![0u8; len as usize], offset),
+        };
+        w.map_err(|e| MigrateError::State(format!("writing disk copy {i}: {e}")))
+    };
+    let mut on_sync = || {
+        if hook.as_deref() == Some("crash") {
+            log::error!("DUET_MIGRATE_DEST_FAIL=crash: aborting (test hook)");
+            std::process::abort();
         }
     };
+    let landing = Landing {
+        mem: &mem,
+        capacities: &capacities,
+        disk: &mut disk,
+        on_sync: &mut on_sync,
+    };
+    let (end, blob) = precopy(sess, &mut r, s, landing)?;
     let loaded_at = Instant::now();
-    if end.len != blob.len() as u64 || end.crc != crc32fast::hash(&blob) {
-        return Err(MigrateError::Protocol(
-            "guest state length or checksum mismatch".into(),
-        ));
-    }
-    let file = StateFile::decode(&blob, "the incoming state").map_err(state_err)?;
-    let h = &file.header;
-    if (h.abi_version, h.vendor, h.features, h.tsc_khz)
-        != (hello.abi, hello.vendor, hello.features, hello.tsc_khz)
-    {
-        return Err(MigrateError::Protocol(
-            "the state disagrees with the hello".into(),
-        ));
-    }
-    let mut state = file.to_state().map_err(state_err)?;
-    if state.memory.size != hello.mem_size {
-        return Err(MigrateError::Protocol("the memory state is invalid".into()));
-    }
+    let mut state = state_of(&end, &blob, &hello)?;
     // The pages are in: give the memory its writable ranges (checked).
     let mem =
         GuestMem::restore(crate::memory::Backing::Filled(mem), &state.memory).map_err(state_err)?;
