@@ -5,7 +5,7 @@
 //! The violations are real: the monitor under test (built with the
 //! `test-hooks` feature, as `cargo xtask test` builds it) makes the thread
 //! named by `DUET_TEST_SECCOMP_PROBE` call `execve` right after its filter
-//! is in.
+//! is in. Every list has its probe here.
 
 use duet_tests::{duet, duet_cmd, image, run_cmd, status, temp_dir, Output};
 use std::time::Duration;
@@ -127,6 +127,34 @@ fn a_migration_sender_is_confined_and_the_guest_s_monitor_stops() {
     assert_ne!(ctl.status, Some(0), "{ctl:#?}");
     expect_stopped(&finish(child), "migration");
     std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn the_clones_parent_is_confined_once_its_clones_run() {
+    let store = temp_dir("seccomp-clones");
+    let st = store.to_str().unwrap();
+    let img = image("counter");
+    duet(&[
+        "template",
+        "create",
+        "cnt",
+        img.to_str().unwrap(),
+        "--store",
+        st,
+        "--",
+        "3",
+        "20",
+    ])
+    .expect_status(0);
+    // The parent installs its list after the last clone started; each
+    // clone (its own process, the same variable) runs under the vCPU and
+    // main lists, where the probe names another thread.
+    let child = probed(
+        "clones",
+        &["run", "--template", "cnt", "--store", st, "--clones", "2"],
+    );
+    expect_stopped(&finish(child), "clones");
+    std::fs::remove_dir_all(&store).unwrap();
 }
 
 #[test]
