@@ -10,8 +10,10 @@
 //!
 //! `DUET_BENCH_MIGRATE_BASELINE=PATH` also measures another `duet` binary
 //! (say, one built from an older commit) in the same run, interleaved with
-//! this one, its rows marked `[baseline]`: before/after figures under the
-//! same load.
+//! this one, its rows marked `[baseline]`, with a row per configuration
+//! comparing the two: before/after figures under the same load.
+//! `DUET_BENCH_MIGRATE_BASELINE_IMAGES=DIR` gives that binary its own
+//! example images (an older monitor cannot boot images of a newer ABI).
 
 use super::progress::Progress;
 use super::stats::median;
@@ -21,6 +23,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The mark on the baseline binary's rows.
+const BASELINE: &str = " [baseline]";
 
 /// The workloads: a name, the example app and its arguments (`MEMHALF` is
 /// replaced by half of guest memory in MiB).
@@ -210,9 +215,19 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
             b.display()
         );
     }
-    let bins: Vec<(&str, PathBuf)> = std::iter::once(("", ctx.duet.clone()))
-        .chain(baseline.map(|b| (" [baseline]", b)))
-        .collect();
+    let baseline_images = std::env::var_os("DUET_BENCH_MIGRATE_BASELINE_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ctx.images.clone());
+    if !baseline_images.is_dir() {
+        bail!(
+            "DUET_BENCH_MIGRATE_BASELINE_IMAGES={}: no such directory; give the baseline's examples directory",
+            baseline_images.display()
+        );
+    }
+    let bins: Vec<(&str, PathBuf, PathBuf)> =
+        std::iter::once(("", ctx.duet.clone(), ctx.images.clone()))
+            .chain(baseline.map(|b| (BASELINE, b, baseline_images)))
+            .collect();
     let total = reps * mems.len() * loads.len() * bins.len();
     let p = Progress::new("migrate: loopback migrations", total);
     // Each migration's floor (its bytes over loopback) is measured right
@@ -221,7 +236,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
     let mut n = 0;
     for _ in 0..reps {
         for mem in mems {
-            for ((name, app, args), (tag, bin)) in
+            for ((name, app, args), (tag, bin, images)) in
                 loads.iter().flat_map(|l| bins.iter().map(move |b| (l, b)))
             {
                 n += 1;
@@ -230,7 +245,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
                     .iter()
                     .map(|a| if *a == "MEMHALF" { q.as_str() } else { a })
                     .collect();
-                let line = one(bin, &ctx.images, mem, app, &args, &key, n as u32);
+                let line = one(bin, images, mem, app, &args, &key, n as u32);
                 let s = line.and_then(|l| parse(&l)).and_then(|s| {
                     let bytes = ((s.mib * 1048576.0) as u64).max(1 << 20);
                     Ok((s, loopback_secs(bytes)? * 1e3))
@@ -248,7 +263,21 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
         }
     }
     let _ = std::fs::remove_file(&key);
+    let total_of =
+        |v: &[(Summary, f64)]| median(&v.iter().map(|(s, _)| s.total_ms).collect::<Vec<_>>());
     let mut rows = Vec::new();
+    // This duet against the baseline, where both ran.
+    for (label, v) in results.iter().filter(|(l, _)| !l.ends_with(BASELINE)) {
+        let base = format!("{label}{BASELINE}");
+        if let Some((_, b)) = results.iter().find(|(l, _)| *l == base) {
+            rows.push(Row::vs(
+                format!("migrate {label}: total time, this duet (floor = the baseline binary, interleaved)"),
+                total_of(v),
+                total_of(b),
+                "ms",
+            ));
+        }
+    }
     for (label, v) in results {
         let med = |f: fn(&Summary) -> f64| median(&v.iter().map(|(s, _)| f(s)).collect::<Vec<_>>());
         let mib_sent = med(|s| s.mib);
