@@ -164,9 +164,54 @@ fn the_virtio_steps_reach_the_disk() {
 /// without the key, is refused.
 #[test]
 fn a_sealed_session_reaches_the_rebuild_and_tampering_is_refused() {
-    use super::migration::{session, Described, FrameSpec, HelloSpec, Payload, Tamper};
+    use super::migration::{session, Payload, Tamper};
     use crate::migration::MigrateError;
-    let d = |t, auth| Described {
+    let d = |t, auth| {
+        described(
+            t,
+            auth,
+            Payload::State(Box::new(super::snapshot::sample(None))),
+        )
+    };
+    session(&d(Tamper::None, true)).unwrap();
+    let e = session(&d(Tamper::Byte(40, 1), true)).unwrap_err();
+    assert!(matches!(e, MigrateError::Integrity(_)), "{e}");
+    let e = session(&d(Tamper::None, false)).unwrap_err();
+    assert!(matches!(e, MigrateError::Rejected(_)), "{e}");
+    // A dropped frame: the next one arrives out of turn.
+    let e = session(&d(Tamper::Drop, true)).unwrap_err();
+    assert!(matches!(e, MigrateError::Integrity(_)), "{e}");
+    // The sample state with changes reaches the rebuild too.
+    let t = super::snapshot::Tweaks {
+        heap: None,
+        protect: vec![(2, 1, false)],
+        clock: None,
+        tsc: None,
+        virtio: vec![],
+        devices: vec![],
+    };
+    session(&described(Tamper::None, true, Payload::Sample(Box::new(t)))).unwrap();
+    // A state whose CPU is not the one the Hello named.
+    let mut other = super::snapshot::sample(None);
+    other.same_cpu = false;
+    let e = session(&described(
+        Tamper::None,
+        true,
+        Payload::State(Box::new(other)),
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("disagrees with the hello"), "{e}");
+}
+
+/// A session of a page run, a state frame (tampered with as `t`) and an
+/// honest end; the source proves the key when `auth`.
+fn described(
+    t: super::migration::Tamper,
+    auth: bool,
+    state: super::migration::Payload,
+) -> super::migration::Described {
+    use super::migration::{Described, FrameSpec, HelloSpec, Payload, Tamper};
+    Described {
         hello: HelloSpec {
             current: true,
             mem: Ok(8),
@@ -182,7 +227,7 @@ fn a_sealed_session_reaches_the_rebuild_and_tampering_is_refused() {
             },
             FrameSpec {
                 kind: None,
-                payload: Payload::State(Box::new(super::snapshot::sample(None))),
+                payload: state,
                 tamper: t,
             },
             FrameSpec {
@@ -191,12 +236,7 @@ fn a_sealed_session_reaches_the_rebuild_and_tampering_is_refused() {
                 tamper: Tamper::None,
             },
         ],
-    };
-    session(&d(Tamper::None, true)).unwrap();
-    let e = session(&d(Tamper::Byte(40, 1), true)).unwrap_err();
-    assert!(matches!(e, MigrateError::Integrity(_)), "{e}");
-    let e = session(&d(Tamper::None, false)).unwrap_err();
-    assert!(matches!(e, MigrateError::Rejected(_)), "{e}");
+    }
 }
 
 /// The Sample input starts from a good state: with a virtio disk whose

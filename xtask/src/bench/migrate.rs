@@ -215,12 +215,17 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
             b.display()
         );
     }
-    let baseline_images = std::env::var_os("DUET_BENCH_MIGRATE_BASELINE_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ctx.images.clone());
-    if !baseline_images.is_dir() {
+    let baseline_images = std::env::var_os("DUET_BENCH_MIGRATE_BASELINE_IMAGES").map(PathBuf::from);
+    if baseline.is_none() && baseline_images.is_some() {
+        bail!("DUET_BENCH_MIGRATE_BASELINE_IMAGES is set without DUET_BENCH_MIGRATE_BASELINE: give the baseline `duet` binary too, or unset it");
+    }
+    let baseline_images = baseline_images.unwrap_or_else(|| ctx.images.clone());
+    if let Some(app) = ["counter", "dirty"]
+        .into_iter()
+        .find(|a| !baseline_images.join(a).is_file())
+    {
         bail!(
-            "DUET_BENCH_MIGRATE_BASELINE_IMAGES={}: no such directory; give the baseline's examples directory",
+            "DUET_BENCH_MIGRATE_BASELINE_IMAGES={}: no `{app}` image there; give the baseline's examples directory (unikernel/target/x86_64-unknown-none/release/examples of its build)",
             baseline_images.display()
         );
     }

@@ -127,10 +127,16 @@ struct Wire<'a> {
 
 impl Read for Wire<'_> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        if self.at == self.buf.len() {
-            if let Some(src) = self.src.as_mut() {
-                src.step(&mut self.back, &mut self.buf)
-                    .map_err(std::io::Error::other)?;
+        // Steps until something is on the wire: a dropped frame leaves a
+        // gap in the frame numbers for the next one to show, as on a real
+        // link; the end of the source's frames is the end of the stream.
+        while self.at == self.buf.len() {
+            let Some(src) = self.src.as_mut() else { break };
+            if !src
+                .step(&mut self.back, &mut self.buf)
+                .map_err(std::io::Error::other)?
+            {
+                break;
             }
         }
         let n = out.len().min(self.buf.len() - self.at);

@@ -68,12 +68,13 @@ impl<'a> Source<'a> {
 
     /// Answers what the destination wrote to `back` (the Challenge: check
     /// it and prove the key, wrongly unless the session says otherwise), or
-    /// puts the next frame on `wire`; nothing when all are sent.
+    /// puts the next frame on `wire` (which may put nothing there: a
+    /// dropped frame); whether anything was left to do.
     pub(super) fn step(
         &mut self,
         back: &mut Vec<u8>,
         wire: &mut Vec<u8>,
-    ) -> Result<(), MigrateError> {
+    ) -> Result<bool, MigrateError> {
         let Some(session) = self.session.as_mut() else {
             self.t.recv(&mut &back[..])?.expect(Kind::Challenge)?;
             back.clear();
@@ -89,15 +90,16 @@ impl<'a> Source<'a> {
                 &DEST_NONCE,
                 &self.t.hash(),
             ));
-            return Ok(());
+            return Ok(true);
         };
         // Acknowledgements are not looked at.
         back.clear();
-        if let Some(f) = self.d.frames.get(self.next) {
-            self.next += 1;
-            send(session, wire, f, &mut self.state)?;
-        }
-        Ok(())
+        let Some(f) = self.d.frames.get(self.next) else {
+            return Ok(false);
+        };
+        self.next += 1;
+        send(session, wire, f, &mut self.state)?;
+        Ok(true)
     }
 }
 
