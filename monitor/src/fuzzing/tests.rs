@@ -2,7 +2,7 @@
 //! keeps them building and running), and the inputs the fuzz targets
 //! found, as regression tests.
 
-use super::elf::{Body, ElfSpec, ElfType, Header, Seg, Vaddr};
+use super::elf::{Body, ElfSpec, Seg, Vaddr};
 use super::gen::Len;
 use arbitrary::{Arbitrary, Unstructured};
 
@@ -58,19 +58,9 @@ fn text(vaddr: Vaddr, bytes: u16) -> Seg {
 
 fn image(segs: Vec<Seg>, entry: Result<(u8, u16), u64>) -> Vec<u8> {
     ElfSpec {
-        etype: ElfType::Exec,
-        machine: None,
         entry,
         segs,
-        header: Header {
-            present: true,
-            magic: true,
-            version: None,
-            size: None,
-            offset: None,
-        },
-        syms: vec![],
-        patches: vec![],
+        ..super::snapshot::sample_image()
     }
     .build()
 }
