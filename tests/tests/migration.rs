@@ -472,25 +472,38 @@ fn ticks(out: &str) -> Vec<[u64; 4]> {
 fn the_guest_sees_a_new_generation_and_its_clocks_carry_on() {
     let tmp = temp_dir("mig-clock");
     let k = key(&tmp, "key", 6);
-    let (src, sock) = start_source(&tmp, &[], "migrant", &["300", "3000"]);
+    // Ticks enough for minutes: the destination is stopped once it has
+    // shown some, so no timing decides whether any tick lands there.
+    let (src, sock) = start_source(&tmp, &[], "migrant", &["100000", "3000"]);
     src.wait_for("tick 10 ");
     let addr = free_addr();
     let dst = start_dest(&[], &addr, &k, None);
     migrate(&sock, &addr, &k, &[], &[]).expect_status(0);
     let a = src.finish();
     a.expect_status(MIGRATED);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while ticks(&dst.stdout()).iter().filter(|t| t[1] == 1).count() < 5 {
+        assert!(std::time::Instant::now() < deadline, "{}", dst.stdout());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    dst.signal(libc::SIGINT);
     let b = dst.finish();
-    b.expect_status(0).expect_stdout("migrant done");
     let (before, after) = (ticks(&a.stdout), ticks(&b.stdout));
     assert!(before.iter().all(|t| t[1] == 0), "{a:#?}");
+    // The pause can fall between the guest's read of its generation and
+    // the write of that line, so the destination's first line may still
+    // say 0; every later one says 1.
+    let stale = after.iter().take_while(|t| t[1] == 0).count();
+    assert!(stale <= 1, "{b:#?}");
+    let moved = &after[stale..];
     assert!(
-        !after.is_empty() && after.iter().all(|t| t[1] == 1),
+        moved.len() >= 5 && moved.iter().all(|t| t[1] == 1),
         "{b:#?}"
     );
     let all: Vec<[u64; 4]> = before.into_iter().chain(after).collect();
     assert_eq!(
         all.iter().map(|t| t[0]).collect::<Vec<_>>(),
-        (0..300).collect::<Vec<_>>()
+        (0..all.len() as u64).collect::<Vec<_>>()
     );
     // Monotonic time never goes back, across the move included.
     assert!(all.windows(2).all(|w| w[1][2] >= w[0][2]), "{all:?}");
