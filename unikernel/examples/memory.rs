@@ -103,7 +103,7 @@ fn main() -> i32 {
         }
         "refusals" => {
             let heap = bi.heap_start.0;
-            let text = duet::rt::_start as *const () as u64 & !0xfff;
+            let text = duet::start::_start as *const () as u64 & !0xfff;
             let clock = bi.clock.0;
             duet::println!("grow-zero -> {:?}", grow(0));
             duet::println!("grow-too-much -> {:?}", grow(bi.mem_size));

@@ -5,7 +5,7 @@
 //! kernel would do (I/O, time, memory mapping) it asks of the monitor through
 //! hypercalls defined in [`duet_abi`].
 //!
-//! Boot order (see [`rt`]): the monitor enters `_start` with the boot info's
+//! Boot order (see `start.rs`): the monitor enters `_start` with the boot info's
 //! address → the ABI version is checked → the heap is set up → the
 //! application's `main` (declared with [`main!`]) runs → its status goes to
 //! the monitor through the exit hypercall.
@@ -36,6 +36,7 @@ pub mod net;
 mod panic;
 pub mod rand;
 pub mod rt;
+pub mod start;
 pub mod time;
 mod vblk;
 pub mod virtio;

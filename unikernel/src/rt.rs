@@ -1,9 +1,11 @@
-//! The entry point and the boot sequence.
+//! The runtime's services to the rest of the library and the app: the boot
+//! info, the TSC, exit and abort. The entry point that sets them up is
+//! [`crate::start`].
 
 use crate::hypercall::{call, call_value};
-use duet_abi::boot::{BootInfo, BOOT_FLAG_TRACE, BOOT_MAGIC};
-use duet_abi::hypercall::{AbortArgs, BootTraceArgs, Hypercall};
-use duet_abi::{Gpa, ABI_VERSION};
+use duet_abi::boot::BootInfo;
+use duet_abi::hypercall::{AbortArgs, Hypercall};
+use duet_abi::Gpa;
 use spin::Once;
 
 static BOOT_INFO: Once<&'static BootInfo> = Once::new();
@@ -13,50 +15,17 @@ pub fn boot_info() -> &'static BootInfo {
     BOOT_INFO.get().expect("boot info read before _start")
 }
 
+/// Records the checked boot info (once, from `_start`).
+pub(crate) fn set_boot_info(bi: &'static BootInfo) {
+    BOOT_INFO.call_once(|| bi);
+}
+
 /// Reads the time-stamp counter (no exit: `rdtsc` runs natively in ring 3).
 #[inline(always)]
 pub fn rdtsc() -> u64 {
     // SAFETY: rdtsc has no side effects; CR4.TSD is clear so it is allowed in
     // ring 3.
     unsafe { core::arch::x86_64::_rdtsc() }
-}
-
-extern "Rust" {
-    /// The application's entry, defined by its `duet::main!`.
-    fn main() -> i32;
-}
-
-/// The image's entry point: the monitor starts the vCPU here in ring 3 with
-/// `rdi` = boot info address and a 16-byte aligned stack.
-///
-/// # Safety
-/// Only the monitor calls this, once, with a valid boot info.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn _start(boot: *const BootInfo) -> ! {
-    let entry_tsc = rdtsc();
-    // Keep the image header reachable so the linker never drops it.
-    // SAFETY: reading a static through a volatile read is always valid.
-    unsafe { core::ptr::read_volatile(&crate::header::HEADER.magic) };
-
-    // SAFETY: the monitor maps the boot info read-only for the guest's whole
-    // life and passes its address here; we check the magic before trusting it.
-    let bi: &'static BootInfo = unsafe { &*boot };
-    if bi.magic != BOOT_MAGIC || bi.abi_version != ABI_VERSION {
-        abort_str("duet: ABI version mismatch between this image and the monitor; rebuild the image against the monitor's duet-abi");
-    }
-    BOOT_INFO.call_once(|| bi);
-    crate::allocator::init(bi);
-
-    if bi.flags & BOOT_FLAG_TRACE != 0 {
-        let mut args = BootTraceArgs {
-            entry_tsc,
-            main_tsc: rdtsc(),
-        };
-        call(Hypercall::BootTrace, &mut args);
-    }
-    // SAFETY: `main` is defined by the application's `duet::main!`.
-    let status = unsafe { main() };
-    exit(status)
 }
 
 /// Flushes the console and ends the guest with `status` (0..=255; the
