@@ -15,25 +15,11 @@ use duet_abi::Gpa;
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
+use super::stats::DeviceStats;
 use super::vnet::VirtioNetDev;
 use crate::hypercall::{call, result};
 
 const BATCH: usize = NET_BATCH_MAX as usize;
-
-/// Counters of one device.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct DeviceStats {
-    /// Frames received.
-    pub rx_frames: u64,
-    /// Frames sent.
-    pub tx_frames: u64,
-    /// Receive hypercalls made (exits).
-    pub rx_calls: u64,
-    /// Send hypercalls made (exits).
-    pub tx_calls: u64,
-    /// Frames the host could not take (queue full) and the stack will resend.
-    pub tx_dropped: u64,
-}
 
 /// Frames waiting to be sent, in reusable buffers.
 pub(crate) struct TxQueue {

@@ -29,13 +29,14 @@
 //! ```
 
 mod device;
+mod stats;
 mod tcp;
 mod udp;
 mod vnet;
 mod wait;
 
-pub use device::DeviceStats;
 pub use smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Address};
+pub use stats::DeviceStats;
 pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;
 

@@ -3,7 +3,7 @@
 //! the device has used them. Frames reach smoltcp without a copy on
 //! receive; on transmit smoltcp writes straight into the posted buffer.
 
-use super::device::DeviceStats;
+use super::stats::DeviceStats;
 use crate::virtio::{self, DuetHal, DuetTransport};
 use alloc::collections::VecDeque;
 use alloc::vec;
