@@ -9,6 +9,7 @@ mod build;
 mod debug;
 mod fuzz;
 mod image;
+mod test;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -136,7 +137,7 @@ fn main() -> Result<()> {
         }
         Cmd::Bench(a) => bench::run(&a),
         Cmd::Fuzz(a) => fuzz::main(&a),
-        Cmd::Test { rest } => build::test(&rest),
+        Cmd::Test { rest } => test::test(&rest),
     }
 }
 

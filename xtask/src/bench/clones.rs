@@ -7,8 +7,7 @@
 
 use super::bars::{BarChart, Panel};
 use super::group::{mem_available_kib, memory, Group};
-use super::snapshot::template;
-use super::stats::median;
+use super::stats::{median, run_capture};
 use super::{Ctx, Progress, Row};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -197,4 +196,26 @@ pub fn run(ctx: &mut Ctx, counter: &Path, tmp: &Path, chart: &mut BarChart) -> R
         ));
     }
     Ok(rows)
+}
+
+/// `duet template create NAME IMAGE --store STORE --mem MEM -- ARGS`.
+pub fn template(
+    ctx: &Ctx,
+    store: &Path,
+    name: &str,
+    image: &Path,
+    mem: &str,
+    args: &[&str],
+) -> Result<()> {
+    run_capture(
+        Command::new(&ctx.duet)
+            .args(["template", "create", name])
+            .arg(image)
+            .arg("--store")
+            .arg(store)
+            .args(["--mem", mem, "--"])
+            .args(args),
+    )
+    .with_context(|| format!("creating template {name}"))?;
+    Ok(())
 }

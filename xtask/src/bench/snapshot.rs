@@ -66,28 +66,6 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// `duet template create NAME IMAGE --store STORE --mem MEM -- ARGS`.
-pub fn template(
-    ctx: &Ctx,
-    store: &Path,
-    name: &str,
-    image: &Path,
-    mem: &str,
-    args: &[&str],
-) -> Result<()> {
-    run_capture(
-        Command::new(&ctx.duet)
-            .args(["template", "create", name])
-            .arg(image)
-            .arg("--store")
-            .arg(store)
-            .args(["--mem", mem, "--"])
-            .args(args),
-    )
-    .with_context(|| format!("creating template {name}"))?;
-    Ok(())
-}
-
 /// A guest running with `--api`, and the snapshot figures taken of it.
 struct Live {
     socket: PathBuf,
@@ -299,7 +277,7 @@ fn restore_vs_boot(
     // One value, no sleep: the same work after the ready point both ways.
     let args = ["1", "0"];
     for (mem, _) in SIZES {
-        template(ctx, &store, &format!("counter-{mem}"), counter, mem, &args)?;
+        clones::template(ctx, &store, &format!("counter-{mem}"), counter, mem, &args)?;
     }
     let cold = |mem: &str| {
         let mut c = Command::new(&ctx.duet);
