@@ -1,6 +1,5 @@
-//! The command table and dispatch, and the string commands. Replies and
-//! errors are worded as redis-server 7 words them, so clients and scripts
-//! see no difference.
+//! The command table and dispatch. Replies and errors are worded as
+//! redis-server 7 words them, so clients and scripts see no difference.
 
 use crate::admin;
 use crate::keys;
@@ -55,7 +54,7 @@ static TABLE: &[Command] = &[
         strings::incr_by(s, a[1], Ok(-1), o)
     }),
     cmd("incrby", 3, WRITE | DENYOOM, |s, a, o| {
-        strings::incr_by(s, a[1], parse_i64(a[2]).ok_or(NOT_INT), o)
+        strings::incr_by(s, a[1], parse_i64(a[2]).ok_or(reply::NOT_INT), o)
     }),
     cmd("decrby", 3, WRITE | DENYOOM, strings::decrby),
     cmd("mget", -2, 0, strings::mget),
@@ -77,18 +76,13 @@ static TABLE: &[Command] = &[
     cmd("flushall", -1, WRITE, keys::flushall),
     cmd("info", -1, 0, admin::info),
     cmd("config", -2, 0, admin::config),
-    cmd("command", -1, 0, admin::command),
+    cmd("command", -1, 0, |s, a, o| admin::command(s, a, o, count())),
     cmd("select", 2, 0, admin::select),
     cmd("bgrewriteaof", 1, 0, admin::bgrewriteaof),
 ];
 
-/// The reply to a value that should be an integer and is not.
-pub const NOT_INT: &str = "ERR value is not an integer or out of range";
-/// The reply to bad options.
-pub const SYNTAX: &str = "ERR syntax error";
-
-/// The names of every command, for `COMMAND COUNT`.
-pub fn count() -> usize {
+/// How many commands the table holds, for `COMMAND COUNT`.
+fn count() -> usize {
     TABLE.len()
 }
 
@@ -96,26 +90,6 @@ fn lookup(name: &[u8]) -> Option<&'static Command> {
     TABLE
         .iter()
         .find(|c| c.name.as_bytes().eq_ignore_ascii_case(name))
-}
-
-/// Appends an error whose text may hold client bytes: Redis turns line
-/// breaks into spaces so the reply stays one line.
-pub fn error_bytes(out: &mut Vec<u8>, msg: &[u8]) {
-    out.push(b'-');
-    out.extend(
-        msg.iter()
-            .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
-    );
-    out.extend_from_slice(b"\r\n");
-}
-
-/// `ERR wrong number of arguments for 'NAME' command`.
-pub fn wrong_arity(out: &mut Vec<u8>, name: &str) {
-    let mut m = Vec::new();
-    m.extend_from_slice(b"ERR wrong number of arguments for '");
-    m.extend_from_slice(name.as_bytes());
-    m.extend_from_slice(b"' command");
-    error_bytes(out, &m);
 }
 
 fn unknown(out: &mut Vec<u8>, args: &[&[u8]]) {
@@ -135,7 +109,7 @@ fn unknown(out: &mut Vec<u8>, args: &[&[u8]]) {
         m.extend_from_slice(b"' ");
         listed += m.len() - before;
     }
-    error_bytes(out, &m);
+    reply::error_bytes(out, &m);
 }
 
 /// Runs one command, appending its reply to `out`.
@@ -155,7 +129,7 @@ fn run(st: &mut State, args: &[&[u8]], out: &mut Vec<u8>) -> After {
     };
     let n = args.len() as i32;
     if (c.arity > 0 && n != c.arity) || n < -c.arity {
-        wrong_arity(out, c.name);
+        reply::wrong_arity(out, c.name);
         return After::Continue;
     }
     if c.flags & WRITE != 0 && !log_room(st, args, out) {

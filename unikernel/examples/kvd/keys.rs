@@ -2,10 +2,9 @@
 //! `TTL`, `PTTL`, `PERSIST`), `TYPE`, `DBSIZE`'s friends `KEYS` and `SCAN`,
 //! and `FLUSHALL`.
 
-use crate::commands::{error_bytes, NOT_INT, SYNTAX};
 use crate::glob;
 use crate::record::Record;
-use crate::reply;
+use crate::reply::{self, error_bytes, NOT_INT, SYNTAX};
 use crate::resp::parse_i64;
 use crate::state::{now_ms, State};
 use alloc::vec::Vec;

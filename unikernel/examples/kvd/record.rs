@@ -22,7 +22,6 @@
 //! over) was chained to a different predecessor, so it does not verify.
 
 use crate::crc::crc32;
-use crate::db::Db;
 use alloc::vec::Vec;
 
 /// Bytes of the record header.
@@ -78,7 +77,7 @@ fn seal(out: &mut [u8], at: usize, prev: u32) -> u32 {
 
 /// The records of a `GROUP` body (after the kind byte), each parsed;
 /// `None` inside the iterator for a malformed one.
-fn members(body: &[u8]) -> impl Iterator<Item = Option<Record<'_>>> {
+pub fn members(body: &[u8]) -> impl Iterator<Item = Option<Record<'_>>> {
     let n = le32(body, 0).unwrap_or(0);
     let mut at = 4;
     (0..n).map(move |_| {
@@ -202,40 +201,6 @@ impl<'a> Record<'a> {
                 Some(Record::Group(&p[1..]))
             }
             _ => None,
-        }
-    }
-
-    /// Replays the record into `db` (a key already past its time is
-    /// dropped, as it would have been by now).
-    pub fn apply(&self, db: &mut Db, now_ms: u64) {
-        match *self {
-            Record::Set {
-                key,
-                value,
-                expire_at,
-            } => {
-                if expire_at != 0 && expire_at <= now_ms {
-                    db.del(key, now_ms);
-                } else {
-                    db.set(key, value.into(), expire_at);
-                }
-            }
-            Record::Del { key } => {
-                db.del(key, now_ms);
-            }
-            Record::Expire { key, at } => {
-                if at != 0 && at <= now_ms {
-                    db.del(key, now_ms);
-                } else {
-                    db.set_expire(key, at, now_ms);
-                }
-            }
-            Record::FlushAll => db.flush(),
-            Record::Group(body) => {
-                for r in members(body).flatten() {
-                    r.apply(db, now_ms);
-                }
-            }
         }
     }
 }

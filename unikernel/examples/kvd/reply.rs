@@ -1,4 +1,6 @@
-//! RESP2 reply encoders: each appends one reply to a connection's output.
+//! RESP2 reply encoders: each appends one reply to a connection's output;
+//! and the error replies several commands share, worded as redis-server 7
+//! words them.
 
 use alloc::vec::Vec;
 
@@ -37,6 +39,31 @@ pub fn error(out: &mut Vec<u8>, s: &str) {
     out.push(b'-');
     out.extend_from_slice(s.as_bytes());
     out.extend_from_slice(b"\r\n");
+}
+
+/// Appends an error whose text may hold client bytes: Redis turns line
+/// breaks into spaces so the reply stays one line.
+pub fn error_bytes(out: &mut Vec<u8>, msg: &[u8]) {
+    out.push(b'-');
+    out.extend(
+        msg.iter()
+            .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+    );
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The reply to a value that should be an integer and is not.
+pub const NOT_INT: &str = "ERR value is not an integer or out of range";
+/// The reply to bad options.
+pub const SYNTAX: &str = "ERR syntax error";
+
+/// `ERR wrong number of arguments for 'NAME' command`.
+pub fn wrong_arity(out: &mut Vec<u8>, name: &str) {
+    let mut m = Vec::new();
+    m.extend_from_slice(b"ERR wrong number of arguments for '");
+    m.extend_from_slice(name.as_bytes());
+    m.extend_from_slice(b"' command");
+    error_bytes(out, &m);
 }
 
 /// `:v`

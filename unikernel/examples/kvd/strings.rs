@@ -1,10 +1,9 @@
 //! The string commands: `GET`, `SET` and its options, `MGET`, `MSET`,
 //! the `INCR` family, and `PING`.
 
-use crate::commands::{error_bytes, wrong_arity, NOT_INT, SYNTAX};
 use crate::keys;
 use crate::record::Record;
-use crate::reply;
+use crate::reply::{self, error_bytes, wrong_arity, NOT_INT, SYNTAX};
 use crate::resp::parse_i64;
 use crate::state::{now_ms, State};
 use alloc::vec::Vec;

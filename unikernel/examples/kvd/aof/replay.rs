@@ -1,5 +1,6 @@
 //! Reading a log back: records from the start of a region until the first
-//! that does not verify (see `record.rs` for why that is the right end).
+//! that does not verify (see `record.rs` for why that is the right end),
+//! each applied to the keyspace.
 
 use super::WINDOW;
 use crate::db::Db;
@@ -72,10 +73,44 @@ pub(super) fn replay(
         let Some((rec, crc)) = Record::verify(rec, chain) else {
             break;
         };
-        rec.apply(db, now_ms);
+        apply(&rec, db, now_ms);
         chain = crc;
         pos += (HEADER + len) as u64;
         n += 1;
     }
     Ok((pos, chain, n))
+}
+
+/// Replays `rec` into `db` (a key already past its time is dropped, as it
+/// would have been by now).
+pub(super) fn apply(rec: &Record, db: &mut Db, now_ms: u64) {
+    match *rec {
+        Record::Set {
+            key,
+            value,
+            expire_at,
+        } => {
+            if expire_at != 0 && expire_at <= now_ms {
+                db.del(key, now_ms);
+            } else {
+                db.set(key, value.into(), expire_at);
+            }
+        }
+        Record::Del { key } => {
+            db.del(key, now_ms);
+        }
+        Record::Expire { key, at } => {
+            if at != 0 && at <= now_ms {
+                db.del(key, now_ms);
+            } else {
+                db.set_expire(key, at, now_ms);
+            }
+        }
+        Record::FlushAll => db.flush(),
+        Record::Group(body) => {
+            for r in record::members(body).flatten() {
+                apply(&r, db, now_ms);
+            }
+        }
+    }
 }
