@@ -33,22 +33,40 @@ pub enum Signal {
     Int,
     /// The grace period after a `SIGTERM` is over: stop now.
     GraceOver,
+    /// A second `SIGTERM` came before the run loop took the first: stop
+    /// now, as a second `SIGTERM` does.
+    TermAgain,
 }
 
 impl Signal {
     /// The signal number the monitor's exit status reports (128 + it).
     pub fn number(self) -> i32 {
         match self {
-            Signal::Term | Signal::GraceOver => libc::SIGTERM,
+            Signal::Term | Signal::GraceOver | Signal::TermAgain => libc::SIGTERM,
             Signal::Int => libc::SIGINT,
         }
     }
 }
 
+/// What [`PENDING`] holds for two `SIGTERM`s not yet taken (not a signal
+/// number).
+const TERM_AGAIN: i32 = -1;
+
+/// The pending value after `sig` arrives with `pending` not yet taken: a
+/// stop-now request is never downgraded to a graceful one, and two
+/// `SIGTERM`s stay two (one would ask the guest nicely and wait).
+fn merge(pending: i32, sig: libc::c_int) -> i32 {
+    match (pending, sig) {
+        (0, s) => s,
+        (libc::SIGTERM, libc::SIGTERM) => TERM_AGAIN,
+        (p, libc::SIGTERM) => p,
+        (_, s) => s,
+    }
+}
+
 extern "C" fn on_signal(sig: libc::c_int) {
-    // Async-signal-safe: one atomic store. A later signal replaces an
-    // earlier one; SIGINT and SIGALRM end the guest either way.
-    PENDING.store(sig, Ordering::SeqCst);
+    // Async-signal-safe: a compare-and-swap loop on one lock-free atomic.
+    let _ = PENDING.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| Some(merge(p, sig)));
 }
 
 fn handled() -> [libc::c_int; 3] {
@@ -117,6 +135,7 @@ pub fn take() -> Option<Signal> {
         libc::SIGTERM => Some(Signal::Term),
         libc::SIGINT => Some(Signal::Int),
         libc::SIGALRM => Some(Signal::GraceOver),
+        TERM_AGAIN => Some(Signal::TermAgain),
         _ => None,
     }
 }
@@ -136,4 +155,31 @@ pub fn arm_grace(after: Duration) {
     };
     // SAFETY: setitimer with a valid itimerval we own.
     unsafe { libc::setitimer(libc::ITIMER_REAL, &t, std::ptr::null_mut()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Signals in arrival order, merged as the handler does.
+    fn pending(sigs: &[libc::c_int]) -> i32 {
+        sigs.iter().fold(0, |p, &s| merge(p, s))
+    }
+
+    #[test]
+    fn signals_that_arrive_before_the_loop_takes_them_keep_their_meaning() {
+        assert_eq!(pending(&[libc::SIGTERM]), libc::SIGTERM);
+        // Two SIGTERMs are the "stop now" of a second SIGTERM, not one.
+        assert_eq!(pending(&[libc::SIGTERM, libc::SIGTERM]), TERM_AGAIN);
+        assert_eq!(pending(&[libc::SIGTERM; 3]), TERM_AGAIN);
+        // A stop-now request is never downgraded by a later SIGTERM.
+        assert_eq!(pending(&[libc::SIGINT, libc::SIGTERM]), libc::SIGINT);
+        assert_eq!(pending(&[libc::SIGALRM, libc::SIGTERM]), libc::SIGALRM);
+        assert_eq!(pending(&[libc::SIGTERM, libc::SIGINT]), libc::SIGINT);
+        assert_eq!(
+            pending(&[libc::SIGTERM, libc::SIGTERM, libc::SIGINT]),
+            libc::SIGINT
+        );
+        assert_eq!(Signal::TermAgain.number(), libc::SIGTERM);
+    }
 }
