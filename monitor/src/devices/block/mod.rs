@@ -107,7 +107,16 @@ impl BlockDevice {
         };
         // SAFETY: flock on a descriptor we own; no memory is involved.
         if unsafe { libc::flock(self.file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
-            return Err(BlockError::Locked(self.path.clone()));
+            let e = std::io::Error::last_os_error();
+            // Only EWOULDBLOCK means someone holds it; anything else (no
+            // lock records left, a file system without locks) is said as is.
+            return Err(match e.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => BlockError::Locked(self.path.clone()),
+                _ => BlockError::Open {
+                    path: self.path.clone(),
+                    source: std::io::Error::new(e.kind(), format!("cannot lock it: {e}")),
+                },
+            });
         }
         Ok(())
     }

@@ -15,13 +15,32 @@ use std::sync::Arc;
 /// `/proc/self/fd` path on every run.
 fn with_disk<R>(i: usize, f: impl FnOnce(&std::fs::File) -> R) -> R {
     thread_local! {
-        static FILES: [std::fs::File; 2] = [0, 1].map(|_| {
+        static FILES: [(std::fs::File, (u64, u64)); 2] = [0, 1].map(|_| {
             let f = tempfile::tempfile().expect("a temporary file for the fuzzed disks");
             f.set_len(DISK_BYTES).expect("sizing a fuzzed disk");
-            f
+            let id = identity(&f).expect("a fuzzed disk's inode");
+            (f, id)
         });
     }
-    FILES.with(|files| f(&files[i]))
+    FILES.with(|files| {
+        let (file, id) = &files[i];
+        // The devices reach the file by its descriptor's number: code that
+        // closed a descriptor it did not own would point that number at
+        // another file. Say so, rather than a confusing open or lock error.
+        if identity(file).ok() != Some(*id) {
+            panic!(
+                "fd {} no longer holds fuzzed disk {i}: the code under test closed a descriptor it did not own",
+                file.as_raw_fd()
+            );
+        }
+        f(file)
+    })
+}
+
+/// A file's (device, inode).
+fn identity(f: &std::fs::File) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    f.metadata().map(|m| (m.dev(), m.ino()))
 }
 
 fn disk(i: usize) -> DiskSpec {
