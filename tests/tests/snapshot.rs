@@ -60,7 +60,9 @@ fn pause_snapshot_resume_and_restore_continue_exactly() {
     ctl(&sock, &["pause"])
         .expect_status(0)
         .expect_stdout("\"paused\"");
-    // Paused: every console write has completed, and no more come.
+    // Paused: every console write has completed, and no more come. The
+    // test's reader thread may still be taking the last line off the pipe.
+    std::thread::sleep(std::time::Duration::from_millis(100));
     let before = run.stdout();
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert_eq!(run.stdout(), before, "the guest printed while paused");
